@@ -1,0 +1,93 @@
+//! Decision cost: each pure algorithm, and the memory store's whole hot path (hash, shard lock,
+//! clock read, algorithm) on one thread and on two.
+//!
+//! `cargo bench -p sluice-service --bench decisions`; figures and the command that produced
+//! them are recorded in results/benchmarks/service-decisions.md.
+
+use std::{hint::black_box, sync::Arc, thread, time::Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sluice::{
+    algorithm::{Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket},
+    clock::Clock,
+    config::MemoryConfig,
+    store::{BucketKey, MemoryStore},
+};
+
+/// Generous limits so the measured path is the common one: allowed, state updated.
+fn algorithms() -> Vec<Algorithm> {
+    vec![
+        Algorithm::TokenBucket(TokenBucket::new(1_000_000, 1_000_000.0)),
+        Algorithm::Gcra(Gcra::new(1_000_000.0, 1_000_000)),
+        Algorithm::FixedWindow(FixedWindow::new(1_000_000_000, 1_000_000)),
+        Algorithm::SlidingWindowCounter(SlidingWindowCounter::new(1_000_000_000, 1_000)),
+        Algorithm::SlidingWindowLog(SlidingWindowLog::new(100_000, 1_000)),
+    ]
+}
+
+fn pure_algorithms(c: &mut Criterion) {
+    let mut group = c.benchmark_group("algorithm");
+    for algorithm in algorithms() {
+        group.bench_function(algorithm.name(), |b| {
+            let mut now = 1_700_000_000_000_000u64;
+            let mut state = algorithm.fresh_state(now);
+            b.iter(|| {
+                now += 1;
+                black_box(algorithm.check(&mut state, black_box(1), now))
+            });
+        });
+    }
+    group.finish();
+}
+
+fn store() -> MemoryStore {
+    let config = MemoryConfig {
+        shards: 64,
+        max_keys: 1_000_000,
+        sweep_interval: std::time::Duration::from_secs(1),
+    };
+    MemoryStore::new(&config, Clock::system())
+}
+
+fn memory_store(c: &mut Criterion) {
+    let mut group = c.benchmark_group("memory_store");
+    for algorithm in algorithms() {
+        group.bench_function(format!("existing_key/{}", algorithm.name()), |b| {
+            let store = store();
+            let key = BucketKey { resource: "api", key: "client-42" };
+            store.check_now(key, &algorithm, 1);
+            b.iter(|| black_box(store.check_now(black_box(key), &algorithm, 1)));
+        });
+    }
+    let algorithm = Arc::new(algorithms().remove(0));
+    // Time per decision per thread while two threads decide at once: equal to the one-thread
+    // figure when the store scales, higher when they contend.
+    for (name, hot) in [("two_threads/different_keys", false), ("two_threads/one_hot_key", true)] {
+        group.bench_function(name, |b| {
+            let store = Arc::new(store());
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let workers: Vec<_> = (0..2)
+                    .map(|thread| {
+                        let (store, algorithm) = (store.clone(), algorithm.clone());
+                        thread::spawn(move || {
+                            let key = if hot { "hot" } else if thread == 0 { "left" } else { "right" };
+                            let key = BucketKey { resource: "api", key };
+                            for _ in 0..iters {
+                                black_box(store.check_now(key, &algorithm, 1));
+                            }
+                        })
+                    })
+                    .collect();
+                for worker in workers {
+                    worker.join().unwrap();
+                }
+                start.elapsed()
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pure_algorithms, memory_store);
+criterion_main!(benches);

@@ -1,0 +1,18 @@
+//! Sluice: a distributed rate-limiting service.
+//!
+//! A request flows `api::{grpc,http}` → [`limiter::Limiter`] (validation, rule lookup,
+//! metrics) → [`store::Store`] (state, atomically per key) → [`algorithm`] (pure decision).
+//! See `docs/architecture.md`.
+
+pub mod algorithm;
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod limiter;
+pub mod metrics;
+pub mod rules;
+pub mod server;
+pub mod store;
+
+/// The git commit this binary was built from ("unknown" outside a checkout).
+pub const BUILD_COMMIT: &str = env!("SLUICE_BUILD_COMMIT");
