@@ -1,0 +1,360 @@
+//! Configuration: a TOML file, overridden by flags and environment variables, validated as a
+//! whole. Validation reports every problem at once, each with its field path and the fix, and
+//! yields either a complete [`Config`] or nothing: the service never starts half-configured.
+
+mod duration;
+pub mod rule_config;
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+pub use duration::parse_duration;
+
+use crate::rules::RuleSet;
+
+/// Used when no config file is given: every resource gets 100 tokens, refilled at 10/s.
+pub const BUILTIN_CONFIG: &str = r#"
+[default_rule]
+name = "default"
+algorithm = "token_bucket"
+capacity = 100
+refill_per_second = 10
+"#;
+
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:50051";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_MAX_KEY_BYTES: u64 = 256;
+pub const MAX_MAX_KEY_BYTES: u64 = 65_536;
+pub const DEFAULT_SHARDS: u64 = 64;
+pub const MAX_SHARDS: u64 = 4_096;
+pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
+pub const MAX_MAX_KEYS: u64 = 1_000_000_000;
+
+/// A validated, complete configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: RequestLimits,
+    pub backend: BackendConfig,
+    pub rules: RuleSet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Port 0 picks a free port (tests and the demo do this).
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// How long SIGTERM waits for in-flight requests before closing.
+    pub shutdown_grace: Duration,
+}
+
+/// Bounds on what a request may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_key_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    Memory(MemoryConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// Independent locks; a power of two.
+    pub shards: usize,
+    /// The most keys held; past it the soonest-expiring key of a small sample is evicted.
+    pub max_keys: usize,
+    /// How often keys whose state is back to fresh are dropped.
+    pub sweep_interval: Duration,
+}
+
+/// Values from flags or environment variables; each replaces the file's value when set.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub grpc_addr: Option<String>,
+    pub http_addr: Option<String>,
+    pub backend: Option<String>,
+    pub max_keys: Option<u64>,
+    pub max_key_bytes: Option<u64>,
+    pub shards: Option<u64>,
+}
+
+/// One problem found by validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Where, as a TOML path: `rules.login.window`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {origin} is not valid: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{}", IssueList(.0))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+struct IssueList<'a>(&'a [ConfigIssue]);
+
+impl fmt::Display for IssueList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config has {} problem(s):", self.0.len())?;
+        for issue in self.0 {
+            write!(f, "\n  - {}: {}", issue.path, issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    /// The problems found, when validation (not reading or parsing) failed.
+    pub fn issues(&self) -> &[ConfigIssue] {
+        match self {
+            ConfigError::Invalid(issues) => issues,
+            _ => &[],
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the built-in default when `None`), applies `overrides`, validates.
+    pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text, &path.display().to_string(), overrides)
+            }
+            None => Self::parse(BUILTIN_CONFIG, "(built-in default)", overrides),
+        }
+    }
+
+    /// Parses TOML `text`; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: err.to_string(),
+        })?;
+        raw.apply(overrides);
+        raw.validate()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    limits: RawLimits,
+    backend: RawBackend,
+    default_rule: Option<rule_config::RawRule>,
+    rules: std::collections::BTreeMap<String, rule_config::RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawServer {
+    grpc_addr: Option<String>,
+    http_addr: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLimits {
+    max_key_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawBackend {
+    kind: Option<String>,
+    memory: RawMemory,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawMemory {
+    shards: Option<u64>,
+    max_keys: Option<u64>,
+    sweep_interval: Option<String>,
+}
+
+/// Collects problems so validation can report all of them at once.
+#[derive(Debug, Default)]
+pub(crate) struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl RawConfig {
+    fn apply(&mut self, overrides: &Overrides) {
+        let replace = |slot: &mut Option<String>, value: &Option<String>| {
+            if value.is_some() {
+                slot.clone_from(value);
+            }
+        };
+        replace(&mut self.server.grpc_addr, &overrides.grpc_addr);
+        replace(&mut self.server.http_addr, &overrides.http_addr);
+        replace(&mut self.backend.kind, &overrides.backend);
+        self.backend.memory.max_keys = overrides.max_keys.or(self.backend.memory.max_keys);
+        self.backend.memory.shards = overrides.shards.or(self.backend.memory.shards);
+        self.limits.max_key_bytes = overrides.max_key_bytes.or(self.limits.max_key_bytes);
+    }
+
+    fn validate(self) -> Result<Config, ConfigError> {
+        let mut issues = Issues::default();
+        let server = self.server.validate(&mut issues);
+        let limits = self.limits.validate(&mut issues);
+        let backend = self.backend.validate(&mut issues);
+        let rules = rule_config::build_rule_set(
+            self.default_rule,
+            self.rules,
+            limits.max_key_bytes,
+            &mut issues,
+        );
+        if issues.0.is_empty() {
+            Ok(Config {
+                server,
+                limits,
+                backend,
+                rules,
+            })
+        } else {
+            Err(ConfigError::Invalid(issues.0))
+        }
+    }
+}
+
+impl RawServer {
+    fn validate(self, issues: &mut Issues) -> ServerConfig {
+        let mut addr = |field: &str, value: Option<String>, default: &str| {
+            let text = value.unwrap_or_else(|| default.to_owned());
+            text.parse::<SocketAddr>().unwrap_or_else(|_| {
+                issues.add(
+                    format!("server.{field}"),
+                    format!("`{text}` is not a socket address; write ip:port, e.g. \"{default}\" (port 0 picks a free port)"),
+                );
+                default.parse().expect("default addresses parse")
+            })
+        };
+        let grpc_addr = addr("grpc_addr", self.grpc_addr, DEFAULT_GRPC_ADDR);
+        let http_addr = addr("http_addr", self.http_addr, DEFAULT_HTTP_ADDR);
+        if grpc_addr == http_addr && grpc_addr.port() != 0 {
+            issues.add(
+                "server.http_addr",
+                format!("{http_addr} is also server.grpc_addr; give the HTTP API its own port"),
+            );
+        }
+        let shutdown_grace = duration_field(
+            issues,
+            "server.shutdown_grace",
+            self.shutdown_grace,
+            Duration::from_secs(10),
+        );
+        ServerConfig {
+            grpc_addr,
+            http_addr,
+            shutdown_grace,
+        }
+    }
+}
+
+impl RawLimits {
+    fn validate(self, issues: &mut Issues) -> RequestLimits {
+        let max_key_bytes = self.max_key_bytes.unwrap_or(DEFAULT_MAX_KEY_BYTES);
+        if !(1..=MAX_MAX_KEY_BYTES).contains(&max_key_bytes) {
+            issues.add(
+                "limits.max_key_bytes",
+                format!("{max_key_bytes} is out of range; use 1 to {MAX_MAX_KEY_BYTES} (default {DEFAULT_MAX_KEY_BYTES})"),
+            );
+        }
+        RequestLimits {
+            max_key_bytes: max_key_bytes.clamp(1, MAX_MAX_KEY_BYTES) as usize,
+        }
+    }
+}
+
+impl RawBackend {
+    fn validate(self, issues: &mut Issues) -> BackendConfig {
+        let kind = self.kind.as_deref().unwrap_or("memory");
+        if kind != "memory" {
+            issues.add(
+                "backend.kind",
+                format!("unknown backend `{kind}`; use \"memory\""),
+            );
+        }
+        let memory = self.memory;
+        let shards = memory.shards.unwrap_or(DEFAULT_SHARDS);
+        if !(1..=MAX_SHARDS).contains(&shards) || !shards.is_power_of_two() {
+            issues.add(
+                "backend.memory.shards",
+                format!("{shards} is not a power of two from 1 to {MAX_SHARDS}; use e.g. {DEFAULT_SHARDS}"),
+            );
+        }
+        let max_keys = memory.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+        if max_keys < shards || max_keys > MAX_MAX_KEYS {
+            issues.add(
+                "backend.memory.max_keys",
+                format!("{max_keys} is out of range; use at least backend.memory.shards ({shards}) and at most {MAX_MAX_KEYS}"),
+            );
+        }
+        let sweep_interval = duration_field(
+            issues,
+            "backend.memory.sweep_interval",
+            memory.sweep_interval,
+            Duration::from_secs(1),
+        );
+        if sweep_interval < Duration::from_millis(10) {
+            issues.add(
+                "backend.memory.sweep_interval",
+                "must be at least \"10ms\"; sweeping more often only burns CPU",
+            );
+        }
+        BackendConfig::Memory(MemoryConfig {
+            shards: shards.clamp(1, MAX_SHARDS).next_power_of_two() as usize,
+            max_keys: max_keys.clamp(1, MAX_MAX_KEYS) as usize,
+            sweep_interval,
+        })
+    }
+}
+
+pub(crate) fn duration_field(
+    issues: &mut Issues,
+    path: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Duration {
+    match value.map(|text| parse_duration(&text)) {
+        None => default,
+        Some(Ok(duration)) => duration,
+        Some(Err(message)) => {
+            issues.add(path, message);
+            default
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

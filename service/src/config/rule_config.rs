@@ -1,0 +1,376 @@
+//! The `[default_rule]` and `[rules.<resource>]` sections: validation into a [`RuleSet`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Deserialize;
+
+use super::{Issues, parse_duration};
+use crate::algorithm::{
+    ALGORITHM_NAMES, Algorithm, EXACT_INTEGER_LIMIT, FixedWindow, Gcra, MICROS_PER_SEC,
+    SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+};
+use crate::rules::{ANY_RESOURCE_LABEL, Rule, RuleGroup, RuleSet};
+
+/// Largest capacity, burst or limit: keeps every count exact in the Lua mirror.
+pub const MAX_LIMIT: u64 = 1_000_000_000;
+/// The exact log stores one entry per admitting microsecond, so its limit is kept smaller.
+pub const MAX_LOG_LIMIT: u64 = 100_000;
+/// Largest refill or emission rate per second.
+pub const MAX_RATE: f64 = 1e9;
+/// Longest window.
+pub const MAX_WINDOW_US: u64 = 366 * 86_400 * MICROS_PER_SEC;
+/// Longest rule name; names appear in headers and metrics.
+pub const MAX_NAME_BYTES: usize = 64;
+/// Longest resource name, in configuration and in requests.
+pub const MAX_RESOURCE_BYTES: usize = 128;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawRule {
+    name: Option<String>,
+    algorithm: Option<String>,
+    capacity: Option<u64>,
+    refill_per_second: Option<f64>,
+    rate_per_second: Option<f64>,
+    burst: Option<u64>,
+    limit: Option<u64>,
+    window: Option<String>,
+    /// Only in an `overrides` entry: the client key it applies to.
+    key: Option<String>,
+    overrides: Vec<RawRule>,
+}
+
+/// Characters allowed in rule and resource names: safe inside a structured-field string
+/// (RateLimit-Policy), a metrics label and a Redis key.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/')
+}
+
+fn check_name(issues: &mut Issues, path: &str, what: &str, name: &str, max: usize) {
+    if name.is_empty() || name.len() > max || !name.chars().all(is_name_char) {
+        issues.add(
+            path,
+            format!(
+                "{what} `{name}` is not valid; use 1 to {max} characters from A-Z a-z 0-9 _ - . : /"
+            ),
+        );
+    }
+}
+
+pub(super) fn build_rule_set(
+    default_rule: Option<RawRule>,
+    rules: BTreeMap<String, RawRule>,
+    max_key_bytes: usize,
+    issues: &mut Issues,
+) -> RuleSet {
+    let mut set = RuleSet::default();
+    let mut names = HashSet::new();
+    if default_rule.is_none() && rules.is_empty() {
+        issues.add(
+            "rules",
+            "no rules: add a [default_rule] (applies to every resource) or a [rules.<resource>] section",
+        );
+    }
+    let groups = default_rule.map(|raw| (None, raw)).into_iter().chain(
+        rules
+            .into_iter()
+            .map(|(resource, raw)| (Some(resource), raw)),
+    );
+    for (resource, raw) in groups {
+        let path = match &resource {
+            Some(resource) => {
+                let path = format!("rules.{resource}");
+                check_name(issues, &path, "resource", resource, MAX_RESOURCE_BYTES);
+                path
+            }
+            None => "default_rule".to_owned(),
+        };
+        let label = resource.as_deref().unwrap_or(ANY_RESOURCE_LABEL).to_owned();
+        let default_name = resource.as_deref().unwrap_or("default").to_owned();
+        let group = build_group(
+            &mut set,
+            &mut names,
+            GroupInput {
+                path: &path,
+                label: &label,
+                default_name: &default_name,
+                max_key_bytes,
+            },
+            raw,
+            issues,
+        );
+        set.insert_group(resource, group);
+    }
+    set
+}
+
+struct GroupInput<'a> {
+    path: &'a str,
+    label: &'a str,
+    default_name: &'a str,
+    max_key_bytes: usize,
+}
+
+fn build_group(
+    set: &mut RuleSet,
+    names: &mut HashSet<String>,
+    input: GroupInput<'_>,
+    mut raw: RawRule,
+    issues: &mut Issues,
+) -> RuleGroup {
+    let path = input.path;
+    if raw.key.is_some() {
+        issues.add(
+            format!("{path}.key"),
+            "`key` belongs in an [[...overrides]] entry; move it there or remove it",
+        );
+    }
+    let overrides = std::mem::take(&mut raw.overrides);
+    let rule = build_rule(
+        set,
+        names,
+        path,
+        input.label,
+        input.default_name,
+        raw,
+        issues,
+    );
+    let mut group = RuleGroup {
+        rule,
+        overrides: HashMap::new(),
+    };
+    let parent_name = set.rules()[rule].name.clone();
+    for (index, mut raw) in overrides.into_iter().enumerate() {
+        let path = format!("{path}.overrides[{index}]");
+        if !raw.overrides.is_empty() {
+            issues.add(
+                format!("{path}.overrides"),
+                "overrides cannot be nested; list every override under the resource",
+            );
+        }
+        let key = raw.key.take().unwrap_or_default();
+        if key.is_empty() || key.len() > input.max_key_bytes {
+            issues.add(
+                format!("{path}.key"),
+                format!(
+                    "set `key` to the client key this override applies to (1 to {} bytes, limits.max_key_bytes)",
+                    input.max_key_bytes
+                ),
+            );
+        }
+        let default_name = format!("{parent_name}/override-{}", index + 1);
+        let id = build_rule(set, names, &path, input.label, &default_name, raw, issues);
+        if group.overrides.insert(key.clone(), id).is_some() {
+            issues.add(
+                format!("{path}.key"),
+                format!(
+                    "key `{key}` already has an override in {}; keep one",
+                    input.path
+                ),
+            );
+        }
+    }
+    group
+}
+
+fn build_rule(
+    set: &mut RuleSet,
+    names: &mut HashSet<String>,
+    path: &str,
+    label: &str,
+    default_name: &str,
+    raw: RawRule,
+    issues: &mut Issues,
+) -> usize {
+    let name = raw.name.clone().unwrap_or_else(|| default_name.to_owned());
+    check_name(
+        issues,
+        &format!("{path}.name"),
+        "rule name",
+        &name,
+        MAX_NAME_BYTES,
+    );
+    if !names.insert(name.clone()) {
+        issues.add(
+            format!("{path}.name"),
+            format!("rule name `{name}` is used twice; give each rule its own name"),
+        );
+    }
+    // A placeholder keeps validating the rest when the algorithm is unusable.
+    let algorithm = build_algorithm(path, raw, issues)
+        .unwrap_or_else(|| Algorithm::FixedWindow(FixedWindow::new(1, MICROS_PER_SEC)));
+    set.push(Rule {
+        id: 0,
+        name,
+        resource_label: label.to_owned(),
+        algorithm,
+    })
+}
+
+/// Field names each algorithm takes.
+fn parameters_of(algorithm: &str) -> &'static [&'static str] {
+    match algorithm {
+        "token_bucket" => &["capacity", "refill_per_second"],
+        "gcra" => &["rate_per_second", "burst"],
+        _ => &["limit", "window"],
+    }
+}
+
+fn build_algorithm(path: &str, raw: RawRule, issues: &mut Issues) -> Option<Algorithm> {
+    let Some(algorithm) = raw.algorithm.as_deref() else {
+        issues.add(
+            format!("{path}.algorithm"),
+            format!("missing; set it to one of {}", ALGORITHM_NAMES.join(", ")),
+        );
+        return None;
+    };
+    if !ALGORITHM_NAMES.contains(&algorithm) {
+        issues.add(
+            format!("{path}.algorithm"),
+            format!(
+                "unknown algorithm `{algorithm}`; use one of {}",
+                ALGORITHM_NAMES.join(", ")
+            ),
+        );
+        return None;
+    }
+    let wanted = parameters_of(algorithm);
+    let given = [
+        ("capacity", raw.capacity.is_some()),
+        ("refill_per_second", raw.refill_per_second.is_some()),
+        ("rate_per_second", raw.rate_per_second.is_some()),
+        ("burst", raw.burst.is_some()),
+        ("limit", raw.limit.is_some()),
+        ("window", raw.window.is_some()),
+    ];
+    let mut complete = true;
+    for (field, present) in given {
+        if present && !wanted.contains(&field) {
+            issues.add(
+                format!("{path}.{field}"),
+                format!(
+                    "{algorithm} does not use `{field}`; it takes {}",
+                    wanted.join(" and ")
+                ),
+            );
+        }
+        if !present && wanted.contains(&field) {
+            issues.add(
+                format!("{path}.{field}"),
+                format!("missing; {algorithm} needs {}", wanted.join(" and ")),
+            );
+            complete = false;
+        }
+    }
+    if !complete {
+        return None;
+    }
+    let count = |issues: &mut Issues, field: &str, value: u64, max: u64| {
+        let valid = (1..=max).contains(&value);
+        if !valid {
+            issues.add(
+                format!("{path}.{field}"),
+                format!("{value} is out of range; use 1 to {max}"),
+            );
+        }
+        valid.then_some(value)
+    };
+    match algorithm {
+        "token_bucket" => {
+            let capacity = count(issues, "capacity", raw.capacity?, MAX_LIMIT);
+            let refill = rate(
+                issues,
+                &format!("{path}.refill_per_second"),
+                raw.refill_per_second?,
+            );
+            let (capacity, refill) = (capacity?, refill?);
+            if capacity as f64 / refill * 1e6 >= EXACT_INTEGER_LIMIT as f64 {
+                issues.add(
+                    format!("{path}.refill_per_second"),
+                    "too slow for this capacity: refilling would take centuries; raise it or lower capacity",
+                );
+                return None;
+            }
+            Some(Algorithm::TokenBucket(TokenBucket::new(capacity, refill)))
+        }
+        "gcra" => {
+            let burst = count(issues, "burst", raw.burst?, MAX_LIMIT);
+            let rate = rate(
+                issues,
+                &format!("{path}.rate_per_second"),
+                raw.rate_per_second?,
+            );
+            let (burst, rate) = (burst?, rate?);
+            if u128::from(Gcra::emission_interval_us_for(rate)) * u128::from(burst)
+                >= u128::from(EXACT_INTEGER_LIMIT)
+            {
+                issues.add(
+                    format!("{path}.rate_per_second"),
+                    "too slow for this burst: refilling would take centuries; raise it or lower burst",
+                );
+                return None;
+            }
+            Some(Algorithm::Gcra(Gcra::new(rate, burst)))
+        }
+        _ => {
+            let max = if algorithm == "sliding_window_log" {
+                MAX_LOG_LIMIT
+            } else {
+                MAX_LIMIT
+            };
+            let limit = count(issues, "limit", raw.limit?, max);
+            let window_us = window(issues, &format!("{path}.window"), raw.window.as_deref()?);
+            let (limit, window_us) = (limit?, window_us?);
+            Some(match algorithm {
+                "fixed_window" => Algorithm::FixedWindow(FixedWindow::new(limit, window_us)),
+                "sliding_window_log" => {
+                    Algorithm::SlidingWindowLog(SlidingWindowLog::new(limit, window_us))
+                }
+                _ => {
+                    let window_ms = window_us / 1_000;
+                    if u128::from(limit) * u128::from(window_ms) >= u128::from(EXACT_INTEGER_LIMIT)
+                    {
+                        issues.add(
+                            format!("{path}.limit"),
+                            "limit x window (in ms) must stay below 2^53 for exact weighting; shorten the window or lower the limit",
+                        );
+                        return None;
+                    }
+                    Algorithm::SlidingWindowCounter(SlidingWindowCounter::new(limit, window_ms))
+                }
+            })
+        }
+    }
+}
+
+fn rate(issues: &mut Issues, path: &str, value: f64) -> Option<f64> {
+    if value.is_finite() && value > 0.0 && value <= MAX_RATE {
+        Some(value)
+    } else {
+        issues.add(
+            path,
+            format!(
+                "{value} is out of range; use a number above 0 and at most {MAX_RATE:e} per second"
+            ),
+        );
+        None
+    }
+}
+
+fn window(issues: &mut Issues, path: &str, text: &str) -> Option<u64> {
+    let micros = match parse_duration(text) {
+        Ok(duration) => u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+        Err(message) => {
+            issues.add(path, message);
+            return None;
+        }
+    };
+    if micros < 1_000 || micros % 1_000 != 0 || micros > MAX_WINDOW_US {
+        issues.add(
+            path,
+            format!("`{text}` is out of range; use whole milliseconds from \"1ms\" to \"366d\""),
+        );
+        return None;
+    }
+    Some(micros)
+}

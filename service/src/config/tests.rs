@@ -1,0 +1,218 @@
+use super::*;
+use crate::algorithm::Algorithm;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test", &Overrides::default())
+}
+
+fn issue_paths(text: &str) -> Vec<String> {
+    parse(text)
+        .expect_err("config should be rejected")
+        .issues()
+        .iter()
+        .map(|issue| issue.path.clone())
+        .collect()
+}
+
+#[test]
+fn builtin_and_example_configs_are_valid() {
+    let builtin = Config::load(None, &Overrides::default()).unwrap();
+    assert!(builtin.rules.has_default());
+    assert_eq!(builtin.server.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.example.toml");
+    let config = Config::load(Some(Path::new(example)), &Overrides::default()).unwrap();
+    let login = config.rules.resolve("login", "someone").unwrap();
+    assert_eq!(login.name, "login");
+    assert_eq!(
+        config.rules.resolve("login", "internal-sso").unwrap().name,
+        "login-internal"
+    );
+    assert_eq!(
+        config.rules.resolve("unlisted", "k").unwrap().name,
+        "default"
+    );
+}
+
+#[test]
+fn reports_every_problem_with_its_path() {
+    let paths = issue_paths(
+        r#"
+        [server]
+        grpc_addr = "not-an-address"
+        [limits]
+        max_key_bytes = 0
+        [backend]
+        kind = "etcd"
+        [backend.memory]
+        shards = 3
+        [default_rule]
+        algorithm = "leaky"
+        [rules.a]
+        algorithm = "token_bucket"
+        capacity = 0
+        refill_per_second = -1.0
+        [rules.b]
+        algorithm = "fixed_window"
+        limit = 10
+        window = "10 minutes"
+        capacity = 3
+        "#,
+    );
+    assert_eq!(
+        paths,
+        [
+            "server.grpc_addr",
+            "limits.max_key_bytes",
+            "backend.kind",
+            "backend.memory.shards",
+            "default_rule.algorithm",
+            "rules.a.capacity",
+            "rules.a.refill_per_second",
+            "rules.b.capacity",
+            "rules.b.window",
+        ]
+    );
+}
+
+#[test]
+fn messages_say_how_to_fix() {
+    let err = parse("[rules.r]\nalgorithm = \"gcra\"\nrate_per_second = 5\n").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("rules.r.burst: missing; gcra needs rate_per_second and burst"),
+        "{text}"
+    );
+}
+
+#[test]
+fn no_rules_is_an_error() {
+    assert_eq!(issue_paths("[server]\n"), ["rules"]);
+}
+
+#[test]
+fn overrides_need_unique_keys_and_names() {
+    let paths = issue_paths(
+        r#"
+        [rules.r]
+        algorithm = "fixed_window"
+        limit = 1
+        window = "1s"
+        [[rules.r.overrides]]
+        key = "k"
+        name = "r"
+        algorithm = "fixed_window"
+        limit = 2
+        window = "1s"
+        [[rules.r.overrides]]
+        key = "k"
+        algorithm = "fixed_window"
+        limit = 3
+        window = "1s"
+        [[rules.r.overrides]]
+        algorithm = "fixed_window"
+        limit = 3
+        window = "1s"
+        "#,
+    );
+    assert_eq!(
+        paths,
+        [
+            "rules.r.overrides[0].name",
+            "rules.r.overrides[1].key",
+            "rules.r.overrides[2].key"
+        ]
+    );
+}
+
+#[test]
+fn rates_too_slow_for_exact_arithmetic_are_rejected() {
+    let paths = issue_paths(
+        "[rules.t]\nalgorithm = \"token_bucket\"\ncapacity = 1000000000\nrefill_per_second = 0.001\n",
+    );
+    assert_eq!(paths, ["rules.t.refill_per_second"]);
+    let paths = issue_paths(
+        "[rules.s]\nalgorithm = \"sliding_window_counter\"\nlimit = 1000000000\nwindow = \"366d\"\n",
+    );
+    assert_eq!(paths, ["rules.s.limit"]);
+}
+
+#[test]
+fn syntax_and_unknown_fields_are_parse_errors() {
+    let err = parse("[default_rule\n").unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+    let err = parse("[default_rule]\nalgorithm = \"gcra\"\nrate = 5\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field `rate`"), "{err}");
+}
+
+#[test]
+fn overrides_win_over_the_file() {
+    let text = "[server]\ngrpc_addr = \"127.0.0.1:1\"\n[default_rule]\nalgorithm = \"gcra\"\nrate_per_second = 1\nburst = 1\n";
+    let overrides = Overrides {
+        grpc_addr: Some("127.0.0.1:2".into()),
+        max_keys: Some(128),
+        ..Overrides::default()
+    };
+    let config = Config::parse(text, "test", &overrides).unwrap();
+    assert_eq!(config.server.grpc_addr.port(), 2);
+    assert_eq!(
+        config.backend,
+        BackendConfig::Memory(MemoryConfig {
+            shards: 64,
+            max_keys: 128,
+            sweep_interval: Duration::from_secs(1),
+        })
+    );
+    let bad = Overrides {
+        backend: Some("nope".into()),
+        ..Overrides::default()
+    };
+    let err = Config::parse(text, "test", &bad).unwrap_err();
+    assert_eq!(err.issues()[0].path, "backend.kind");
+}
+
+#[test]
+fn every_algorithm_is_built_with_its_parameters() {
+    let config = parse(
+        r#"
+        [rules.tb]
+        algorithm = "token_bucket"
+        capacity = 10
+        refill_per_second = 0.5
+        [rules.g]
+        algorithm = "gcra"
+        rate_per_second = 4
+        burst = 2
+        [rules.fw]
+        algorithm = "fixed_window"
+        limit = 7
+        window = "250ms"
+        [rules.swc]
+        algorithm = "sliding_window_counter"
+        limit = 8
+        window = "2s"
+        [rules.swl]
+        algorithm = "sliding_window_log"
+        limit = 9
+        window = "1m"
+        "#,
+    )
+    .unwrap();
+    let limit = |resource: &str| {
+        let rule = config.rules.resolve(resource, "k").unwrap();
+        (
+            rule.algorithm.name(),
+            rule.algorithm.limit(),
+            rule.algorithm.policy_window_us(),
+        )
+    };
+    assert_eq!(limit("tb"), ("token_bucket", 10, 20_000_000));
+    assert_eq!(limit("g"), ("gcra", 2, 500_000));
+    assert_eq!(limit("fw"), ("fixed_window", 7, 250_000));
+    assert_eq!(limit("swc"), ("sliding_window_counter", 8, 2_000_000));
+    assert_eq!(limit("swl"), ("sliding_window_log", 9, 60_000_000));
+    assert!(config.rules.resolve("other", "k").is_none());
+    assert!(matches!(
+        config.rules.resolve("g", "k").unwrap().algorithm,
+        Algorithm::Gcra(_)
+    ));
+}

@@ -1,0 +1,70 @@
+//! Which rule decides a request: per-resource rules, per-key overrides and a default rule.
+
+use std::collections::HashMap;
+
+use crate::algorithm::Algorithm;
+
+/// The resource a request names when it names none.
+pub const DEFAULT_RESOURCE: &str = "default";
+
+/// The metrics label of rules that apply to any resource without its own rule.
+pub const ANY_RESOURCE_LABEL: &str = "*";
+
+/// A named limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Dense index within its [`RuleSet`], so per-rule data (metrics) lives in a plain Vec.
+    pub id: usize,
+    pub name: String,
+    /// The configured resource this rule belongs to, or [`ANY_RESOURCE_LABEL`] for the default
+    /// rule. Bounded by configuration, so it is safe as a metrics label.
+    pub resource_label: String,
+    pub algorithm: Algorithm,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RuleGroup {
+    pub rule: usize,
+    pub overrides: HashMap<String, usize>,
+}
+
+/// Every rule, indexed for lookup by resource and key without allocating.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    by_resource: HashMap<String, RuleGroup>,
+    default: Option<RuleGroup>,
+}
+
+impl RuleSet {
+    /// The rule for `key` spending `resource`: the key's override, else the resource's rule,
+    /// else the default rule (and its overrides). `None` when nothing applies.
+    pub fn resolve(&self, resource: &str, key: &str) -> Option<&Rule> {
+        let group = self.by_resource.get(resource).or(self.default.as_ref())?;
+        let id = group.overrides.get(key).copied().unwrap_or(group.rule);
+        Some(&self.rules[id])
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn has_default(&self) -> bool {
+        self.default.is_some()
+    }
+
+    pub(crate) fn push(&mut self, mut rule: Rule) -> usize {
+        rule.id = self.rules.len();
+        self.rules.push(rule);
+        self.rules.len() - 1
+    }
+
+    pub(crate) fn insert_group(&mut self, resource: Option<String>, group: RuleGroup) {
+        match resource {
+            Some(resource) => {
+                self.by_resource.insert(resource, group);
+            }
+            None => self.default = Some(group),
+        }
+    }
+}
