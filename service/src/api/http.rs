@@ -1,0 +1,378 @@
+//! The HTTP API: `POST /check`, `GET /status`, `POST /reset`, plus `/metrics`, `/healthz`
+//! and `/readyz`. Check and status answers carry the IETF `RateLimit-Policy` / `RateLimit`
+//! headers, `Retry-After` on 429, and the `X-RateLimit-*` forms gateways still expect.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Query, State, rejection::QueryRejection},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use prometheus::Histogram;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    algorithm::Decision,
+    limiter::{CheckRequest, Limiter, LimiterError, Outcome, Verdict},
+    metrics::Api,
+    store::Backend,
+};
+
+/// The header carrying the client key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+const PROBLEM_JSON: &str = "application/problem+json";
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+struct HttpState {
+    limiter: Arc<Limiter<Backend>>,
+    ready: Arc<AtomicBool>,
+    check_duration: Histogram,
+    status_duration: Histogram,
+    reset_duration: Histogram,
+}
+
+/// The router; `ready` turns false when the server starts draining.
+pub fn router(limiter: Arc<Limiter<Backend>>, ready: Arc<AtomicBool>) -> Router {
+    let metrics = limiter.metrics();
+    let state = Arc::new(HttpState {
+        check_duration: metrics.request_duration(Api::Http, "check"),
+        status_duration: metrics.request_duration(Api::Http, "status"),
+        reset_duration: metrics.request_duration(Api::Http, "reset"),
+        limiter,
+        ready,
+    });
+    Router::new()
+        .route("/check", post(check))
+        .route("/status", get(status))
+        .route("/reset", post(reset))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Params {
+    resource: Option<String>,
+    cost: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    resource: Option<String>,
+    cost: Option<u64>,
+}
+
+/// A 4xx/5xx answer as RFC 9457 problem details naming the field at fault.
+struct Problem {
+    status: StatusCode,
+    field: &'static str,
+    detail: String,
+}
+
+impl Problem {
+    fn bad_request(field: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            field,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "field": self.field,
+        });
+        (
+            self.status,
+            [(header::CONTENT_TYPE, PROBLEM_JSON)],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl HttpState {
+    fn problem(&self, err: LimiterError) -> Problem {
+        match err {
+            LimiterError::Invalid(err) => Problem::bad_request(err.field(), err.to_string()),
+            LimiterError::Store(err) => Problem {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                field: "store",
+                detail: err.to_string(),
+            },
+        }
+    }
+
+    fn count_invalid(&self, problem: &Problem) {
+        if problem.status == StatusCode::BAD_REQUEST {
+            self.limiter
+                .metrics()
+                .invalid_request(Api::Http, problem.field);
+        }
+    }
+}
+
+fn api_key(headers: &HeaderMap) -> Result<&str, Problem> {
+    let value = headers.get(API_KEY_HEADER).ok_or_else(|| {
+        Problem::bad_request(
+            "key",
+            "missing X-API-Key header; send the client identity to limit",
+        )
+    })?;
+    std::str::from_utf8(value.as_bytes()).map_err(|_| {
+        Problem::bad_request("key", "X-API-Key is not valid UTF-8; send a text identity")
+    })
+}
+
+fn query(query: Result<Query<Params>, QueryRejection>) -> Result<Params, Problem> {
+    query
+        .map(|Query(params)| params)
+        .map_err(|err| Problem::bad_request("query", format!("query string: {err}")))
+}
+
+async fn check(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    params: Result<Query<Params>, QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let response = check_inner(&state, &headers, params, &body)
+        .await
+        .unwrap_or_else(|problem| {
+            state.count_invalid(&problem);
+            problem.into_response()
+        });
+    state
+        .check_duration
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn check_inner(
+    state: &HttpState,
+    headers: &HeaderMap,
+    params: Result<Query<Params>, QueryRejection>,
+    body: &[u8],
+) -> Result<Response, Problem> {
+    let key = api_key(headers)?;
+    let params = query(params)?;
+    let body: CheckBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CheckBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|err| {
+            Problem::bad_request("body", format!("body is not a valid check request ({err}); send JSON like {{\"resource\":\"api\",\"cost\":1}} or no body"))
+        })?
+    };
+    let resource = match (params.resource.as_deref(), body.resource.as_deref()) {
+        (Some(query), Some(body)) if query != body => {
+            return Err(Problem::bad_request(
+                "resource",
+                "resource is given in both the query and the body with different values; send it once",
+            ));
+        }
+        (query, body) => body.or(query).unwrap_or(""),
+    };
+    let query_cost = params
+        .cost
+        .as_deref()
+        .map(|text| {
+            text.parse::<u64>().map_err(|_| {
+                Problem::bad_request(
+                    "cost",
+                    format!("cost `{text}` is not a whole number; send an integer of at least 1"),
+                )
+            })
+        })
+        .transpose()?;
+    let cost = match (query_cost, body.cost) {
+        (Some(query), Some(body)) if query != body => {
+            return Err(Problem::bad_request(
+                "cost",
+                "cost is given in both the query and the body with different values; send it once",
+            ));
+        }
+        (query, body) => body.or(query),
+    };
+    let verdict = state
+        .limiter
+        .check(CheckRequest {
+            key,
+            resource,
+            cost,
+        })
+        .await
+        .map_err(|err| state.problem(err))?;
+    Ok(verdict_response(&verdict))
+}
+
+fn verdict_response(verdict: &Verdict<'_>) -> Response {
+    let decision = &verdict.decision;
+    let mut body = json!({
+        "decision": verdict.outcome.label(),
+        "allowed": decision.allowed,
+        "limit": decision.limit,
+        "remaining": decision.remaining,
+        "reset_after_ms": decision.reset_after_us as f64 / 1e3,
+        "retry_after_ms": decision.retry_after_us as f64 / 1e3,
+        "rule": verdict.rule.name,
+        "resource": verdict.resource,
+    });
+    let denied = verdict.outcome == Outcome::Denied;
+    let mut headers = rate_limit_headers(verdict, denied);
+    let (status, content_type) = if denied {
+        if let Value::Object(fields) = &mut body {
+            fields.insert("type".into(), QUOTA_EXCEEDED.into());
+            fields.insert(
+                "title".into(),
+                "Request cannot be satisfied as assigned quota has been exceeded".into(),
+            );
+            fields.insert("status".into(), 429.into());
+            fields.insert("violated-policies".into(), json!([verdict.rule.name]));
+        }
+        (StatusCode::TOO_MANY_REQUESTS, PROBLEM_JSON)
+    } else {
+        (StatusCode::OK, "application/json")
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    (status, headers, body.to_string()).into_response()
+}
+
+/// Seconds, rounded up, so a client that waits this long is never early.
+fn whole_seconds_up(us: u64) -> u64 {
+    us.div_ceil(1_000_000)
+}
+
+/// The RateLimit headers for a verdict. On a denial `t` is the wait until the same request
+/// fits, matching `Retry-After`; otherwise the time until the quota is fully restored.
+pub fn rate_limit_headers(verdict: &Verdict<'_>, denied: bool) -> HeaderMap {
+    let Decision {
+        limit,
+        remaining,
+        reset_after_us,
+        retry_after_us,
+        ..
+    } = verdict.decision;
+    let name = &verdict.rule.name;
+    let window = whole_seconds_up(verdict.policy_window_us()).max(1);
+    let reset = whole_seconds_up(reset_after_us);
+    let retry = whole_seconds_up(retry_after_us).max(1);
+    let t = if denied { retry } else { reset };
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        let value = HeaderValue::from_str(&value)
+            .expect("header values are ASCII digits and validated names");
+        headers.insert(HeaderName::from_static(name), value);
+    };
+    put(
+        "ratelimit-policy",
+        format!("\"{name}\";q={limit};w={window}"),
+    );
+    put("ratelimit", format!("\"{name}\";r={remaining};t={t}"));
+    put("x-ratelimit-limit", limit.to_string());
+    put("x-ratelimit-remaining", remaining.to_string());
+    put("x-ratelimit-reset", reset.to_string());
+    if denied {
+        put("retry-after", retry.to_string());
+    }
+    headers
+}
+
+async fn status(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let key = api_key(&headers)?;
+        let params = query(params)?;
+        let verdict = state
+            .limiter
+            .status(key, params.resource.as_deref().unwrap_or(""))
+            .await
+            .map_err(|err| state.problem(err))?;
+        let decision = &verdict.decision;
+        let body = Json(json!({
+            "limit": decision.limit,
+            "used": decision.limit - decision.remaining,
+            "remaining": decision.remaining,
+            "reset_after_ms": decision.reset_after_us as f64 / 1e3,
+            "rule": verdict.rule.name,
+            "resource": verdict.resource,
+        }));
+        Ok::<_, Problem>((rate_limit_headers(&verdict, false), body).into_response())
+    }
+    .await;
+    let response = result.unwrap_or_else(|problem| {
+        state.count_invalid(&problem);
+        problem.into_response()
+    });
+    state
+        .status_duration
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn reset(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let key = api_key(&headers)?;
+        let params = query(params)?;
+        let existed = state
+            .limiter
+            .reset(key, params.resource.as_deref().unwrap_or(""))
+            .await
+            .map_err(|err| state.problem(err))?;
+        Ok::<_, Problem>(Json(json!({ "existed": existed })).into_response())
+    }
+    .await;
+    let response = result.unwrap_or_else(|problem| {
+        state.count_invalid(&problem);
+        problem.into_response()
+    });
+    state
+        .reset_duration
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics_text(State(state): State<Arc<HttpState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.limiter.render_metrics(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    }
+}

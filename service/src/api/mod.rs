@@ -1,0 +1,4 @@
+//! The network APIs: thin adapters that translate a protocol into [`crate::limiter`] calls.
+
+pub mod grpc;
+pub mod http;

@@ -1,0 +1,262 @@
+//! The decision core, independent of any API: validates a request, finds its rule, asks the
+//! store, and counts the outcome. gRPC, HTTP (and later Envoy RLS) are thin adapters over it.
+
+use crate::{
+    algorithm::Decision,
+    config::{Config, RequestLimits, rule_config::MAX_RESOURCE_BYTES},
+    metrics::{Metrics, RuleMetrics},
+    rules::{DEFAULT_RESOURCE, Rule, RuleSet},
+    store::{BucketKey, Store, StoreError},
+};
+
+/// "May `key` spend `cost` of `resource` now?"
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckRequest<'a> {
+    pub key: &'a str,
+    /// Empty means [`DEFAULT_RESOURCE`].
+    pub resource: &'a str,
+    /// `None` means 1.
+    pub cost: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Denied,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// A decision with the rule that made it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Verdict<'a> {
+    pub outcome: Outcome,
+    pub decision: Decision,
+    pub rule: &'a Rule,
+    /// The resource decided for (the request's, or [`DEFAULT_RESOURCE`]).
+    pub resource: &'a str,
+}
+
+impl Verdict<'_> {
+    /// The window `limit` is restored over, for `RateLimit-Policy`.
+    pub fn policy_window_us(&self) -> u64 {
+        self.rule.algorithm.policy_window_us()
+    }
+}
+
+/// A request that can never be answered as asked. Each names its field and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "key is empty; send the client identity to limit (gRPC `key`, HTTP `X-API-Key` header)"
+    )]
+    EmptyKey,
+    #[error(
+        "key is {len} bytes, over the limit of {max} (limits.max_key_bytes); send a shorter identity, e.g. a hash"
+    )]
+    KeyTooLong { len: usize, max: usize },
+    #[error("resource is {len} bytes, over the limit of {max}; use a short resource name")]
+    ResourceTooLong { len: usize, max: usize },
+    #[error("cost must be at least 1; omit it to spend 1")]
+    ZeroCost,
+    #[error(
+        "cost {cost} exceeds {limit}, the most rule `{rule}` can ever allow; send at most {limit}"
+    )]
+    CostAboveLimit { cost: u64, limit: u64, rule: String },
+    #[error(
+        "resource `{resource}` has no rule and there is no default_rule; add [rules.{resource}] or a [default_rule]"
+    )]
+    UnknownResource { resource: String },
+}
+
+impl RequestError {
+    /// The request field at fault, also a metrics label.
+    pub fn field(&self) -> &'static str {
+        match self {
+            RequestError::EmptyKey | RequestError::KeyTooLong { .. } => "key",
+            RequestError::ResourceTooLong { .. } | RequestError::UnknownResource { .. } => {
+                "resource"
+            }
+            RequestError::ZeroCost | RequestError::CostAboveLimit { .. } => "cost",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimiterError {
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+pub struct Limiter<S> {
+    rules: RuleSet,
+    rule_metrics: Vec<RuleMetrics>,
+    limits: RequestLimits,
+    store: S,
+    metrics: Metrics,
+}
+
+impl<S: Store> Limiter<S> {
+    pub fn new(rules: RuleSet, limits: RequestLimits, store: S, metrics: Metrics) -> Self {
+        let rule_metrics = rules
+            .rules()
+            .iter()
+            .map(|rule| metrics.for_rule(rule))
+            .collect();
+        Self {
+            rules,
+            rule_metrics,
+            limits,
+            store,
+            metrics,
+        }
+    }
+
+    pub fn from_config(config: &Config, store: S) -> Self {
+        Self::new(config.rules.clone(), config.limits, store, Metrics::new())
+    }
+
+    pub async fn check<'a>(
+        &'a self,
+        request: CheckRequest<'a>,
+    ) -> Result<Verdict<'a>, LimiterError> {
+        let (rule, resource) = self.resolve(request.key, request.resource)?;
+        let cost = request.cost.unwrap_or(1);
+        let limit = rule.algorithm.limit();
+        if cost == 0 {
+            return Err(RequestError::ZeroCost.into());
+        }
+        if cost > limit {
+            return Err(RequestError::CostAboveLimit {
+                cost,
+                limit,
+                rule: rule.name.clone(),
+            }
+            .into());
+        }
+        let bucket = BucketKey {
+            resource,
+            key: request.key,
+        };
+        let decision = self
+            .store
+            .check(bucket, &rule.algorithm, cost)
+            .await
+            .inspect_err(|err| self.metrics.store_error(err.kind()))?;
+        let counters = &self.rule_metrics[rule.id];
+        let outcome = if decision.allowed {
+            counters.allowed.inc();
+            Outcome::Allowed
+        } else {
+            counters.denied.inc();
+            Outcome::Denied
+        };
+        counters
+            .remaining_ratio
+            .observe(decision.remaining as f64 / decision.limit as f64);
+        Ok(Verdict {
+            outcome,
+            decision,
+            rule,
+            resource,
+        })
+    }
+
+    /// The key's state now, consuming nothing.
+    pub async fn status<'a>(
+        &'a self,
+        key: &str,
+        resource: &'a str,
+    ) -> Result<Verdict<'a>, LimiterError> {
+        let (rule, resource) = self.resolve(key, resource)?;
+        let decision = self
+            .store
+            .peek(BucketKey { resource, key }, &rule.algorithm)
+            .await
+            .inspect_err(|err| self.metrics.store_error(err.kind()))?;
+        Ok(Verdict {
+            outcome: if decision.remaining > 0 {
+                Outcome::Allowed
+            } else {
+                Outcome::Denied
+            },
+            decision,
+            rule,
+            resource,
+        })
+    }
+
+    /// Forgets the key's state; true when it had any.
+    pub async fn reset(&self, key: &str, resource: &str) -> Result<bool, LimiterError> {
+        let (_, resource) = self.resolve(key, resource)?;
+        Ok(self
+            .store
+            .reset(BucketKey { resource, key })
+            .await
+            .inspect_err(|err| self.metrics.store_error(err.kind()))?)
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text exposition, with gauges read from the store first.
+    pub fn render_metrics(&self) -> String {
+        if let Some(keys) = self.store.active_keys() {
+            self.metrics.set_active_keys(keys);
+        }
+        self.metrics.render()
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        key: &str,
+        resource: &'a str,
+    ) -> Result<(&'a Rule, &'a str), RequestError> {
+        if key.is_empty() {
+            return Err(RequestError::EmptyKey);
+        }
+        if key.len() > self.limits.max_key_bytes {
+            return Err(RequestError::KeyTooLong {
+                len: key.len(),
+                max: self.limits.max_key_bytes,
+            });
+        }
+        let resource = if resource.is_empty() {
+            DEFAULT_RESOURCE
+        } else {
+            resource
+        };
+        if resource.len() > MAX_RESOURCE_BYTES {
+            return Err(RequestError::ResourceTooLong {
+                len: resource.len(),
+                max: MAX_RESOURCE_BYTES,
+            });
+        }
+        let rule =
+            self.rules
+                .resolve(resource, key)
+                .ok_or_else(|| RequestError::UnknownResource {
+                    resource: resource.to_owned(),
+                })?;
+        Ok((rule, resource))
+    }
+}

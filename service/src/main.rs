@@ -1,0 +1,92 @@
+//! `ratelimiter`: parses flags and configuration, then runs the service until SIGTERM.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+use sluice::config::{Config, Overrides};
+use tracing_subscriber::EnvFilter;
+
+/// Sluice rate-limiting service: gRPC and HTTP APIs over one decision core.
+///
+/// Every flag can also be set by its environment variable; flags win over the environment,
+/// which wins over the config file.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML config file; without it every resource gets a 100-token bucket refilled at 10/s.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address (server.grpc_addr).
+    #[arg(long, env = "SLUICE_GRPC_ADDR")]
+    grpc_addr: Option<String>,
+    /// HTTP listen address (server.http_addr).
+    #[arg(long, env = "SLUICE_HTTP_ADDR")]
+    http_addr: Option<String>,
+    /// Storage backend (backend.kind).
+    #[arg(long, env = "SLUICE_BACKEND")]
+    backend: Option<String>,
+    /// Most keys the memory backend holds (backend.memory.max_keys).
+    #[arg(long, env = "SLUICE_MAX_KEYS")]
+    max_keys: Option<u64>,
+    /// Lock shards of the memory backend (backend.memory.shards).
+    #[arg(long, env = "SLUICE_SHARDS")]
+    shards: Option<u64>,
+    /// Longest accepted client key in bytes (limits.max_key_bytes).
+    #[arg(long, env = "SLUICE_MAX_KEY_BYTES")]
+    max_key_bytes: Option<u64>,
+    /// Validate the configuration, print a summary and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let overrides = Overrides {
+        grpc_addr: args.grpc_addr,
+        http_addr: args.http_addr,
+        backend: args.backend,
+        max_keys: args.max_keys,
+        max_key_bytes: args.max_key_bytes,
+        shards: args.shards,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check_config {
+        println!("config is valid: {} rule(s)", config.rules.rules().len());
+        for rule in config.rules.rules() {
+            println!(
+                "  {} (resource {}): {} limit {}",
+                rule.name,
+                rule.resource_label,
+                rule.algorithm.name(),
+                rule.algorithm.limit()
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(sluice::server::run_until_signal(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Prometheus metrics, in a registry per server (so several servers can share a process).
+//! No label ever carries a client key: every label value comes from configuration or code.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::rules::Rule;
+
+/// Request latency buckets, 25 us to 1 s: a healthy in-memory decision sits at the bottom.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0,
+];
+
+/// Remaining quota as a fraction of the limit, after each allowed decision.
+const REMAINING_RATIO_BUCKETS: &[f64] = &[0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: IntCounterVec,
+    remaining_ratio: HistogramVec,
+    request_duration: HistogramVec,
+    invalid_requests: IntCounterVec,
+    store_errors: IntCounterVec,
+    active_keys: IntGauge,
+}
+
+/// Handles resolved once per rule, so the hot path never looks up a label set.
+#[derive(Debug, Clone)]
+pub struct RuleMetrics {
+    pub allowed: IntCounter,
+    pub denied: IntCounter,
+    pub remaining_ratio: Histogram,
+}
+
+/// The API a request came through, a metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Grpc,
+    Http,
+}
+
+impl Api {
+    pub fn label(self) -> &'static str {
+        match self {
+            Api::Grpc => "grpc",
+            Api::Http => "http",
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "sluice_decisions_total",
+                "Rate-limit decisions by resource and outcome.",
+            ),
+            &["resource", "outcome"],
+        )
+        .expect("valid metric");
+        let remaining_ratio = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_remaining_ratio",
+                "Remaining quota divided by the limit, observed on each decision.",
+            )
+            .buckets(REMAINING_RATIO_BUCKETS.to_vec()),
+            &["resource"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_request_duration_seconds",
+                "Time to answer a request, by API and method.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["api", "method"],
+        )
+        .expect("valid metric");
+        let invalid_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_invalid_requests_total",
+                "Requests rejected as invalid, by API and field.",
+            ),
+            &["api", "field"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_store_errors_total",
+                "Store operations that failed, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let active_keys = IntGauge::new("sluice_active_keys", "Keys with state in the store.")
+            .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "sluice_build_info",
+                "Build of the running service; always 1.",
+            ),
+            &["version", "commit"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::BUILD_COMMIT])
+            .set(1);
+        for collector in [
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(remaining_ratio.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(invalid_requests.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(active_keys.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            decisions,
+            remaining_ratio,
+            request_duration,
+            invalid_requests,
+            store_errors,
+            active_keys,
+        }
+    }
+
+    pub fn for_rule(&self, rule: &Rule) -> RuleMetrics {
+        let resource = rule.resource_label.as_str();
+        RuleMetrics {
+            allowed: self.decisions.with_label_values(&[resource, "allowed"]),
+            denied: self.decisions.with_label_values(&[resource, "denied"]),
+            remaining_ratio: self.remaining_ratio.with_label_values(&[resource]),
+        }
+    }
+
+    pub fn request_duration(&self, api: Api, method: &str) -> Histogram {
+        self.request_duration
+            .with_label_values(&[api.label(), method])
+    }
+
+    pub fn invalid_request(&self, api: Api, field: &str) {
+        self.invalid_requests
+            .with_label_values(&[api.label(), field])
+            .inc();
+    }
+
+    pub fn store_error(&self, kind: &str) {
+        self.store_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn set_active_keys(&self, keys: u64) {
+        self.active_keys.set(keys as i64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into memory cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,221 @@
+//! Starts the APIs on their listeners, runs the store's upkeep, and shuts down gracefully.
+//! Tests, the load generator's demo and `main.rs` all start the service through [`start`].
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tonic::transport::server::TcpIncoming;
+use tracing::{info, warn};
+
+use crate::{
+    api::{grpc::GrpcApi, http},
+    clock::Clock,
+    config::{BackendConfig, Config},
+    limiter::Limiter,
+    store::{Backend, MemoryStore},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({api}): {source}")]
+    Bind {
+        api: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// A started service. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    limiter: Arc<Limiter<Backend>>,
+    shutdown: watch::Sender<bool>,
+    done: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    pub fn limiter(&self) -> &Arc<Limiter<Backend>> {
+        &self.limiter
+    }
+
+    /// Starts draining: readiness turns false, listeners close, in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits until both APIs have stopped.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.done.await.expect("server task does not panic")
+    }
+
+    /// Shuts down and waits.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.shutdown();
+        self.wait().await
+    }
+}
+
+/// Builds the store named by the configuration.
+pub fn build_backend(config: &Config) -> Backend {
+    match &config.backend {
+        BackendConfig::Memory(memory) => Backend::Memory(MemoryStore::new(memory, Clock::system())),
+    }
+}
+
+/// Binds both listeners and serves until [`RunningServer::shutdown`].
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let limiter = Arc::new(Limiter::from_config(&config, build_backend(&config)));
+    start_with(config, limiter).await
+}
+
+/// As [`start`], with a limiter built by the caller (tests use a manual clock this way).
+pub async fn start_with(
+    config: Config,
+    limiter: Arc<Limiter<Backend>>,
+) -> Result<RunningServer, ServerError> {
+    let bind = |api, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { api, addr, source })
+    };
+    let grpc_listener = bind("gRPC", config.server.grpc_addr).await?;
+    let http_listener = bind("HTTP", config.server.http_addr).await?;
+    let local = |listener: &TcpListener, api, addr| {
+        listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { api, addr, source })
+    };
+    let grpc_addr = local(&grpc_listener, "gRPC", config.server.grpc_addr)?;
+    let http_addr = local(&http_listener, "HTTP", config.server.http_addr)?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(true));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<sluice_proto::v1::rate_limiter_server::RateLimiterServer<GrpcApi>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("embedded descriptors are valid");
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("embedded descriptors are valid");
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(GrpcApi::server(limiter.clone()))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            drained(shutdown_rx.clone()),
+        );
+    let http = axum::serve(http_listener, http::router(limiter.clone(), ready.clone()))
+        .with_graceful_shutdown(drained(shutdown_rx.clone()));
+
+    let upkeep = spawn_upkeep(&config, limiter.clone(), shutdown_rx.clone());
+    let grace = config.server.shutdown_grace;
+    let mut on_shutdown = shutdown_rx;
+    let done = tokio::spawn(async move {
+        let grpc = tokio::spawn(grpc);
+        let http = tokio::spawn(async move { http.await.map_err(ServerError::Http) });
+        let _ = on_shutdown.wait_for(|stop| *stop).await;
+        ready.store(false, Ordering::Relaxed);
+        health_reporter
+            .set_not_serving::<sluice_proto::v1::rate_limiter_server::RateLimiterServer<GrpcApi>>()
+            .await;
+        info!(grace = ?grace, "draining in-flight requests");
+        let drain = async {
+            let grpc = grpc.await.expect("gRPC task does not panic");
+            let http = http.await.expect("HTTP task does not panic");
+            grpc.map_err(ServerError::from).and(http)
+        };
+        let result = match tokio::time::timeout(grace, drain).await {
+            Ok(result) => result,
+            Err(_) => {
+                warn!(grace = ?grace, "requests still in flight after the grace period; closing");
+                Ok(())
+            }
+        };
+        upkeep.abort();
+        result
+    });
+    info!(%grpc_addr, %http_addr, "sluice listening");
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        limiter,
+        shutdown,
+        done,
+    })
+}
+
+/// Resolves when shutdown is requested.
+async fn drained(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Periodic store upkeep: sweeping expired keys from the memory store.
+fn spawn_upkeep(
+    config: &Config,
+    limiter: Arc<Limiter<Backend>>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let interval = match &config.backend {
+        BackendConfig::Memory(memory) => memory.sweep_interval,
+    };
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*shutdown.borrow() {
+            ticker.tick().await;
+            match limiter.store() {
+                Backend::Memory(store) => {
+                    store.sweep_expired();
+                }
+            }
+        }
+    })
+}
+
+/// Runs until SIGINT or SIGTERM, then drains: what the `ratelimiter` binary does.
+pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    shutdown_signal().await;
+    info!("shutdown signal received");
+    server.stop().await?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

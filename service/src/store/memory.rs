@@ -1,0 +1,272 @@
+//! The embedded store: per-key state in memory, sharded so concurrent requests on different
+//! keys rarely share a lock, and bounded: state that is back to fresh is swept, and past
+//! `max_keys` the soonest-expiring key of a small sample is evicted.
+
+use std::{
+    hash::BuildHasher,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+
+use super::{BucketKey, Store, StoreError};
+use crate::{
+    algorithm::{Algorithm, Decision, State},
+    clock::Clock,
+    config::MemoryConfig,
+};
+
+/// How many entries eviction compares when a shard is full.
+const EVICTION_SAMPLE: usize = 8;
+
+#[derive(Debug)]
+pub struct MemoryStore {
+    shards: Box<[Shard]>,
+    shard_mask: u64,
+    keys_per_shard: usize,
+    hasher: foldhash::fast::RandomState,
+    clock: Clock,
+    evictions: AtomicU64,
+}
+
+/// Aligned to its own cache lines so neighbouring shards' locks do not contend.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Mutex<HashTable<Entry>>);
+
+#[derive(Debug)]
+struct Entry {
+    hash: u64,
+    resource: Box<str>,
+    key: Box<str>,
+    state: State,
+    /// When the state is back to fresh and the entry can be dropped without changing any answer.
+    expires_at_us: u64,
+}
+
+impl Entry {
+    fn is(&self, key: BucketKey<'_>) -> bool {
+        *self.key == *key.key && *self.resource == *key.resource
+    }
+}
+
+impl MemoryStore {
+    pub fn new(config: &MemoryConfig, clock: Clock) -> Self {
+        let shards = config.shards.max(1).next_power_of_two();
+        Self {
+            shards: (0..shards).map(|_| Shard::default()).collect(),
+            shard_mask: shards as u64 - 1,
+            keys_per_shard: config.max_keys.div_ceil(shards).max(1),
+            hasher: foldhash::fast::RandomState::default(),
+            clock,
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Live keys evicted because the store was full (each loses its state early).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// The decision for one request, synchronously: the store's whole hot path.
+    pub fn check_now(&self, key: BucketKey<'_>, algorithm: &Algorithm, cost: u64) -> Decision {
+        let hash = self.hasher.hash_one(key);
+        let now = self.clock.now_us();
+        let mut table = self.shard(hash).lock();
+        if let Some(entry) = table.find_mut(hash, |entry| entry.is(key)) {
+            let decision = algorithm.check(&mut entry.state, cost, now);
+            entry.expires_at_us = now.saturating_add(decision.reset_after_us);
+            return decision;
+        }
+        let mut state = algorithm.fresh_state(now);
+        let decision = algorithm.check(&mut state, cost, now);
+        if decision.reset_after_us > 0 {
+            if table.len() >= self.keys_per_shard {
+                self.evict_one(&mut table, now);
+            }
+            table.insert_unique(
+                hash,
+                Entry {
+                    hash,
+                    resource: key.resource.into(),
+                    key: key.key.into(),
+                    state,
+                    expires_at_us: now.saturating_add(decision.reset_after_us),
+                },
+                |entry| entry.hash,
+            );
+        }
+        decision
+    }
+
+    pub fn peek_now(&self, key: BucketKey<'_>, algorithm: &Algorithm) -> Decision {
+        let hash = self.hasher.hash_one(key);
+        let now = self.clock.now_us();
+        let table = self.shard(hash).lock();
+        match table.find(hash, |entry| entry.is(key)) {
+            Some(entry) => algorithm.peek(&entry.state, now),
+            None => algorithm.peek(&algorithm.fresh_state(now), now),
+        }
+    }
+
+    pub fn reset_now(&self, key: BucketKey<'_>) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let mut table = self.shard(hash).lock();
+        match table.find_entry(hash, |entry| entry.is(key)) {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Drops every entry whose state is back to fresh; returns how many.
+    pub fn sweep_expired(&self) -> usize {
+        let now = self.clock.now_us();
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut table = shard.0.lock();
+                let before = table.len();
+                table.retain(|entry| entry.expires_at_us > now);
+                before - table.len()
+            })
+            .sum()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.0.lock().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<HashTable<Entry>> {
+        // The table uses the low bits and the top 7; shards take bits from the middle.
+        &self.shards[((hash >> 32) & self.shard_mask) as usize].0
+    }
+
+    /// Makes room in a full shard: an expired entry if the sample has one (that loses
+    /// nothing), else the live entry closest to expiring.
+    fn evict_one(&self, table: &mut HashTable<Entry>, now: u64) {
+        let Some(victim) = table
+            .iter()
+            .take(EVICTION_SAMPLE)
+            .min_by_key(|entry| entry.expires_at_us)
+            .map(|entry| (entry.hash, entry as *const Entry, entry.expires_at_us))
+        else {
+            return;
+        };
+        let (hash, address, expires_at_us) = victim;
+        if let Ok(entry) = table.find_entry(hash, |entry| std::ptr::eq(entry, address)) {
+            entry.remove();
+            if expires_at_us > now {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    async fn check(
+        &self,
+        key: BucketKey<'_>,
+        algorithm: &Algorithm,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        Ok(self.check_now(key, algorithm, cost))
+    }
+
+    async fn peek(
+        &self,
+        key: BucketKey<'_>,
+        algorithm: &Algorithm,
+    ) -> Result<Decision, StoreError> {
+        Ok(self.peek_now(key, algorithm))
+    }
+
+    async fn reset(&self, key: BucketKey<'_>) -> Result<bool, StoreError> {
+        Ok(self.reset_now(key))
+    }
+
+    fn active_keys(&self) -> Option<u64> {
+        Some(self.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::algorithm::{FixedWindow, TokenBucket};
+
+    fn store(shards: usize, max_keys: usize) -> MemoryStore {
+        let config = MemoryConfig {
+            shards,
+            max_keys,
+            sweep_interval: Duration::from_secs(1),
+        };
+        MemoryStore::new(&config, Clock::manual(1_000_000))
+    }
+
+    fn bucket(key: &str) -> BucketKey<'_> {
+        BucketKey { resource: "r", key }
+    }
+
+    #[test]
+    fn sweep_drops_only_state_that_is_back_to_fresh() {
+        let store = store(4, 1_000);
+        let short = Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000));
+        let long = Algorithm::FixedWindow(FixedWindow::new(5, 60_000_000));
+        store.check_now(bucket("short"), &short, 1);
+        store.check_now(bucket("long"), &long, 1);
+        assert_eq!(store.len(), 2);
+        store.clock().advance_us(1_000_000);
+        assert_eq!(store.sweep_expired(), 1);
+        assert_eq!(store.len(), 1);
+        assert_eq!(
+            store.peek_now(bucket("long"), &long).remaining,
+            4,
+            "live state survives"
+        );
+    }
+
+    #[test]
+    fn requests_that_leave_state_fresh_store_nothing() {
+        let store = store(4, 1_000);
+        let algorithm = Algorithm::TokenBucket(TokenBucket::new(5, 1.0));
+        store.peek_now(bucket("a"), &algorithm);
+        store.check_now(bucket("b"), &algorithm, 6);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn max_keys_bounds_memory_and_evicts_the_soonest_expiring() {
+        let store = store(1, 4);
+        let soon = Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000));
+        let late = Algorithm::FixedWindow(FixedWindow::new(5, 3_600_000_000));
+        store.check_now(bucket("soon"), &soon, 1);
+        for key in ["l1", "l2", "l3"] {
+            store.check_now(bucket(key), &late, 1);
+        }
+        for key in ["l4", "l5", "l6"] {
+            store.check_now(bucket(key), &late, 1);
+            assert!(store.len() <= 4);
+        }
+        assert_eq!(
+            store.peek_now(bucket("soon"), &soon).remaining,
+            5,
+            "evicted first"
+        );
+        assert_eq!(store.evictions(), 3);
+        assert_eq!(store.peek_now(bucket("l6"), &late).remaining, 4);
+    }
+}

@@ -1,0 +1,101 @@
+//! Where counters live. The [`Store`] trait is the seam between deciding (the limiter, the
+//! pure algorithms) and storage: a store applies an algorithm to one key's state atomically,
+//! with its own notion of `now`. Every store passes the same contract tests
+//! (`tests/store_contract.rs`).
+
+mod memory;
+
+use std::future::Future;
+
+pub use memory::MemoryStore;
+
+use crate::algorithm::{Algorithm, Decision};
+
+/// Identifies one key's state: the client key spending one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BucketKey<'a> {
+    pub resource: &'a str,
+    pub key: &'a str,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store timed out after {0} ms")]
+    Timeout(u64),
+}
+
+impl StoreError {
+    /// A short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Spends `cost` of `key` under `algorithm` if allowed; atomic per key.
+    fn check(
+        &self,
+        key: BucketKey<'_>,
+        algorithm: &Algorithm,
+        cost: u64,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+
+    /// Reads what `key`'s state means now without changing it.
+    fn peek(
+        &self,
+        key: BucketKey<'_>,
+        algorithm: &Algorithm,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+
+    /// Forgets `key`'s state; true when there was any.
+    fn reset(&self, key: BucketKey<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Keys currently held, where the store can tell cheaply.
+    fn active_keys(&self) -> Option<u64>;
+}
+
+/// The store a server runs on, chosen by configuration.
+#[derive(Debug)]
+pub enum Backend {
+    Memory(MemoryStore),
+}
+
+impl Store for Backend {
+    async fn check(
+        &self,
+        key: BucketKey<'_>,
+        algorithm: &Algorithm,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        match self {
+            Backend::Memory(store) => store.check(key, algorithm, cost).await,
+        }
+    }
+
+    async fn peek(
+        &self,
+        key: BucketKey<'_>,
+        algorithm: &Algorithm,
+    ) -> Result<Decision, StoreError> {
+        match self {
+            Backend::Memory(store) => store.peek(key, algorithm).await,
+        }
+    }
+
+    async fn reset(&self, key: BucketKey<'_>) -> Result<bool, StoreError> {
+        match self {
+            Backend::Memory(store) => store.reset(key).await,
+        }
+    }
+
+    fn active_keys(&self) -> Option<u64> {
+        match self {
+            Backend::Memory(store) => store.active_keys(),
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! End to end: a real server on loopback, driven over real gRPC and HTTP.
+
+mod common;
+
+use std::time::Duration;
+
+use sluice_proto::v1::{CheckRequest, Decision, ResetRequest, StatusRequest};
+use tonic::Code;
+
+const RULES: &str = r#"
+[limits]
+max_key_bytes = 32
+
+[rules.tight]
+algorithm = "token_bucket"
+capacity = 2
+refill_per_second = 0.4
+
+[rules.exact]
+algorithm = "sliding_window_log"
+limit = 3
+window = "1m"
+
+[[rules.exact.overrides]]
+key = "vip"
+name = "exact-vip"
+algorithm = "sliding_window_log"
+limit = 10
+window = "1m"
+"#;
+
+fn check(key: &str, resource: &str, cost: Option<u64>) -> CheckRequest {
+    CheckRequest {
+        key: key.into(),
+        resource: resource.into(),
+        cost,
+    }
+}
+
+#[tokio::test]
+async fn grpc_check_reports_the_whole_decision() {
+    let server = common::start(RULES).await;
+    let mut client = common::grpc_client(&server).await;
+    let first = client
+        .check(check("alice", "tight", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.decision(), Decision::Allowed);
+    assert!(first.allowed);
+    assert_eq!((first.limit, first.remaining), (2, 1));
+    assert_eq!(
+        (first.rule.as_str(), first.resource.as_str()),
+        ("tight", "tight")
+    );
+    assert_eq!(
+        first.reset_after.unwrap().seconds,
+        2,
+        "1 token at 0.4/s takes 2.5 s"
+    );
+    assert_eq!(first.retry_after.unwrap(), prost_types::Duration::default());
+    assert_eq!(first.policy_window.unwrap().seconds, 5);
+
+    client
+        .check(check("alice", "tight", Some(1)))
+        .await
+        .unwrap();
+    let denied = client
+        .check(check("alice", "tight", Some(1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied.decision(), Decision::Denied);
+    assert!(!denied.allowed);
+    assert_eq!(denied.remaining, 0);
+    let retry = denied.retry_after.unwrap();
+    assert!(
+        retry.seconds == 2 && retry.nanos > 400_000_000,
+        "about 2.5 s, got {retry:?}"
+    );
+
+    let other = client
+        .check(check("bob", "tight", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(other.allowed, "keys are independent");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn grpc_status_reads_and_reset_clears() {
+    let server = common::start(RULES).await;
+    let mut client = common::grpc_client(&server).await;
+    let status = |key: &str| StatusRequest {
+        key: key.into(),
+        resource: "exact".into(),
+    };
+    client
+        .check(check("carol", "exact", Some(2)))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let read = client.status(status("carol")).await.unwrap().into_inner();
+        assert_eq!((read.limit, read.used, read.remaining), (3, 2, 1));
+        assert_eq!(read.rule, "exact");
+        assert!(read.reset_after.unwrap().seconds >= 59);
+    }
+    let vip = client
+        .check(check("vip", "exact", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (vip.rule.as_str(), vip.limit),
+        ("exact-vip", 10),
+        "per-key override"
+    );
+
+    let reset = ResetRequest {
+        key: "carol".into(),
+        resource: "exact".into(),
+    };
+    assert!(
+        client
+            .reset(reset.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .existed
+    );
+    assert!(!client.reset(reset).await.unwrap().into_inner().existed);
+    let read = client.status(status("carol")).await.unwrap().into_inner();
+    assert_eq!((read.used, read.remaining), (0, 3));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn grpc_rejects_bad_input_naming_the_field() {
+    let server = common::start(RULES).await;
+    let mut client = common::grpc_client(&server).await;
+    let cases = [
+        (check("", "tight", None), "key is empty"),
+        (
+            check(&"k".repeat(33), "tight", None),
+            "key is 33 bytes, over the limit of 32",
+        ),
+        (check("k", "tight", Some(0)), "cost must be at least 1"),
+        (check("k", "tight", Some(3)), "cost 3 exceeds 2"),
+        (
+            check("k", "nowhere", None),
+            "resource `nowhere` has no rule",
+        ),
+        (check("k", &"r".repeat(129), None), "resource is 129 bytes"),
+    ];
+    for (request, expected) in cases {
+        let status = client.check(request.clone()).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
+        assert!(
+            status.message().contains(expected),
+            "{request:?}: {}",
+            status.message()
+        );
+    }
+    let metrics = reqwest::get(common::http_url(&server, "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"sluice_invalid_requests_total{api="grpc",field="cost"} 2"#),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn grpc_health_and_reflection_work_without_the_proto() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let server = common::start(RULES).await;
+    let channel = common::grpc_channel(&server).await;
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "sluice.v1.RateLimiter"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            response.status(),
+            ServingStatus::Serving,
+            "service {service:?}"
+        );
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer {response:?}");
+    };
+    let names: Vec<_> = list
+        .service
+        .iter()
+        .map(|service| service.name.as_str())
+        .collect();
+    assert!(names.contains(&"sluice.v1.RateLimiter"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_storm_on_one_key_admits_exactly_capacity() {
+    let capacity = 500;
+    let server = common::start(&common::no_refill_bucket("storm", capacity)).await;
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(common::grpc_channel(&server).await);
+    }
+    let tasks: Vec<_> = (0..64)
+        .map(|task| {
+            let mut client = sluice_proto::v1::rate_limiter_client::RateLimiterClient::new(
+                channels[task % 4].clone(),
+            );
+            tokio::spawn(async move {
+                let mut admitted = 0u64;
+                for _ in 0..1_000 {
+                    let response = client
+                        .check(check("hot", "storm", None))
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    admitted += u64::from(response.allowed);
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    assert_eq!(admitted, capacity, "64 tasks x 1,000 checks on one key");
+    let metrics = server.limiter().render_metrics();
+    assert!(
+        metrics.contains(r#"sluice_decisions_total{outcome="allowed",resource="storm"} 500"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_decisions_total{outcome="denied",resource="storm"} 63500"#),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn http_check_answers_with_status_headers_and_body() {
+    let server = common::start(RULES).await;
+    let http = reqwest::Client::new();
+    let post = |query: &str| {
+        http.post(common::http_url(&server, &format!("/check{query}")))
+            .header("X-API-Key", "dave")
+    };
+    let allowed = post("?resource=tight").send().await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    let headers = allowed.headers().clone();
+    assert_eq!(headers["ratelimit-policy"], r#""tight";q=2;w=5"#);
+    assert_eq!(headers["ratelimit"], r#""tight";r=1;t=3"#);
+    assert_eq!(headers["x-ratelimit-limit"], "2");
+    assert_eq!(headers["x-ratelimit-remaining"], "1");
+    assert_eq!(headers["x-ratelimit-reset"], "3");
+    assert!(headers.get("retry-after").is_none());
+    let body: serde_json::Value = allowed.json().await.unwrap();
+    assert_eq!(body["decision"], "allowed");
+    assert_eq!(body["remaining"], 1);
+    assert_eq!(body["rule"], "tight");
+
+    let denied = post("")
+        .json(&serde_json::json!({"resource": "tight", "cost": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 429);
+    let headers = denied.headers().clone();
+    assert_eq!(headers["retry-after"], "3", "2.5 s rounds up, never down");
+    assert_eq!(headers["ratelimit"], r#""tight";r=1;t=3"#);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    let body: serde_json::Value = denied.json().await.unwrap();
+    assert_eq!(body["decision"], "denied");
+    assert_eq!(body["violated-policies"], serde_json::json!(["tight"]));
+    assert!(body["retry_after_ms"].as_f64().unwrap() > 2_400.0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn http_rejects_bad_input_naming_the_field() {
+    let server = common::start(RULES).await;
+    let http = reqwest::Client::new();
+    let url = |query: &str| common::http_url(&server, &format!("/check{query}"));
+    let cases = [
+        (
+            http.post(url("?resource=tight")),
+            "key",
+            "missing X-API-Key",
+        ),
+        (
+            http.post(url("?resource=tight")).header("X-API-Key", ""),
+            "key",
+            "key is empty",
+        ),
+        (
+            http.post(url("?resource=tight"))
+                .header("X-API-Key", "k".repeat(40)),
+            "key",
+            "over the limit of 32",
+        ),
+        (
+            http.post(url("?resource=tight&cost=abc"))
+                .header("X-API-Key", "k"),
+            "cost",
+            "`abc` is not a whole number",
+        ),
+        (
+            http.post(url("?resource=tight&cost=0"))
+                .header("X-API-Key", "k"),
+            "cost",
+            "at least 1",
+        ),
+        (
+            http.post(url("?resource=tight&cost=9"))
+                .header("X-API-Key", "k"),
+            "cost",
+            "cost 9 exceeds 2",
+        ),
+        (
+            http.post(url(""))
+                .header("X-API-Key", "k")
+                .body("{not json"),
+            "body",
+            "not a valid check request",
+        ),
+        (
+            http.post(url(""))
+                .header("X-API-Key", "k")
+                .body(r#"{"cots": 1}"#),
+            "body",
+            "unknown field `cots`",
+        ),
+        (
+            http.post(url("?resource=exact"))
+                .header("X-API-Key", "k")
+                .body(r#"{"resource":"tight"}"#),
+            "resource",
+            "both the query and the body",
+        ),
+        (
+            http.post(url("?resource=elsewhere"))
+                .header("X-API-Key", "k"),
+            "resource",
+            "no rule",
+        ),
+    ];
+    for (request, field, expected) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 400);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["field"], field, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(expected),
+            "{body}"
+        );
+    }
+    let status = http
+        .get(common::http_url(&server, "/status?resource=tight"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 400, "status needs a key too");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn http_status_reset_metrics_and_probes() {
+    let server = common::start(RULES).await;
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        http.post(common::http_url(&server, "/check?resource=exact"))
+            .header("X-API-Key", "secret-client-key")
+            .send()
+            .await
+            .unwrap();
+    }
+    let status = http
+        .get(common::http_url(&server, "/status?resource=exact"))
+        .header("X-API-Key", "secret-client-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    assert_eq!(status.headers()["ratelimit"], r#""exact";r=1;t=60"#);
+    let body: serde_json::Value = status.json().await.unwrap();
+    assert_eq!(
+        (body["used"].as_u64(), body["remaining"].as_u64()),
+        (Some(2), Some(1))
+    );
+
+    let reset = http
+        .post(common::http_url(&server, "/reset?resource=exact"))
+        .header("X-API-Key", "secret-client-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        reset.json::<serde_json::Value>().await.unwrap()["existed"],
+        true
+    );
+
+    let metrics = http
+        .get(common::http_url(&server, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"sluice_decisions_total{outcome="allowed",resource="exact"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_request_duration_seconds_count{api="http",method="check"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_remaining_ratio_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_active_keys 0"),
+        "reset removed the only key: {metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_build_info{commit=""#),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("secret-client-key"),
+        "client keys never become labels"
+    );
+
+    for (path, expected) in [("/healthz", "ok\n"), ("/readyz", "ready\n")] {
+        let response = http
+            .get(common::http_url(&server, path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), expected);
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn binary_exits_cleanly_on_sigterm_and_rejects_bad_config() {
+    use std::process::{Command, Stdio};
+
+    let binary = env!("CARGO_BIN_EXE_ratelimiter");
+    let bad = Command::new(binary)
+        .args(["--config", "/nonexistent/sluice.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("cannot read config file /nonexistent/sluice.toml")
+    );
+
+    let invalid = Command::new(binary)
+        .args(["--shards", "3", "--backend", "etcd"])
+        .output()
+        .unwrap();
+    assert_eq!(invalid.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&invalid.stderr);
+    assert!(
+        stderr.contains("backend.kind") && stderr.contains("backend.memory.shards"),
+        "{stderr}"
+    );
+
+    let mut child = Command::new(binary)
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("the binary never logged {needle:?}");
+    };
+    wait_for("sluice listening");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_for("draining in-flight requests");
+    wait_for("stopped");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not exit within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit {status:?}");
+}

@@ -1,0 +1,51 @@
+//! Starts real servers in-process on free loopback ports, through the same entry point the
+//! binary uses, and connects real clients to them.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use sluice::{
+    config::{Config, Overrides},
+    server::{self, RunningServer},
+};
+use sluice_proto::v1::rate_limiter_client::RateLimiterClient;
+use tonic::transport::Channel;
+
+pub fn loopback_overrides() -> Overrides {
+    Overrides {
+        grpc_addr: Some("127.0.0.1:0".into()),
+        http_addr: Some("127.0.0.1:0".into()),
+        ..Overrides::default()
+    }
+}
+
+pub fn config(toml: &str) -> Config {
+    Config::parse(toml, "test", &loopback_overrides()).expect("test config is valid")
+}
+
+pub async fn start(toml: &str) -> RunningServer {
+    server::start(config(toml)).await.expect("server starts")
+}
+
+pub async fn grpc_channel(server: &RunningServer) -> Channel {
+    Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("gRPC connects")
+}
+
+pub async fn grpc_client(server: &RunningServer) -> RateLimiterClient<Channel> {
+    RateLimiterClient::new(grpc_channel(server).await)
+}
+
+pub fn http_url(server: &RunningServer, path: &str) -> String {
+    format!("http://{}{}", server.http_addr, path)
+}
+
+/// A token bucket of `capacity` that refills one token per ~12 days: "no refill" for a test,
+/// while every parameter stays valid.
+pub fn no_refill_bucket(resource: &str, capacity: u64) -> String {
+    format!(
+        "[rules.{resource}]\nalgorithm = \"token_bucket\"\ncapacity = {capacity}\nrefill_per_second = 0.000001\n"
+    )
+}
