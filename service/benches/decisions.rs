@@ -8,7 +8,9 @@ use std::{hint::black_box, sync::Arc, thread, time::Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::{
-    algorithm::{Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket},
+    algorithm::{
+        Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+    },
     clock::Clock,
     config::MemoryConfig,
     store::{BucketKey, MemoryStore},
@@ -54,7 +56,10 @@ fn memory_store(c: &mut Criterion) {
     for algorithm in algorithms() {
         group.bench_function(format!("existing_key/{}", algorithm.name()), |b| {
             let store = store();
-            let key = BucketKey { resource: "api", key: "client-42" };
+            let key = BucketKey {
+                resource: "api",
+                key: "client-42",
+            };
             store.check_now(key, &algorithm, 1);
             b.iter(|| black_box(store.check_now(black_box(key), &algorithm, 1)));
         });
@@ -62,7 +67,10 @@ fn memory_store(c: &mut Criterion) {
     let algorithm = Arc::new(algorithms().remove(0));
     // Time per decision per thread while two threads decide at once: equal to the one-thread
     // figure when the store scales, higher when they contend.
-    for (name, hot) in [("two_threads/different_keys", false), ("two_threads/one_hot_key", true)] {
+    for (name, hot) in [
+        ("two_threads/different_keys", false),
+        ("two_threads/one_hot_key", true),
+    ] {
         group.bench_function(name, |b| {
             let store = Arc::new(store());
             b.iter_custom(|iters| {
@@ -71,8 +79,17 @@ fn memory_store(c: &mut Criterion) {
                     .map(|thread| {
                         let (store, algorithm) = (store.clone(), algorithm.clone());
                         thread::spawn(move || {
-                            let key = if hot { "hot" } else if thread == 0 { "left" } else { "right" };
-                            let key = BucketKey { resource: "api", key };
+                            let key = if hot {
+                                "hot"
+                            } else if thread == 0 {
+                                "left"
+                            } else {
+                                "right"
+                            };
+                            let key = BucketKey {
+                                resource: "api",
+                                key,
+                            };
                             for _ in 0..iters {
                                 black_box(store.check_now(key, &algorithm, 1));
                             }
@@ -86,6 +103,30 @@ fn memory_store(c: &mut Criterion) {
             });
         });
     }
+    // Baseline: two threads running the pure algorithm on private state share nothing, so
+    // their slowdown against one thread is what this machine's cores give, not the store's cost.
+    group.bench_function("two_threads/pure_algorithm_baseline", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    let algorithm = algorithm.clone();
+                    thread::spawn(move || {
+                        let mut now = 1_700_000_000_000_000u64;
+                        let mut state = algorithm.fresh_state(now);
+                        for _ in 0..iters {
+                            now += 1;
+                            black_box(algorithm.check(&mut state, black_box(1), now));
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.join().unwrap();
+            }
+            start.elapsed()
+        });
+    });
     group.finish();
 }
 

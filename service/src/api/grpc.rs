@@ -10,7 +10,7 @@ use sluice_proto::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
-    limiter::{Limiter, LimiterError, Outcome, Verdict},
+    limiter::{CheckRequest, Limiter, LimiterError, Outcome, Verdict},
     metrics::Api,
     store::Backend,
 };
@@ -31,6 +31,21 @@ impl GrpcApi {
             reset_duration: metrics.request_duration(Api::Grpc, "reset"),
             limiter,
         })
+    }
+
+    /// Runs one call's work: times it and maps a limiter error to its gRPC status.
+    async fn timed<T>(
+        &self,
+        timer: &Histogram,
+        work: impl Future<Output = Result<T, LimiterError>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = work
+            .await
+            .map(Response::new)
+            .map_err(|err| self.status_of(err));
+        timer.observe(started.elapsed().as_secs_f64());
+        result
     }
 
     fn status_of(&self, err: LimiterError) -> Status {
@@ -82,63 +97,51 @@ impl RateLimiter for GrpcApi {
         &self,
         request: Request<pb::CheckRequest>,
     ) -> Result<Response<pb::CheckResponse>, Status> {
-        let started = Instant::now();
         let request = request.into_inner();
-        let result = self
-            .limiter
-            .check(crate::limiter::CheckRequest {
-                key: &request.key,
-                resource: &request.resource,
-                cost: request.cost,
-            })
-            .await
-            .map(|verdict| Response::new(check_response(&verdict)))
-            .map_err(|err| self.status_of(err));
-        self.check_duration.observe(started.elapsed().as_secs_f64());
-        result
+        let work = async {
+            let verdict = self
+                .limiter
+                .check(CheckRequest {
+                    key: &request.key,
+                    resource: &request.resource,
+                    cost: request.cost,
+                })
+                .await?;
+            Ok(check_response(&verdict))
+        };
+        self.timed(&self.check_duration, work).await
     }
 
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let started = Instant::now();
         let request = request.into_inner();
-        let result = self
-            .limiter
-            .status(&request.key, &request.resource)
-            .await
-            .map(|verdict| {
-                let decision = &verdict.decision;
-                Response::new(pb::StatusResponse {
-                    limit: decision.limit,
-                    used: decision.limit - decision.remaining,
-                    remaining: decision.remaining,
-                    reset_after: Some(duration_from_us(decision.reset_after_us)),
-                    rule: verdict.rule.name.clone(),
-                    resource: verdict.resource.to_owned(),
-                    policy_window: Some(duration_from_us(verdict.policy_window_us())),
-                })
+        let work = async {
+            let verdict = self.limiter.status(&request.key, &request.resource).await?;
+            let decision = &verdict.decision;
+            Ok(pb::StatusResponse {
+                limit: decision.limit,
+                used: decision.limit - decision.remaining,
+                remaining: decision.remaining,
+                reset_after: Some(duration_from_us(decision.reset_after_us)),
+                rule: verdict.rule.name.clone(),
+                resource: verdict.resource.to_owned(),
+                policy_window: Some(duration_from_us(verdict.policy_window_us())),
             })
-            .map_err(|err| self.status_of(err));
-        self.status_duration
-            .observe(started.elapsed().as_secs_f64());
-        result
+        };
+        self.timed(&self.status_duration, work).await
     }
 
     async fn reset(
         &self,
         request: Request<pb::ResetRequest>,
     ) -> Result<Response<pb::ResetResponse>, Status> {
-        let started = Instant::now();
         let request = request.into_inner();
-        let result = self
-            .limiter
-            .reset(&request.key, &request.resource)
-            .await
-            .map(|existed| Response::new(pb::ResetResponse { existed }))
-            .map_err(|err| self.status_of(err));
-        self.reset_duration.observe(started.elapsed().as_secs_f64());
-        result
+        let work = async {
+            let existed = self.limiter.reset(&request.key, &request.resource).await?;
+            Ok(pb::ResetResponse { existed })
+        };
+        self.timed(&self.reset_duration, work).await
     }
 }

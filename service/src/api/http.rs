@@ -156,16 +156,27 @@ async fn check(
     params: Result<Query<Params>, QueryRejection>,
     body: Bytes,
 ) -> Response {
+    respond(
+        &state,
+        &state.check_duration,
+        check_inner(&state, &headers, params, &body),
+    )
+    .await
+}
+
+/// Runs one handler's work: times it, and answers a problem with its response, counting
+/// invalid requests by field.
+async fn respond(
+    state: &HttpState,
+    timer: &Histogram,
+    work: impl Future<Output = Result<Response, Problem>>,
+) -> Response {
     let started = Instant::now();
-    let response = check_inner(&state, &headers, params, &body)
-        .await
-        .unwrap_or_else(|problem| {
-            state.count_invalid(&problem);
-            problem.into_response()
-        });
-    state
-        .check_duration
-        .observe(started.elapsed().as_secs_f64());
+    let response = work.await.unwrap_or_else(|problem| {
+        state.count_invalid(&problem);
+        problem.into_response()
+    });
+    timer.observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -303,8 +314,7 @@ async fn status(
     headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let result = async {
+    let work = async {
         let key = api_key(&headers)?;
         let params = query(params)?;
         let verdict = state
@@ -321,17 +331,9 @@ async fn status(
             "rule": verdict.rule.name,
             "resource": verdict.resource,
         }));
-        Ok::<_, Problem>((rate_limit_headers(&verdict, false), body).into_response())
-    }
-    .await;
-    let response = result.unwrap_or_else(|problem| {
-        state.count_invalid(&problem);
-        problem.into_response()
-    });
-    state
-        .status_duration
-        .observe(started.elapsed().as_secs_f64());
-    response
+        Ok((rate_limit_headers(&verdict, false), body).into_response())
+    };
+    respond(&state, &state.status_duration, work).await
 }
 
 async fn reset(
@@ -339,8 +341,7 @@ async fn reset(
     headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Response {
-    let started = Instant::now();
-    let result = async {
+    let work = async {
         let key = api_key(&headers)?;
         let params = query(params)?;
         let existed = state
@@ -348,17 +349,9 @@ async fn reset(
             .reset(key, params.resource.as_deref().unwrap_or(""))
             .await
             .map_err(|err| state.problem(err))?;
-        Ok::<_, Problem>(Json(json!({ "existed": existed })).into_response())
-    }
-    .await;
-    let response = result.unwrap_or_else(|problem| {
-        state.count_invalid(&problem);
-        problem.into_response()
-    });
-    state
-        .reset_duration
-        .observe(started.elapsed().as_secs_f64());
-    response
+        Ok(Json(json!({ "existed": existed })).into_response())
+    };
+    respond(&state, &state.reset_duration, work).await
 }
 
 async fn metrics_text(State(state): State<Arc<HttpState>>) -> Response {
