@@ -508,6 +508,21 @@ async fn binary_exits_cleanly_on_sigterm_and_rejects_bad_config() {
         "{stderr}"
     );
 
+    let from_env = Command::new(binary)
+        .arg("--check-config")
+        .env("SLUICE_BACKEND", "etcd")
+        .output()
+        .unwrap();
+    assert_eq!(from_env.status.code(), Some(2), "env vars are read");
+    assert!(String::from_utf8_lossy(&from_env.stderr).contains("unknown backend `etcd`"));
+    let flag_beats_env = Command::new(binary)
+        .args(["--check-config", "--shards", "8"])
+        .env("SLUICE_SHARDS", "3")
+        .output()
+        .unwrap();
+    assert!(flag_beats_env.status.success(), "{flag_beats_env:?}");
+    assert!(String::from_utf8_lossy(&flag_beats_env.stdout).contains("config is valid: 1 rule(s)"));
+
     let mut child = Command::new(binary)
         .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
         .stdout(Stdio::null())
