@@ -309,17 +309,25 @@ pub fn rate_limit_headers(verdict: &Verdict<'_>, denied: bool) -> HeaderMap {
     headers
 }
 
+/// The client key and resource of a status or reset request.
+fn key_and_resource(
+    headers: &HeaderMap,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Result<(&str, String), Problem> {
+    let key = api_key(headers)?;
+    Ok((key, query(params)?.resource.unwrap_or_default()))
+}
+
 async fn status(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Response {
     let work = async {
-        let key = api_key(&headers)?;
-        let params = query(params)?;
+        let (key, resource) = key_and_resource(&headers, params)?;
         let verdict = state
             .limiter
-            .status(key, params.resource.as_deref().unwrap_or(""))
+            .status(key, &resource)
             .await
             .map_err(|err| state.problem(err))?;
         let decision = &verdict.decision;
@@ -342,11 +350,10 @@ async fn reset(
     params: Result<Query<Params>, QueryRejection>,
 ) -> Response {
     let work = async {
-        let key = api_key(&headers)?;
-        let params = query(params)?;
+        let (key, resource) = key_and_resource(&headers, params)?;
         let existed = state
             .limiter
-            .reset(key, params.resource.as_deref().unwrap_or(""))
+            .reset(key, &resource)
             .await
             .map_err(|err| state.problem(err))?;
         Ok(Json(json!({ "existed": existed })).into_response())
