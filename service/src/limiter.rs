@@ -2,11 +2,15 @@
 //! store, and counts the outcome. gRPC, HTTP (and later Envoy RLS) are thin adapters over it.
 
 use crate::{
-    algorithm::Decision,
-    config::{Config, RequestLimits, rule_config::MAX_RESOURCE_BYTES},
+    algorithm::{Algorithm, Decision},
+    clock::Clock,
+    config::{
+        BackendConfig, Config, FailureMode, MemoryConfig, RedisConfig, RequestLimits,
+        rule_config::MAX_RESOURCE_BYTES,
+    },
     metrics::{Metrics, RuleMetrics},
     rules::{DEFAULT_RESOURCE, Rule, RuleSet},
-    store::{BucketKey, Store, StoreError},
+    store::{BucketKey, MemoryStore, Store, StoreError},
 };
 
 /// "May `key` spend `cost` of `resource` now?"
@@ -17,6 +21,15 @@ pub struct CheckRequest<'a> {
     pub resource: &'a str,
     /// `None` means 1.
     pub cost: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// The store is down and rules fail closed: send traffic elsewhere.
+    StoreDown,
+    /// The store is down; rules still answer by this failure mode.
+    Degraded(FailureMode),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +55,8 @@ pub struct Verdict<'a> {
     pub rule: &'a Rule,
     /// The resource decided for (the request's, or [`DEFAULT_RESOURCE`]).
     pub resource: &'a str,
+    /// Why the decision is not the store's own, when a failure mode made it.
+    pub reason: Option<&'static str>,
 }
 
 impl Verdict<'_> {
@@ -97,6 +112,55 @@ pub enum LimiterError {
     Store(#[from] StoreError),
 }
 
+/// Retry-after suggested when failing closed: about when the breaker probes the store again.
+const STORE_DOWN_RETRY_US: u64 = 1_000_000;
+
+/// How rules answer when the store fails.
+#[derive(Debug)]
+pub struct FailurePolicy {
+    /// For rules without a `failure_mode` of their own.
+    pub default_mode: FailureMode,
+    /// The node-local limiter of `local` mode, if the store can fail at all.
+    pub local: Option<LocalFallback>,
+}
+
+/// This node's memory, holding each rule scaled to its share of the limit.
+#[derive(Debug)]
+pub struct LocalFallback {
+    pub store: MemoryStore,
+    /// Indexed by rule id.
+    pub algorithms: Vec<Algorithm>,
+}
+
+impl FailurePolicy {
+    /// For a store that cannot fail (memory).
+    pub fn infallible() -> Self {
+        Self {
+            default_mode: FailureMode::Deny,
+            local: None,
+        }
+    }
+
+    pub fn for_redis(config: &RedisConfig, rules: &RuleSet) -> Self {
+        let memory = MemoryConfig {
+            shards: 16,
+            max_keys: 100_000,
+            sweep_interval: std::time::Duration::from_secs(1),
+        };
+        Self {
+            default_mode: config.failure_mode,
+            local: Some(LocalFallback {
+                store: MemoryStore::new(&memory, Clock::system()),
+                algorithms: rules
+                    .rules()
+                    .iter()
+                    .map(|rule| rule.algorithm.scaled(config.fallback_share))
+                    .collect(),
+            }),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Limiter<S> {
     rules: RuleSet,
@@ -104,10 +168,17 @@ pub struct Limiter<S> {
     limits: RequestLimits,
     store: S,
     metrics: Metrics,
+    failure: FailurePolicy,
 }
 
 impl<S: Store> Limiter<S> {
-    pub fn new(rules: RuleSet, limits: RequestLimits, store: S, metrics: Metrics) -> Self {
+    pub fn new(
+        rules: RuleSet,
+        limits: RequestLimits,
+        store: S,
+        metrics: Metrics,
+        failure: FailurePolicy,
+    ) -> Self {
         let rule_metrics = rules
             .rules()
             .iter()
@@ -119,11 +190,29 @@ impl<S: Store> Limiter<S> {
             limits,
             store,
             metrics,
+            failure,
         }
     }
 
-    pub fn from_config(config: &Config, store: S) -> Self {
-        Self::new(config.rules.clone(), config.limits, store, Metrics::new())
+    /// A limiter for `config` over `store`, recording into `metrics`.
+    pub fn from_config(config: &Config, store: S, metrics: Metrics) -> Self {
+        let failure = match &config.backend {
+            BackendConfig::Memory(_) => FailurePolicy::infallible(),
+            BackendConfig::Redis(redis) => FailurePolicy::for_redis(redis, &config.rules),
+        };
+        Self::new(config.rules.clone(), config.limits, store, metrics, failure)
+    }
+
+    /// Whether this node should receive traffic: the store is reachable, or its failure mode
+    /// still answers usefully (anything but failing closed).
+    pub fn ready(&self) -> Readiness {
+        if self.store.healthy() {
+            Readiness::Ready
+        } else if self.failure.default_mode == FailureMode::Deny {
+            Readiness::StoreDown
+        } else {
+            Readiness::Degraded(self.failure.default_mode)
+        }
     }
 
     pub async fn check<'a>(
@@ -148,28 +237,93 @@ impl<S: Store> Limiter<S> {
             resource,
             key: request.key,
         };
-        let decision = self
-            .store
-            .check(bucket, &rule.algorithm, cost)
-            .await
-            .inspect_err(|err| self.metrics.store_error(err.kind()))?;
+        let decision = match self.store.check(bucket, &rule.algorithm, cost).await {
+            Ok(decision) => {
+                self.metrics.set_fallback_active(false);
+                decision
+            }
+            Err(err) => return self.decide_without_store(rule, bucket, cost, err),
+        };
+        Ok(Verdict {
+            outcome: self.count(rule, &decision),
+            decision,
+            rule,
+            resource,
+            reason: None,
+        })
+    }
+
+    /// The rule's failure mode answers when the store could not.
+    fn decide_without_store<'a>(
+        &'a self,
+        rule: &'a Rule,
+        bucket: BucketKey<'a>,
+        cost: u64,
+        err: StoreError,
+    ) -> Result<Verdict<'a>, LimiterError> {
+        let mode = rule.failure_mode.unwrap_or(self.failure.default_mode);
+        tracing::debug!(rule = %rule.name, error = %err, mode = mode.label(), "store failed");
+        self.metrics.set_fallback_active(true);
+        self.metrics.fallback_decision(mode.label());
+        let limit = rule.algorithm.limit();
+        let (decision, reason) = match (mode, &self.failure.local) {
+            (FailureMode::Allow, _) => (
+                Decision {
+                    allowed: true,
+                    limit,
+                    remaining: limit - cost,
+                    reset_after_us: 0,
+                    retry_after_us: 0,
+                },
+                "store unavailable; failing open",
+            ),
+            (FailureMode::Local, Some(local)) => (
+                local
+                    .store
+                    .check_now(bucket, &local.algorithms[rule.id], cost),
+                "store unavailable; decided on this node's share of the limit",
+            ),
+            (FailureMode::Deny | FailureMode::Local, _) => (
+                Decision {
+                    allowed: false,
+                    limit,
+                    remaining: 0,
+                    reset_after_us: 0,
+                    retry_after_us: STORE_DOWN_RETRY_US,
+                },
+                "store unavailable",
+            ),
+        };
+        Ok(Verdict {
+            outcome: self.count(rule, &decision),
+            decision,
+            rule,
+            resource: bucket.resource,
+            reason: Some(reason),
+        })
+    }
+
+    /// Counts a decision under its rule and names its outcome.
+    fn count(&self, rule: &Rule, decision: &Decision) -> Outcome {
         let counters = &self.rule_metrics[rule.id];
-        let outcome = if decision.allowed {
+        counters
+            .remaining_ratio
+            .observe(decision.remaining as f64 / decision.limit as f64);
+        if decision.allowed {
             counters.allowed.inc();
             Outcome::Allowed
         } else {
             counters.denied.inc();
             Outcome::Denied
-        };
-        counters
-            .remaining_ratio
-            .observe(decision.remaining as f64 / decision.limit as f64);
-        Ok(Verdict {
-            outcome,
-            decision,
-            rule,
-            resource,
-        })
+        }
+    }
+
+    /// Periodic upkeep: sweeps in-process state that is back to fresh.
+    pub fn upkeep(&self) {
+        self.store.upkeep();
+        if let Some(local) = &self.failure.local {
+            local.store.sweep_expired();
+        }
     }
 
     /// The key's state now, consuming nothing.
@@ -182,8 +336,7 @@ impl<S: Store> Limiter<S> {
         let decision = self
             .store
             .peek(BucketKey { resource, key }, &rule.algorithm)
-            .await
-            .inspect_err(|err| self.metrics.store_error(err.kind()))?;
+            .await?;
         Ok(Verdict {
             outcome: if decision.remaining > 0 {
                 Outcome::Allowed
@@ -193,17 +346,14 @@ impl<S: Store> Limiter<S> {
             decision,
             rule,
             resource,
+            reason: None,
         })
     }
 
     /// Forgets the key's state; true when it had any.
     pub async fn reset(&self, key: &str, resource: &str) -> Result<bool, LimiterError> {
         let (_, resource) = self.resolve(key, resource)?;
-        Ok(self
-            .store
-            .reset(BucketKey { resource, key })
-            .await
-            .inspect_err(|err| self.metrics.store_error(err.kind()))?)
+        Ok(self.store.reset(BucketKey { resource, key }).await?)
     }
 
     pub fn store(&self) -> &S {

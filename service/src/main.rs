@@ -25,6 +25,9 @@ struct Args {
     /// Storage backend (backend.kind).
     #[arg(long, env = "SLUICE_BACKEND")]
     backend: Option<String>,
+    /// Redis URL for the redis backend (replaces backend.redis.urls).
+    #[arg(long, env = "SLUICE_REDIS_URL")]
+    redis_url: Option<String>,
     /// Most keys the memory backend holds (backend.memory.max_keys).
     #[arg(long, env = "SLUICE_MAX_KEYS")]
     max_keys: Option<u64>,
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
         backend: args.backend,
+        redis_url: args.redis_url,
         max_keys: args.max_keys,
         max_key_bytes: args.max_key_bytes,
         shards: args.shards,

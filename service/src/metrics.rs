@@ -26,6 +26,12 @@ pub struct Metrics {
     invalid_requests: IntCounterVec,
     store_errors: IntCounterVec,
     active_keys: IntGauge,
+    store_latency: Histogram,
+    circuit_state: IntGauge,
+    deny_cache_hits: IntCounter,
+    script_calls: IntCounter,
+    fallback_decisions: IntCounterVec,
+    fallback_active: IntGauge,
 }
 
 /// Handles resolved once per rule, so the hot path never looks up a label set.
@@ -99,6 +105,42 @@ impl Metrics {
         .expect("valid metric");
         let active_keys = IntGauge::new("sluice_active_keys", "Keys with state in the store.")
             .expect("valid metric");
+        let store_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_store_duration_seconds",
+                "Time of one shared-store call.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let circuit_state = IntGauge::new(
+            "sluice_store_circuit_state",
+            "Store circuit breaker: 0 closed, 1 open, 2 half-open.",
+        )
+        .expect("valid metric");
+        let deny_cache_hits = IntCounter::new(
+            "sluice_deny_cache_hits_total",
+            "Requests denied from the local deny cache without a store round trip.",
+        )
+        .expect("valid metric");
+        let script_calls = IntCounter::new(
+            "sluice_store_script_calls_total",
+            "Decision scripts sent to the shared store.",
+        )
+        .expect("valid metric");
+        let fallback_decisions = IntCounterVec::new(
+            Opts::new(
+                "sluice_fallback_decisions_total",
+                "Decisions made by a failure mode because the store failed, by mode.",
+            ),
+            &["mode"],
+        )
+        .expect("valid metric");
+        let fallback_active = IntGauge::new(
+            "sluice_fallback_active",
+            "1 while the last store call failed and failure modes are answering.",
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "sluice_build_info",
@@ -117,6 +159,12 @@ impl Metrics {
             Box::new(invalid_requests.clone()),
             Box::new(store_errors.clone()),
             Box::new(active_keys.clone()),
+            Box::new(store_latency.clone()),
+            Box::new(circuit_state.clone()),
+            Box::new(deny_cache_hits.clone()),
+            Box::new(script_calls.clone()),
+            Box::new(fallback_decisions.clone()),
+            Box::new(fallback_active.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -131,7 +179,32 @@ impl Metrics {
             invalid_requests,
             store_errors,
             active_keys,
+            store_latency,
+            circuit_state,
+            deny_cache_hits,
+            script_calls,
+            fallback_decisions,
+            fallback_active,
         }
+    }
+
+    /// The handles the Redis store records into.
+    pub fn redis(&self) -> crate::store::RedisMetrics {
+        crate::store::RedisMetrics {
+            latency: self.store_latency.clone(),
+            errors: self.store_errors.clone(),
+            circuit_state: self.circuit_state.clone(),
+            deny_cache_hits: self.deny_cache_hits.clone(),
+            script_calls: self.script_calls.clone(),
+        }
+    }
+
+    pub fn fallback_decision(&self, mode: &str) {
+        self.fallback_decisions.with_label_values(&[mode]).inc();
+    }
+
+    pub fn set_fallback_active(&self, active: bool) {
+        self.fallback_active.set(i64::from(active));
     }
 
     pub fn for_rule(&self, rule: &Rule) -> RuleMetrics {
@@ -152,10 +225,6 @@ impl Metrics {
         self.invalid_requests
             .with_label_values(&[api.label(), field])
             .inc();
-    }
-
-    pub fn store_error(&self, kind: &str) {
-        self.store_errors.with_label_values(&[kind]).inc();
     }
 
     pub fn set_active_keys(&self, keys: u64) {

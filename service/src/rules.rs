@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::algorithm::Algorithm;
+use crate::{algorithm::Algorithm, config::FailureMode};
 
 /// The resource a request names when it names none.
 pub const DEFAULT_RESOURCE: &str = "default";
@@ -20,6 +20,8 @@ pub struct Rule {
     /// rule. Bounded by configuration, so it is safe as a metrics label.
     pub resource_label: String,
     pub algorithm: Algorithm,
+    /// When set, replaces the store's default failure mode for this rule.
+    pub failure_mode: Option<FailureMode>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -19,7 +19,8 @@ use crate::{
     clock::Clock,
     config::{BackendConfig, Config},
     limiter::Limiter,
-    store::{Backend, MemoryStore},
+    metrics::Metrics,
+    store::{Backend, MemoryStore, RedisStore},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("cannot start the store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// A started service. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -67,16 +70,21 @@ impl RunningServer {
     }
 }
 
-/// Builds the store named by the configuration.
-pub fn build_backend(config: &Config) -> Backend {
-    match &config.backend {
+/// Builds the store named by the configuration; a Redis store connects and loads its scripts.
+pub async fn build_backend(config: &Config, metrics: &Metrics) -> Result<Backend, ServerError> {
+    Ok(match &config.backend {
         BackendConfig::Memory(memory) => Backend::Memory(MemoryStore::new(memory, Clock::system())),
-    }
+        BackendConfig::Redis(redis) => {
+            Backend::Redis(RedisStore::connect(redis, metrics.redis()).await?)
+        }
+    })
 }
 
 /// Binds both listeners and serves until [`RunningServer::shutdown`].
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
-    let limiter = Arc::new(Limiter::from_config(&config, build_backend(&config)));
+    let metrics = Metrics::new();
+    let backend = build_backend(&config, &metrics).await?;
+    let limiter = Arc::new(Limiter::from_config(&config, backend, metrics));
     start_with(config, limiter).await
 }
 
@@ -171,7 +179,7 @@ async fn drained(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Periodic store upkeep: sweeping expired keys from the memory store.
+/// Periodic upkeep: sweeping in-memory state that is back to fresh.
 fn spawn_upkeep(
     config: &Config,
     limiter: Arc<Limiter<Backend>>,
@@ -179,17 +187,14 @@ fn spawn_upkeep(
 ) -> JoinHandle<()> {
     let interval = match &config.backend {
         BackendConfig::Memory(memory) => memory.sweep_interval,
+        BackendConfig::Redis(_) => Duration::from_secs(1),
     };
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !*shutdown.borrow() {
             ticker.tick().await;
-            match limiter.store() {
-                Backend::Memory(store) => {
-                    store.sweep_expired();
-                }
-            }
+            limiter.upkeep();
         }
     })
 }

@@ -1,7 +1,10 @@
 //! The contract every store must keep, run against each backend with injected time.
-//! The Redis backend plugs in here with its own harness.
+
+mod common;
 
 use std::sync::Arc;
+
+use common::redis::{RedisCluster, RedisServer};
 
 use sluice::{
     algorithm::{
@@ -9,7 +12,8 @@ use sluice::{
     },
     clock::Clock,
     config::MemoryConfig,
-    store::{BucketKey, MemoryStore, Store},
+    metrics::Metrics,
+    store::{BucketKey, MemoryStore, RedisStore, Store},
 };
 
 /// A store plus the means to move its time.
@@ -31,7 +35,47 @@ impl Harness for Memory {
     }
 }
 
-fn memory() -> Memory {
+/// A Redis store on its own real redis-server (or cluster), time pinned to a manual clock.
+struct Redis<Server> {
+    store: RedisStore,
+    _server: Server,
+}
+
+impl<Server: Send + Sync + 'static> Harness for Redis<Server> {
+    type S = RedisStore;
+    fn store(&self) -> &RedisStore {
+        &self.store
+    }
+    fn advance_us(&self, us: u64) {
+        self.store.clock().advance_us(us);
+    }
+}
+
+async fn redis_store(urls: Vec<String>, cluster: bool) -> RedisStore {
+    let config = common::redis_config(urls, cluster);
+    RedisStore::connect(&config, Metrics::new().redis())
+        .await
+        .expect("connects to the test redis")
+        .pin_time(Clock::manual(1_700_000_000_000_000))
+}
+
+async fn redis() -> Redis<RedisServer> {
+    let server = RedisServer::start();
+    Redis {
+        store: redis_store(vec![server.url()], false).await,
+        _server: server,
+    }
+}
+
+async fn redis_cluster() -> Redis<RedisCluster> {
+    let cluster = RedisCluster::start();
+    Redis {
+        store: redis_store(cluster.urls(), true).await,
+        _server: cluster,
+    }
+}
+
+async fn memory() -> Memory {
     let config = MemoryConfig {
         shards: 16,
         max_keys: 100_000,
@@ -65,38 +109,38 @@ macro_rules! contract {
 
             #[tokio::test]
             async fn spends_the_limit_then_denies_until_retry_after() {
-                contract_spends_the_limit(&super::$backend()).await;
+                contract_spends_the_limit(&super::$backend().await).await;
             }
 
             #[tokio::test]
             async fn peek_reads_without_consuming() {
-                contract_peek(&super::$backend()).await;
+                contract_peek(&super::$backend().await).await;
             }
 
             #[tokio::test]
             async fn reset_forgets_one_key() {
-                contract_reset(&super::$backend()).await;
+                contract_reset(&super::$backend().await).await;
             }
 
             #[tokio::test]
             async fn keys_and_resources_never_share_state() {
-                contract_isolation(&super::$backend()).await;
+                contract_isolation(&super::$backend().await).await;
             }
 
             #[tokio::test]
             async fn a_changed_rule_starts_fresh() {
-                contract_rule_change(&super::$backend()).await;
+                contract_rule_change(&super::$backend().await).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_storm_admits_exactly_capacity() {
-                contract_storm(Arc::new(super::$backend())).await;
+                contract_storm(Arc::new(super::$backend().await)).await;
             }
         }
     )*};
 }
 
-contract!(memory);
+contract!(memory, redis, redis_cluster);
 
 async fn contract_spends_the_limit<H: Harness>(harness: &H) {
     for algorithm in algorithms() {

@@ -107,6 +107,30 @@ impl Algorithm {
         }
     }
 
+    /// The same algorithm with `share` (0 < share <= 1) of the limit and of the rate: what one
+    /// node allows on its own while the shared store is down. Never below 1.
+    pub fn scaled(&self, share: f64) -> Algorithm {
+        let part = |value: u64| ((value as f64 * share).floor() as u64).max(1);
+        match self {
+            Algorithm::TokenBucket(a) => Algorithm::TokenBucket(TokenBucket::new(
+                part(a.capacity()),
+                a.refill_per_second() * share,
+            )),
+            Algorithm::Gcra(a) => {
+                Algorithm::Gcra(Gcra::new(a.rate_per_second() * share, part(a.burst())))
+            }
+            Algorithm::FixedWindow(a) => {
+                Algorithm::FixedWindow(FixedWindow::new(part(a.limit()), a.window_us()))
+            }
+            Algorithm::SlidingWindowCounter(a) => Algorithm::SlidingWindowCounter(
+                SlidingWindowCounter::new(part(a.limit()), a.window_ms()),
+            ),
+            Algorithm::SlidingWindowLog(a) => {
+                Algorithm::SlidingWindowLog(SlidingWindowLog::new(part(a.limit()), a.window_us()))
+            }
+        }
+    }
+
     /// The state of a key that has never been seen (or whose state expired).
     pub fn fresh_state(&self, now_us: u64) -> State {
         match self {

@@ -26,13 +26,17 @@ pub struct SlidingWindowCounterState {
 }
 
 impl SlidingWindowCounter {
-    /// `limit >= 1`, `window_ms >= 1`, `limit * window_ms < 2^53`; configuration validates them.
+    /// `limit >= 1`, `window_ms >= 1`, `limit * window_ms < 2^51`; configuration validates them.
     pub fn new(limit: u64, window_ms: u64) -> Self {
         Self { limit, window_ms }
     }
 
     pub fn limit(&self) -> u64 {
         self.limit
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
     }
 
     pub fn window_us(&self) -> u64 {

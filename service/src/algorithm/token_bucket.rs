@@ -45,6 +45,11 @@ impl TokenBucket {
         self.refill_per_second
     }
 
+    /// Tokens per microsecond, the exact `f64` every computation uses (the Lua mirror gets it too).
+    pub fn refill_per_us(&self) -> f64 {
+        self.refill_per_us
+    }
+
     /// Microseconds an empty bucket takes to fill.
     pub fn full_refill_us(&self) -> u64 {
         self.micros_to_gain(self.capacity as f64, 0.0)

@@ -88,6 +88,7 @@ fn check_response(verdict: &Verdict<'_>) -> pb::CheckResponse {
         rule: verdict.rule.name.clone(),
         resource: verdict.resource.to_owned(),
         policy_window: Some(duration_from_us(verdict.policy_window_us())),
+        reason: verdict.reason.unwrap_or_default().to_owned(),
     }
 }
 

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::{
     algorithm::Decision,
-    limiter::{CheckRequest, Limiter, LimiterError, Outcome, Verdict},
+    limiter::{CheckRequest, Limiter, LimiterError, Outcome, Readiness, Verdict},
     metrics::Api,
     store::Backend,
 };
@@ -249,6 +249,9 @@ fn verdict_response(verdict: &Verdict<'_>) -> Response {
         "rule": verdict.rule.name,
         "resource": verdict.resource,
     });
+    if let (Some(reason), Value::Object(fields)) = (verdict.reason, &mut body) {
+        fields.insert("reason".into(), reason.into());
+    }
     let denied = verdict.outcome == Outcome::Denied;
     let mut headers = rate_limit_headers(verdict, denied);
     let (status, content_type) = if denied {
@@ -370,9 +373,23 @@ async fn metrics_text(State(state): State<Arc<HttpState>>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    if !state.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    match state.limiter.ready() {
+        Readiness::Ready => (StatusCode::OK, "ready\n").into_response(),
+        Readiness::StoreDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store unavailable; rules fail closed\n",
+        )
+            .into_response(),
+        Readiness::Degraded(mode) => (
+            StatusCode::OK,
+            format!(
+                "degraded: store unavailable; answering with failure mode {}\n",
+                mode.label()
+            ),
+        )
+            .into_response(),
     }
 }

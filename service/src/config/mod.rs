@@ -34,6 +34,7 @@ pub const MAX_MAX_KEY_BYTES: u64 = 65_536;
 pub const DEFAULT_SHARDS: u64 = 64;
 pub const MAX_SHARDS: u64 = 4_096;
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const MAX_MAX_KEYS: u64 = 1_000_000_000;
 
 /// A validated, complete configuration.
@@ -60,9 +61,61 @@ pub struct RequestLimits {
     pub max_key_bytes: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum BackendConfig {
     Memory(MemoryConfig),
+    Redis(RedisConfig),
+}
+
+/// What a rule answers when the store cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Fail closed: deny, with reason "store unavailable".
+    Deny,
+    /// Fail open: allow.
+    Allow,
+    /// Decide on this node's memory with `fallback_share` of the limit, until the store is back.
+    Local,
+}
+
+impl FailureMode {
+    pub const NAMES: [&'static str; 3] = ["deny", "allow", "local"];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "deny" => Some(FailureMode::Deny),
+            "allow" => Some(FailureMode::Allow),
+            "local" => Some(FailureMode::Local),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisConfig {
+    /// One `redis://host:port` for a single Redis; the seed nodes when `cluster`.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    /// Multiplexed connections to a single Redis; requests are spread across them.
+    pub pool_size: usize,
+    /// The longest one store call may take before it counts as failed.
+    pub deadline: Duration,
+    /// Prepended to every key, to share a Redis between environments.
+    pub prefix: String,
+    /// The default for rules that set no `failure_mode`.
+    pub failure_mode: FailureMode,
+    /// The share of each limit a node allows on its own in `local` mode (e.g. 1 / nodes).
+    pub fallback_share: f64,
+    /// Consecutive failures that open the circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit answers without calling Redis before one probe is let through.
+    pub breaker_backoff: Duration,
+    /// Most keys the local deny cache remembers; 0 turns it off.
+    pub deny_cache_keys: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +134,8 @@ pub struct Overrides {
     pub grpc_addr: Option<String>,
     pub http_addr: Option<String>,
     pub backend: Option<String>,
+    /// Replaces `backend.redis.urls` with this one URL.
+    pub redis_url: Option<String>,
     pub max_keys: Option<u64>,
     pub max_key_bytes: Option<u64>,
     pub shards: Option<u64>,
@@ -185,6 +240,22 @@ struct RawLimits {
 struct RawBackend {
     kind: Option<String>,
     memory: RawMemory,
+    redis: RawRedis,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawRedis {
+    urls: Option<Vec<String>>,
+    cluster: Option<bool>,
+    pool_size: Option<u64>,
+    deadline: Option<String>,
+    prefix: Option<String>,
+    failure_mode: Option<String>,
+    fallback_share: Option<f64>,
+    breaker_failures: Option<u64>,
+    breaker_backoff: Option<String>,
+    deny_cache_keys: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +289,9 @@ impl RawConfig {
         replace(&mut self.server.grpc_addr, &overrides.grpc_addr);
         replace(&mut self.server.http_addr, &overrides.http_addr);
         replace(&mut self.backend.kind, &overrides.backend);
+        if let Some(url) = &overrides.redis_url {
+            self.backend.redis.urls = Some(vec![url.clone()]);
+        }
         self.backend.memory.max_keys = overrides.max_keys.or(self.backend.memory.max_keys);
         self.backend.memory.shards = overrides.shards.or(self.backend.memory.shards);
         self.limits.max_key_bytes = overrides.max_key_bytes.or(self.limits.max_key_bytes);
@@ -298,22 +372,32 @@ impl RawLimits {
 
 impl RawBackend {
     fn validate(self, issues: &mut Issues) -> BackendConfig {
-        let kind = self.kind.as_deref().unwrap_or("memory");
-        if kind != "memory" {
-            issues.add(
-                "backend.kind",
-                format!("unknown backend `{kind}`; use \"memory\""),
-            );
+        let memory = self.memory.validate(issues);
+        let redis = self.redis.validate(issues);
+        match self.kind.as_deref().unwrap_or("memory") {
+            "memory" => BackendConfig::Memory(memory),
+            "redis" => BackendConfig::Redis(redis),
+            kind => {
+                issues.add(
+                    "backend.kind",
+                    format!("unknown backend `{kind}`; use \"memory\" or \"redis\""),
+                );
+                BackendConfig::Memory(memory)
+            }
         }
-        let memory = self.memory;
-        let shards = memory.shards.unwrap_or(DEFAULT_SHARDS);
+    }
+}
+
+impl RawMemory {
+    fn validate(self, issues: &mut Issues) -> MemoryConfig {
+        let shards = self.shards.unwrap_or(DEFAULT_SHARDS);
         if !(1..=MAX_SHARDS).contains(&shards) || !shards.is_power_of_two() {
             issues.add(
                 "backend.memory.shards",
                 format!("{shards} is not a power of two from 1 to {MAX_SHARDS}; use e.g. {DEFAULT_SHARDS}"),
             );
         }
-        let max_keys = memory.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+        let max_keys = self.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
         if max_keys < shards || max_keys > MAX_MAX_KEYS {
             issues.add(
                 "backend.memory.max_keys",
@@ -323,7 +407,7 @@ impl RawBackend {
         let sweep_interval = duration_field(
             issues,
             "backend.memory.sweep_interval",
-            memory.sweep_interval,
+            self.sweep_interval,
             Duration::from_secs(1),
         );
         if sweep_interval < Duration::from_millis(10) {
@@ -332,11 +416,105 @@ impl RawBackend {
                 "must be at least \"10ms\"; sweeping more often only burns CPU",
             );
         }
-        BackendConfig::Memory(MemoryConfig {
+        MemoryConfig {
             shards: shards.clamp(1, MAX_SHARDS).next_power_of_two() as usize,
             max_keys: max_keys.clamp(1, MAX_MAX_KEYS) as usize,
             sweep_interval,
-        })
+        }
+    }
+}
+
+impl RawRedis {
+    fn validate(self, issues: &mut Issues) -> RedisConfig {
+        let urls = self
+            .urls
+            .unwrap_or_else(|| vec![DEFAULT_REDIS_URL.to_owned()]);
+        let cluster = self.cluster.unwrap_or(false);
+        if urls.is_empty() || (!cluster && urls.len() > 1) {
+            issues.add(
+                "backend.redis.urls",
+                "give one URL (e.g. [\"redis://127.0.0.1:6379\"]), or several with cluster = true",
+            );
+        }
+        for (index, url) in urls.iter().enumerate() {
+            if !url.starts_with("redis://") {
+                issues.add(
+                    format!("backend.redis.urls[{index}]"),
+                    format!("`{url}` is not a redis:// URL; write e.g. \"redis://127.0.0.1:6379\""),
+                );
+            }
+        }
+        let pool_size = self.pool_size.unwrap_or(4);
+        if !(1..=64).contains(&pool_size) {
+            issues.add(
+                "backend.redis.pool_size",
+                format!("{pool_size} is out of range; use 1 to 64"),
+            );
+        }
+        let deadline = duration_field(
+            issues,
+            "backend.redis.deadline",
+            self.deadline,
+            Duration::from_millis(10),
+        );
+        if deadline.is_zero() || deadline > Duration::from_secs(10) {
+            issues.add(
+                "backend.redis.deadline",
+                "use a deadline from \"1ms\" to \"10s\"; well under Envoy's 20 ms suits a gateway",
+            );
+        }
+        let failure_mode = match self.failure_mode.as_deref() {
+            None => FailureMode::Deny,
+            Some(text) => FailureMode::parse(text).unwrap_or_else(|| {
+                issues.add(
+                    "backend.redis.failure_mode",
+                    format!(
+                        "unknown failure mode `{text}`; use one of {}",
+                        FailureMode::NAMES.join(", ")
+                    ),
+                );
+                FailureMode::Deny
+            }),
+        };
+        let fallback_share = self.fallback_share.unwrap_or(1.0);
+        if !(fallback_share > 0.0 && fallback_share <= 1.0) {
+            issues.add(
+                "backend.redis.fallback_share",
+                format!("{fallback_share} is out of range; use a fraction above 0 and at most 1, e.g. 1 / number of nodes"),
+            );
+        }
+        let breaker_failures = self.breaker_failures.unwrap_or(3);
+        if !(1..=1_000).contains(&breaker_failures) {
+            issues.add(
+                "backend.redis.breaker_failures",
+                format!("{breaker_failures} is out of range; use 1 to 1000"),
+            );
+        }
+        let breaker_backoff = duration_field(
+            issues,
+            "backend.redis.breaker_backoff",
+            self.breaker_backoff,
+            Duration::from_millis(500),
+        );
+        let deny_cache_keys = self.deny_cache_keys.unwrap_or(100_000);
+        if deny_cache_keys > MAX_MAX_KEYS {
+            issues.add(
+                "backend.redis.deny_cache_keys",
+                format!("{deny_cache_keys} is out of range; use 0 (off) to {MAX_MAX_KEYS}"),
+            );
+        }
+        RedisConfig {
+            urls,
+            cluster,
+            pool_size: pool_size.clamp(1, 64) as usize,
+            deadline,
+            prefix: self.prefix.unwrap_or_else(|| "sluice:".to_owned()),
+            failure_mode,
+            fallback_share,
+            breaker_failures: breaker_failures.clamp(1, 1_000) as u32,
+            breaker_backoff,
+            deny_cache_keys: deny_cache_keys.min(MAX_MAX_KEYS) as usize,
+        }
     }
 }
 

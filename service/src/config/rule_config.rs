@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 
-use super::{Issues, parse_duration};
+use super::{FailureMode, Issues, parse_duration};
 use crate::algorithm::{
     ALGORITHM_NAMES, Algorithm, EXACT_INTEGER_LIMIT, FixedWindow, Gcra, MICROS_PER_SEC,
     SlidingWindowCounter, SlidingWindowLog, TokenBucket,
@@ -35,6 +35,8 @@ pub(super) struct RawRule {
     burst: Option<u64>,
     limit: Option<u64>,
     window: Option<String>,
+    /// What the rule answers when the store fails; default `backend.redis.failure_mode`.
+    failure_mode: Option<String>,
     /// Only in an `overrides` entry: the client key it applies to.
     key: Option<String>,
     overrides: Vec<RawRule>,
@@ -196,6 +198,19 @@ fn build_rule(
             format!("rule name `{name}` is used twice; give each rule its own name"),
         );
     }
+    let failure_mode = raw.failure_mode.as_deref().and_then(|text| {
+        let mode = FailureMode::parse(text);
+        if mode.is_none() {
+            issues.add(
+                format!("{path}.failure_mode"),
+                format!(
+                    "unknown failure mode `{text}`; use one of {}",
+                    FailureMode::NAMES.join(", ")
+                ),
+            );
+        }
+        mode
+    });
     // A placeholder keeps validating the rest when the algorithm is unusable.
     let algorithm = build_algorithm(path, raw, issues)
         .unwrap_or_else(|| Algorithm::FixedWindow(FixedWindow::new(1, MICROS_PER_SEC)));
@@ -204,6 +219,7 @@ fn build_rule(
         name,
         resource_label: label.to_owned(),
         algorithm,
+        failure_mode,
     })
 }
 
@@ -328,11 +344,13 @@ fn build_algorithm(path: &str, raw: RawRule, issues: &mut Issues) -> Option<Algo
                 }
                 _ => {
                     let window_ms = window_us / 1_000;
-                    if u128::from(limit) * u128::from(window_ms) >= u128::from(EXACT_INTEGER_LIMIT)
+                    // The weighted sum reaches 3 x limit x window_ms; the Lua mirror needs it exact.
+                    if u128::from(limit) * u128::from(window_ms)
+                        >= u128::from(EXACT_INTEGER_LIMIT / 4)
                     {
                         issues.add(
                             format!("{path}.limit"),
-                            "limit x window (in ms) must stay below 2^53 for exact weighting; shorten the window or lower the limit",
+                            "limit x window (in ms) must stay below 2^51 for exact weighting; shorten the window or lower the limit",
                         );
                         return None;
                     }

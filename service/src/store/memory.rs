@@ -199,6 +199,10 @@ impl Store for MemoryStore {
     fn active_keys(&self) -> Option<u64> {
         Some(self.len() as u64)
     }
+
+    fn upkeep(&self) {
+        self.sweep_expired();
+    }
 }
 
 #[cfg(test)]

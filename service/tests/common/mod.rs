@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod redis;
+
 use sluice::{
     config::{Config, Overrides},
     server::{self, RunningServer},
@@ -48,4 +50,21 @@ pub fn no_refill_bucket(resource: &str, capacity: u64) -> String {
     format!(
         "[rules.{resource}]\nalgorithm = \"token_bucket\"\ncapacity = {capacity}\nrefill_per_second = 0.000001\n"
     )
+}
+
+/// Redis store settings for tests: generous deadline (debug builds on 2 shared cores), no deny
+/// cache unless a test turns it on.
+pub fn redis_config(urls: Vec<String>, cluster: bool) -> sluice::config::RedisConfig {
+    sluice::config::RedisConfig {
+        urls,
+        cluster,
+        pool_size: 2,
+        deadline: std::time::Duration::from_millis(250),
+        prefix: "test:".into(),
+        failure_mode: sluice::config::FailureMode::Deny,
+        fallback_share: 1.0,
+        breaker_failures: 3,
+        breaker_backoff: std::time::Duration::from_millis(300),
+        deny_cache_keys: 0,
+    }
 }

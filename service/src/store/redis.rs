@@ -1,0 +1,429 @@
+//! The shared store: each key's state lives in Redis and every decision runs as one atomic
+//! Lua script (lua/*.lua mirror the Rust algorithms operation for operation), with time from
+//! Redis `TIME`, so any number of stateless nodes agree exactly.
+//!
+//! Every call has a deadline; a circuit breaker stops calling a failing Redis for a backoff;
+//! a deny cache answers keys Redis just denied without a round trip.
+
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Instant,
+};
+
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
+use redis::{
+    Script,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+
+use super::{
+    BucketKey, StoreError,
+    breaker::{Breaker, CircuitState},
+    deny_cache::DenyCache,
+};
+use crate::{
+    algorithm::{Algorithm, Decision, NEVER},
+    clock::Clock,
+    config::RedisConfig,
+};
+
+/// The scripts, compiled in so the binary never depends on its working directory.
+struct Scripts {
+    token_bucket: Script,
+    gcra: Script,
+    fixed_window: Script,
+    sliding_window_counter: Script,
+    sliding_window_log: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            token_bucket: Script::new(include_str!("../../../lua/token_bucket.lua")),
+            gcra: Script::new(include_str!("../../../lua/gcra.lua")),
+            fixed_window: Script::new(include_str!("../../../lua/fixed_window.lua")),
+            sliding_window_counter: Script::new(include_str!(
+                "../../../lua/sliding_window_counter.lua"
+            )),
+            sliding_window_log: Script::new(include_str!("../../../lua/sliding_window_log.lua")),
+        }
+    }
+
+    fn all(&self) -> [&Script; 5] {
+        [
+            &self.token_bucket,
+            &self.gcra,
+            &self.fixed_window,
+            &self.sliding_window_counter,
+            &self.sliding_window_log,
+        ]
+    }
+}
+
+enum Connection {
+    Single(Vec<ConnectionManager>),
+    Cluster(ClusterConnection),
+}
+
+/// One connection picked for a call: a pool member, or the cluster connection (which routes
+/// each command to the node owning its key). Both multiplex concurrent calls on their sockets.
+#[derive(Clone)]
+enum Picked {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Picked {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Picked::Single(connection) => connection.req_packed_command(cmd),
+            Picked::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Picked::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Picked::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Picked::Single(connection) => connection.get_db(),
+            Picked::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// Store metrics, registered by [`crate::metrics::Metrics`].
+#[derive(Debug, Clone)]
+pub struct RedisMetrics {
+    pub latency: Histogram,
+    pub errors: IntCounterVec,
+    pub circuit_state: IntGauge,
+    pub deny_cache_hits: IntCounter,
+    pub script_calls: IntCounter,
+}
+
+pub struct RedisStore {
+    connection: Connection,
+    next: AtomicUsize,
+    scripts: Scripts,
+    prefix: String,
+    deadline: std::time::Duration,
+    breaker: Breaker,
+    deny_cache: DenyCache,
+    /// Local time for the deny cache; with [`RedisStore::pin_time`] also the scripts' `now`.
+    clock: Clock,
+    pinned_time: bool,
+    metrics: RedisMetrics,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(err: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+impl RedisStore {
+    /// Connects, and loads every script (SCRIPT LOAD) so the first requests are EVALSHA.
+    pub async fn connect(config: &RedisConfig, metrics: RedisMetrics) -> Result<Self, StoreError> {
+        let connect_timeout = config.deadline.max(std::time::Duration::from_millis(500));
+        let connection = if config.cluster {
+            let client = ClusterClient::builder(config.urls.clone())
+                .connection_timeout(connect_timeout)
+                .response_timeout(config.deadline)
+                .retries(1)
+                .build()
+                .map_err(unavailable)?;
+            Connection::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+        } else {
+            let client = redis::Client::open(config.urls[0].as_str()).map_err(unavailable)?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(config.deadline))
+                .set_number_of_retries(1)
+                .set_max_delay(std::time::Duration::from_millis(200));
+            let mut pool = Vec::with_capacity(config.pool_size);
+            for _ in 0..config.pool_size {
+                pool.push(
+                    client
+                        .get_connection_manager_with_config(manager_config.clone())
+                        .await
+                        .map_err(unavailable)?,
+                );
+            }
+            Connection::Single(pool)
+        };
+        let store = Self {
+            connection,
+            next: AtomicUsize::new(0),
+            scripts: Scripts::new(),
+            prefix: config.prefix.clone(),
+            deadline: config.deadline,
+            breaker: Breaker::new(config.breaker_failures, config.breaker_backoff),
+            deny_cache: DenyCache::new(config.deny_cache_keys),
+            clock: Clock::system(),
+            pinned_time: false,
+            metrics,
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+
+    /// Makes the scripts use `clock` instead of Redis `TIME`: for deterministic tests only.
+    pub fn pin_time(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self.pinned_time = true;
+        self
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn circuit_state(&self) -> CircuitState {
+        self.breaker.state()
+    }
+
+    async fn load_scripts(&self) -> Result<(), StoreError> {
+        match &self.connection {
+            Connection::Single(_) => {
+                let mut connection = self.pick();
+                for script in self.scripts.all() {
+                    script
+                        .load_async(&mut connection)
+                        .await
+                        .map_err(unavailable)?;
+                }
+            }
+            // A cluster loads each script on the node owning the key, on first use (NOSCRIPT).
+            Connection::Cluster(_) => {}
+        }
+        Ok(())
+    }
+
+    /// The Redis key of one algorithm's state for `bucket`: `{prefix}{tag}:{<resource>:<key>}`.
+    /// The braces make a Redis Cluster hash tag, so all of a bucket's keys share a slot; both
+    /// parts are escaped so no pair can produce another pair's key (see [`escape_into`]).
+    pub fn state_key(&self, tag: &str, bucket: BucketKey<'_>) -> String {
+        let mut key = String::with_capacity(
+            self.prefix.len() + tag.len() + bucket.key.len() + bucket.resource.len() + 8,
+        );
+        key.push_str(&self.prefix);
+        key.push_str(tag);
+        key.push_str(":{");
+        escape_into(&mut key, bucket.resource);
+        key.push(':');
+        escape_into(&mut key, bucket.key);
+        key.push('}');
+        key
+    }
+
+    fn pick(&self) -> Picked {
+        match &self.connection {
+            Connection::Single(pool) => {
+                let index = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+                Picked::Single(pool[index].clone())
+            }
+            Connection::Cluster(cluster) => Picked::Cluster(cluster.clone()),
+        }
+    }
+
+    /// Runs one call under the breaker and the deadline, and accounts for it.
+    async fn run<T>(
+        &self,
+        call: impl AsyncFnOnce(&mut Picked) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        if !self.breaker.allow() {
+            self.metrics
+                .errors
+                .with_label_values(&["circuit_open"])
+                .inc();
+            self.update_circuit_gauge();
+            return Err(StoreError::CircuitOpen);
+        }
+        let started = Instant::now();
+        let mut connection = self.pick();
+        let result = match tokio::time::timeout(self.deadline, call(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(unavailable(err)),
+            Err(_) => Err(StoreError::Timeout(self.deadline.as_millis() as u64)),
+        };
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(_) => self.breaker.on_success(),
+            Err(err) => {
+                self.metrics.errors.with_label_values(&[err.kind()]).inc();
+                self.breaker.on_failure();
+            }
+        }
+        self.update_circuit_gauge();
+        result
+    }
+
+    fn update_circuit_gauge(&self) {
+        self.metrics.circuit_state.set(self.breaker.state() as i64);
+    }
+
+    async fn decide(
+        &self,
+        bucket: BucketKey<'_>,
+        algorithm: &Algorithm,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        let (script, tag, params) = match algorithm {
+            Algorithm::TokenBucket(a) => (
+                &self.scripts.token_bucket,
+                "tb",
+                [a.capacity().to_string(), a.refill_per_us().to_string()],
+            ),
+            Algorithm::Gcra(a) => (
+                &self.scripts.gcra,
+                "gcra",
+                [a.emission_interval_us().to_string(), a.burst().to_string()],
+            ),
+            Algorithm::FixedWindow(a) => (
+                &self.scripts.fixed_window,
+                "fw",
+                [a.limit().to_string(), a.window_us().to_string()],
+            ),
+            Algorithm::SlidingWindowCounter(a) => (
+                &self.scripts.sliding_window_counter,
+                "swc",
+                [a.limit().to_string(), a.window_ms().to_string()],
+            ),
+            Algorithm::SlidingWindowLog(a) => (
+                &self.scripts.sliding_window_log,
+                "swl",
+                [a.limit().to_string(), a.window_us().to_string()],
+            ),
+        };
+        let key = self.state_key(tag, bucket);
+        let now = self.clock.now_us();
+        if cost > 0
+            && let Some(cached) = self.deny_cache.lookup(&key, cost, now)
+        {
+            self.metrics.deny_cache_hits.inc();
+            return Ok(Decision {
+                allowed: false,
+                limit: algorithm.limit(),
+                remaining: 0,
+                reset_after_us: cached.reset_after_us,
+                retry_after_us: cached.retry_after_us,
+            });
+        }
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&key);
+        if let Algorithm::SlidingWindowLog(_) = algorithm {
+            invocation.key(format!("{key}:total"));
+        }
+        let pinned = if self.pinned_time {
+            now.to_string()
+        } else {
+            String::new()
+        };
+        invocation
+            .arg(pinned)
+            .arg(cost)
+            .arg(&params[0])
+            .arg(&params[1]);
+        self.metrics.script_calls.inc();
+        let (allowed, remaining, reset_after_us, retry_after_us): (u8, u64, u64, i64) = self
+            .run(async |connection| invocation.invoke_async(connection).await)
+            .await?;
+        let retry_after_us = u64::try_from(retry_after_us).unwrap_or(NEVER);
+        let decision = Decision {
+            allowed: allowed == 1,
+            limit: algorithm.limit(),
+            remaining,
+            reset_after_us,
+            retry_after_us,
+        };
+        if !decision.allowed && retry_after_us != NEVER {
+            self.deny_cache
+                .remember(&key, cost, now, retry_after_us, reset_after_us);
+        }
+        Ok(decision)
+    }
+
+    pub async fn check(
+        &self,
+        bucket: BucketKey<'_>,
+        algorithm: &Algorithm,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        self.decide(bucket, algorithm, cost).await
+    }
+
+    pub async fn peek(
+        &self,
+        bucket: BucketKey<'_>,
+        algorithm: &Algorithm,
+    ) -> Result<Decision, StoreError> {
+        self.decide(bucket, algorithm, 0).await
+    }
+
+    pub async fn reset(&self, bucket: BucketKey<'_>) -> Result<bool, StoreError> {
+        let keys: Vec<String> = ["tb", "gcra", "fw", "swc", "swl"]
+            .iter()
+            .map(|tag| self.state_key(tag, bucket))
+            .collect();
+        for key in &keys {
+            self.deny_cache.forget(key);
+        }
+        let mut command = redis::cmd("DEL");
+        for key in &keys {
+            command.arg(key);
+        }
+        command.arg(format!("{}:total", keys[4]));
+        let removed: u64 = self
+            .run(async |connection| command.query_async(connection).await)
+            .await?;
+        Ok(removed > 0)
+    }
+
+    /// Sends any command to the store (tests use it for INFO and FLUSHALL).
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        command
+            .query_async(&mut self.pick())
+            .await
+            .map_err(unavailable)
+    }
+}
+
+/// Appends `part` with every byte outside `A-Z a-z 0-9 _ - . /` written as `%XX`, so the result
+/// holds no `{`, `}`, `:` or `%` of its own: the encoding is injective, and the separator and
+/// hash-tag braces around it are unambiguous.
+pub fn escape_into(out: &mut String, part: &str) {
+    for byte in part.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.' | b'/') {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+}
