@@ -179,7 +179,8 @@ async fn drained(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Periodic upkeep: sweeping in-memory state that is back to fresh.
+/// Background upkeep: sweeping in-memory state that is back to fresh, and for Redis, probing
+/// a failing store so the circuit closes as soon as it answers.
 fn spawn_upkeep(
     config: &Config,
     limiter: Arc<Limiter<Backend>>,
@@ -190,11 +191,22 @@ fn spawn_upkeep(
         BackendConfig::Redis(_) => Duration::from_secs(1),
     };
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while !*shutdown.borrow() {
-            ticker.tick().await;
-            limiter.upkeep();
+        let health = async {
+            if let Backend::Redis(store) = limiter.store() {
+                store.watch_health().await;
+            }
+        };
+        let sweep = async {
+            let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !*shutdown.borrow() {
+                ticker.tick().await;
+                limiter.upkeep();
+            }
+        };
+        tokio::select! {
+            () = health => {}
+            () = sweep => {}
         }
     })
 }

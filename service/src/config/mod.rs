@@ -372,18 +372,19 @@ impl RawLimits {
 
 impl RawBackend {
     fn validate(self, issues: &mut Issues) -> BackendConfig {
+        let kind = self.kind.as_deref().unwrap_or("memory");
+        if !matches!(kind, "memory" | "redis") {
+            issues.add(
+                "backend.kind",
+                format!("unknown backend `{kind}`; use \"memory\" or \"redis\""),
+            );
+        }
         let memory = self.memory.validate(issues);
         let redis = self.redis.validate(issues);
-        match self.kind.as_deref().unwrap_or("memory") {
-            "memory" => BackendConfig::Memory(memory),
-            "redis" => BackendConfig::Redis(redis),
-            kind => {
-                issues.add(
-                    "backend.kind",
-                    format!("unknown backend `{kind}`; use \"memory\" or \"redis\""),
-                );
-                BackendConfig::Memory(memory)
-            }
+        if kind == "redis" {
+            BackendConfig::Redis(redis)
+        } else {
+            BackendConfig::Memory(memory)
         }
     }
 }

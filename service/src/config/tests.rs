@@ -216,3 +216,64 @@ fn every_algorithm_is_built_with_its_parameters() {
         Algorithm::Gcra(_)
     ));
 }
+
+#[test]
+fn redis_backend_and_failure_modes() {
+    let config = parse(
+        r#"
+        [backend]
+        kind = "redis"
+        [backend.redis]
+        urls = ["redis://127.0.0.1:7000"]
+        deadline = "5ms"
+        failure_mode = "local"
+        fallback_share = 0.25
+        [rules.r]
+        algorithm = "gcra"
+        rate_per_second = 10
+        burst = 4
+        failure_mode = "allow"
+        "#,
+    )
+    .unwrap();
+    let BackendConfig::Redis(redis) = &config.backend else {
+        panic!("redis backend expected");
+    };
+    assert_eq!(redis.urls, ["redis://127.0.0.1:7000"]);
+    assert_eq!(redis.deadline, Duration::from_millis(5));
+    assert_eq!(
+        (redis.failure_mode, redis.fallback_share),
+        (FailureMode::Local, 0.25)
+    );
+    assert_eq!(redis.breaker_backoff, Duration::from_millis(500));
+    let rule = config.rules.resolve("r", "k").unwrap();
+    assert_eq!(rule.failure_mode, Some(FailureMode::Allow));
+
+    let paths = issue_paths(
+        r#"
+        [backend]
+        kind = "redis"
+        [backend.redis]
+        urls = ["http://x", "redis://y"]
+        failure_mode = "maybe"
+        fallback_share = 2.0
+        deadline = "0ms"
+        [default_rule]
+        algorithm = "gcra"
+        rate_per_second = 1
+        burst = 1
+        failure_mode = "sometimes"
+        "#,
+    );
+    assert_eq!(
+        paths,
+        [
+            "backend.redis.urls",
+            "backend.redis.urls[0]",
+            "backend.redis.deadline",
+            "backend.redis.failure_mode",
+            "backend.redis.fallback_share",
+            "default_rule.failure_mode",
+        ]
+    );
+}

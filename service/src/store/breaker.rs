@@ -62,6 +62,13 @@ impl Breaker {
 
     pub fn on_failure(&self) {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures == self.threshold {
+            tracing::warn!(
+                failures,
+                backoff_ms = self.backoff_us / 1_000,
+                "store failing; opening the circuit"
+            );
+        }
         if failures >= self.threshold {
             self.open_until_us
                 .store(self.now_us() + self.backoff_us, Ordering::Release);

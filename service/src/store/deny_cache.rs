@@ -11,6 +11,8 @@ use std::hash::BuildHasher;
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
+use crate::algorithm::Decision;
+
 const SHARDS: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
@@ -18,6 +20,7 @@ struct Denial {
     until_us: u64,
     reset_at_us: u64,
     min_cost: u64,
+    remaining: u64,
 }
 
 type Shard = Mutex<HashMap<Box<str>, Denial>>;
@@ -34,6 +37,8 @@ pub struct DenyCache {
 pub struct CachedDenial {
     pub retry_after_us: u64,
     pub reset_after_us: u64,
+    /// What the store reported remaining at the denial (refill since then is not counted).
+    pub remaining: u64,
 }
 
 impl DenyCache {
@@ -59,17 +64,12 @@ impl DenyCache {
         (cost >= denial.min_cost).then(|| CachedDenial {
             retry_after_us: denial.until_us - now_us,
             reset_after_us: denial.reset_at_us.saturating_sub(now_us),
+            remaining: denial.remaining,
         })
     }
 
-    pub fn remember(
-        &self,
-        key: &str,
-        cost: u64,
-        now_us: u64,
-        retry_after_us: u64,
-        reset_after_us: u64,
-    ) {
+    /// Remembers that `cost` was denied at `now_us` with the decision `denied`.
+    pub fn remember(&self, key: &str, cost: u64, now_us: u64, denied: &Decision) {
         if self.keys_per_shard == 0 {
             return;
         }
@@ -83,9 +83,10 @@ impl DenyCache {
         shard.insert(
             key.into(),
             Denial {
-                until_us: now_us.saturating_add(retry_after_us),
-                reset_at_us: now_us.saturating_add(reset_after_us),
+                until_us: now_us.saturating_add(denied.retry_after_us),
+                reset_at_us: now_us.saturating_add(denied.reset_after_us),
                 min_cost: cost,
+                remaining: denied.remaining,
             },
         );
     }
@@ -111,15 +112,26 @@ impl DenyCache {
 mod tests {
     use super::*;
 
+    fn denial(retry_after_us: u64, reset_after_us: u64, remaining: u64) -> Decision {
+        Decision {
+            allowed: false,
+            limit: 10,
+            remaining,
+            reset_after_us,
+            retry_after_us,
+        }
+    }
+
     #[test]
     fn answers_equal_or_larger_costs_until_retry_after() {
         let cache = DenyCache::new(100);
-        cache.remember("k", 3, 1_000, 500, 2_000);
+        cache.remember("k", 3, 1_000, &denial(500, 2_000, 2));
         assert_eq!(
             cache.lookup("k", 3, 1_100),
             Some(CachedDenial {
                 retry_after_us: 400,
-                reset_after_us: 1_900
+                reset_after_us: 1_900,
+                remaining: 2,
             })
         );
         assert!(cache.lookup("k", 5, 1_100).is_some());
@@ -138,11 +150,11 @@ mod tests {
     fn stays_within_capacity_and_can_be_off() {
         let cache = DenyCache::new(32);
         for i in 0..1_000 {
-            cache.remember(&format!("key-{i}"), 1, 0, 1_000_000, 1_000_000);
+            cache.remember(&format!("key-{i}"), 1, 0, &denial(1_000_000, 1_000_000, 0));
         }
         assert!(cache.len() <= 32, "{}", cache.len());
         let off = DenyCache::new(0);
-        off.remember("k", 1, 0, 10, 10);
+        off.remember("k", 1, 0, &denial(10, 10, 0));
         assert!(off.lookup("k", 1, 1).is_none());
     }
 }

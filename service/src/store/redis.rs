@@ -143,6 +143,9 @@ fn unavailable(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
+/// How long between health probes while the circuit is not closed.
+pub const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 impl RedisStore {
     /// Connects, and loads every script (SCRIPT LOAD) so the first requests are EVALSHA.
     pub async fn connect(config: &RedisConfig, metrics: RedisMetrics) -> Result<Self, StoreError> {
@@ -263,10 +266,13 @@ impl RedisStore {
         }
         let started = Instant::now();
         let mut connection = self.pick();
+        let timed_out = StoreError::Timeout(self.deadline.as_millis() as u64);
         let result = match tokio::time::timeout(self.deadline, call(&mut connection)).await {
             Ok(Ok(value)) => Ok(value),
+            // The connection's own response timeout (set to the same deadline) may fire first.
+            Ok(Err(err)) if err.is_timeout() => Err(timed_out),
             Ok(Err(err)) => Err(unavailable(err)),
-            Err(_) => Err(StoreError::Timeout(self.deadline.as_millis() as u64)),
+            Err(_) => Err(timed_out),
         };
         self.metrics
             .latency
@@ -328,7 +334,7 @@ impl RedisStore {
             return Ok(Decision {
                 allowed: false,
                 limit: algorithm.limit(),
-                remaining: 0,
+                remaining: cached.remaining,
                 reset_after_us: cached.reset_after_us,
                 retry_after_us: cached.retry_after_us,
             });
@@ -361,8 +367,7 @@ impl RedisStore {
             retry_after_us,
         };
         if !decision.allowed && retry_after_us != NEVER {
-            self.deny_cache
-                .remember(&key, cost, now, retry_after_us, reset_after_us);
+            self.deny_cache.remember(&key, cost, now, &decision);
         }
         Ok(decision)
     }
@@ -401,6 +406,29 @@ impl RedisStore {
             .run(async |connection| command.query_async(connection).await)
             .await?;
         Ok(removed > 0)
+    }
+
+    /// While the circuit is not closed, PINGs Redis (past the breaker) and closes the circuit
+    /// as soon as it answers, so service returns within a probe interval of Redis returning
+    /// instead of waiting for a request to win the half-open probe. Runs until dropped.
+    pub async fn watch_health(&self) {
+        let mut ticker = tokio::time::interval(PROBE_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if self.breaker.state() == CircuitState::Closed {
+                continue;
+            }
+            let ping = redis::cmd("PING");
+            let mut connection = self.pick();
+            if let Ok(Ok(())) =
+                tokio::time::timeout(self.deadline, ping.query_async::<()>(&mut connection)).await
+            {
+                tracing::info!("store answers again; closing the circuit");
+                self.breaker.on_success();
+                self.update_circuit_gauge();
+            }
+        }
     }
 
     /// Sends any command to the store (tests use it for INFO and FLUSHALL).
