@@ -1,0 +1,212 @@
+//! Redis store throughput against redis-benchmark, in one run on one machine.
+//!
+//! Starts a private redis-server, drives the service's store API (`RedisStore::check`, token
+//! bucket, deny cache off so every decision runs the script) with 64 concurrent tasks, then runs
+//! `redis-benchmark -c 50 -P 1` with EVALSHA of the same script and arguments on the same Redis,
+//! and writes the ratio to results/benchmarks/redis-store.md.
+//!
+//! `cargo bench -p sluice-service --bench redis_store` (SLUICE_BENCH_SECS, default 5).
+
+#[path = "../tests/common/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use redis_server::RedisServer;
+use sluice::{
+    algorithm::{Algorithm, TokenBucket},
+    config::{FailureMode, RedisConfig},
+    metrics::Metrics,
+    store::{BucketKey, RedisStore},
+};
+
+const TASKS: usize = 64;
+const KEYS: u64 = 10_000;
+const POOL_SIZE: usize = 4;
+
+fn config(url: String) -> RedisConfig {
+    RedisConfig {
+        urls: vec![url],
+        cluster: false,
+        pool_size: POOL_SIZE,
+        deadline: Duration::from_secs(1),
+        prefix: "bench:".into(),
+        failure_mode: FailureMode::Deny,
+        fallback_share: 1.0,
+        breaker_failures: 3,
+        breaker_backoff: Duration::from_millis(500),
+        deny_cache_keys: 0,
+    }
+}
+
+/// Decisions per second through the store API with `TASKS` concurrent tasks.
+async fn store_rate(store: Arc<RedisStore>, algorithm: Arc<Algorithm>, duration: Duration) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..TASKS as u64)
+        .map(|task| {
+            let (store, algorithm, stop, done) =
+                (store.clone(), algorithm.clone(), stop.clone(), done.clone());
+            tokio::spawn(async move {
+                let keys: Vec<String> = (0..KEYS / TASKS as u64)
+                    .map(|i| format!("k{}", task * 1_000_000 + i))
+                    .collect();
+                let mut count = 0u64;
+                for key in keys.iter().cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let decision = store
+                        .check(
+                            BucketKey {
+                                resource: "bench",
+                                key,
+                            },
+                            &algorithm,
+                            1,
+                        )
+                        .await
+                        .unwrap();
+                    assert!(decision.allowed);
+                    count += 1;
+                }
+                done.fetch_add(count, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// EVALSHA of the token-bucket script, 50 clients, no pipelining, random keys.
+fn redis_benchmark_rate(redis: &RedisServer, algorithm: &Algorithm, requests: u64) -> f64 {
+    let script = include_str!("../../lua/token_bucket.lua");
+    let sha = redis.cli(&["SCRIPT", "LOAD", script]).trim().to_owned();
+    let Algorithm::TokenBucket(bucket) = algorithm else {
+        unreachable!()
+    };
+    let output = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &redis.port.to_string(),
+            "-c",
+            "50",
+            "-P",
+            "1",
+        ])
+        .args([
+            "-n",
+            &requests.to_string(),
+            "-r",
+            &KEYS.to_string(),
+            "--csv",
+        ])
+        .args(["EVALSHA", &sha, "1", "bench:rb:__rand_int__", "", "1"])
+        .args([
+            bucket.capacity().to_string(),
+            bucket.refill_per_us().to_string(),
+        ])
+        .output()
+        .expect("redis-benchmark runs (apt-get install redis-server)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // CSV: "test","rps","avg_latency_ms",...
+    let line = text.lines().last().unwrap_or_default();
+    line.split(',')
+        .nth(1)
+        .and_then(|rps| rps.trim_matches('"').parse().ok())
+        .unwrap_or_else(|| panic!("cannot read redis-benchmark output: {text}"))
+}
+
+fn main() {
+    let secs: u64 = std::env::var("SLUICE_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let redis = RedisServer::start();
+    let algorithm = Arc::new(Algorithm::TokenBucket(TokenBucket::new(
+        1_000_000_000,
+        1_000_000.0,
+    )));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store_rate = runtime.block_on(async {
+        let store = Arc::new(
+            RedisStore::connect(&config(redis.url()), Metrics::new().redis())
+                .await
+                .unwrap(),
+        );
+        store_rate(store.clone(), algorithm.clone(), Duration::from_secs(1)).await; // warm-up
+        store_rate(store, algorithm.clone(), Duration::from_secs(secs)).await
+    });
+    drop(runtime);
+    let benchmark_rate =
+        redis_benchmark_rate(&redis, &algorithm, (store_rate * secs as f64) as u64);
+    let ratio = store_rate / benchmark_rate;
+    println!("store API, {TASKS} tasks, pool {POOL_SIZE}: {store_rate:.0} decisions/s");
+    println!("redis-benchmark -c 50 -P 1 EVALSHA:     {benchmark_rate:.0} requests/s");
+    println!("ratio: {ratio:.2}x");
+    write_report(secs, store_rate, benchmark_rate, ratio);
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn write_report(secs: u64, store_rate: f64, benchmark_rate: f64, ratio: f64) {
+    let commit = command_output("git", &["rev-parse", "--short=12", "HEAD"]);
+    let dirty =
+        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|line| line.starts_with("model name"))
+                .map(|line| line.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let redis_version = command_output("redis-server", &["--version"]);
+    let report = format!(
+        "# Redis store throughput vs redis-benchmark\n\n\
+         - Command: `cargo bench -p sluice-service --bench redis_store` (SLUICE_BENCH_SECS={secs})\n\
+         - Commit: `{commit}`{}\n\
+         - Machine: {cores} cores, {cpu}; {redis_version}\n\
+         - Load generator, service code and Redis share the same cores.\n\n\
+         | what | rate |\n|---|---|\n\
+         | `RedisStore::check`, token bucket, {TASKS} concurrent tasks, {POOL_SIZE} multiplexed connections, deny cache off | {store_rate:.0} decisions/s |\n\
+         | `redis-benchmark -c 50 -P 1 -r {KEYS} EVALSHA <token_bucket.lua> ...` on the same Redis | {benchmark_rate:.0} requests/s |\n\
+         | ratio (store / redis-benchmark) | **{ratio:.2}x** |\n\n\
+         Both run the same script with the same arguments over {KEYS} keys, every decision allowed and written.\n\
+         The store shares round trips: concurrent calls are pipelined on a few multiplexed connections,\n\
+         where redis-benchmark sends one request per client at a time.\n",
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        }
+    );
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../results/benchmarks/redis-store.md"
+    );
+    std::fs::write(path, report).expect("write the report");
+    println!("wrote {path}");
+}
