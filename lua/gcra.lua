@@ -1,16 +1,9 @@
 -- GCRA, mirroring service/src/algorithm/gcra.rs.
 -- KEYS[1]  string: theoretical arrival time (TAT), microseconds
--- ARGV     now_us ("" = Redis TIME), cost (0 = peek), emission_interval_us, burst
+-- ARGV     now_us ("" = Redis TIME; see prelude.lua), cost (0 = peek), emission_interval_us, burst
 -- Returns  {allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never)}
 local key = KEYS[1]
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
--- State is fresh again once reset_after has passed, so it may expire then; a second of slack
--- keeps it when script time and Redis's expiry clock disagree (a pinned test clock, a step).
-local function ttl_ms(reset_us) return math.ceil(reset_us / 1000) + 1000 end
+local now = now_us(ARGV[1])
 local cost = tonumber(ARGV[2])
 local interval = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])

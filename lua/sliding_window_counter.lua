@@ -2,17 +2,10 @@
 -- Weights are integers in whole milliseconds; configuration keeps limit x window_ms below 2^51,
 -- so every product here is an exact double.
 -- KEYS[1]  hash {start_us, current, previous}
--- ARGV     now_us ("" = Redis TIME), cost (0 = peek), limit, window_ms
+-- ARGV     now_us ("" = Redis TIME; see prelude.lua), cost (0 = peek), limit, window_ms
 -- Returns  {allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never)}
 local key = KEYS[1]
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
--- State is fresh again once reset_after has passed, so it may expire then; a second of slack
--- keeps it when script time and Redis's expiry clock disagree (a pinned test clock, a step).
-local function ttl_ms(reset_us) return math.ceil(reset_us / 1000) + 1000 end
+local now = now_us(ARGV[1])
 local cost = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local w = tonumber(ARGV[4])

@@ -1,17 +1,10 @@
 -- Sliding window log, mirroring service/src/algorithm/sliding_window_log.rs.
 -- KEYS[1]  sorted set: member "<time_us>:<cost>" scored by time (one member per microsecond)
 -- KEYS[2]  string: the sum of the logged costs
--- ARGV     now_us ("" = Redis TIME), cost (0 = peek), limit, window_us
+-- ARGV     now_us ("" = Redis TIME; see prelude.lua), cost (0 = peek), limit, window_us
 -- Returns  {allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never)}
 local log, total_key = KEYS[1], KEYS[2]
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
--- State is fresh again once reset_after has passed, so it may expire then; a second of slack
--- keeps it when script time and Redis's expiry clock disagree (a pinned test clock, a step).
-local function ttl_ms(reset_us) return math.ceil(reset_us / 1000) + 1000 end
+local now = now_us(ARGV[1])
 local cost = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local window = tonumber(ARGV[4])

@@ -1,17 +1,10 @@
 -- Token bucket, mirroring service/src/algorithm/token_bucket.rs operation for operation.
 -- KEYS[1]  hash {tokens, last_refill_us}
--- ARGV     now_us ("" = Redis TIME), cost (0 = peek: compute, write nothing),
+-- ARGV     now_us ("" = Redis TIME; see prelude.lua), cost (0 = peek: compute, write nothing),
 --          capacity, refill_per_us (shortest round-trip decimal of the Rust f64)
 -- Returns  {allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never)}
 local key = KEYS[1]
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
--- State is fresh again once reset_after has passed, so it may expire then; a second of slack
--- keeps it when script time and Redis's expiry clock disagree (a pinned test clock, a step).
-local function ttl_ms(reset_us) return math.ceil(reset_us / 1000) + 1000 end
+local now = now_us(ARGV[1])
 local cost = tonumber(ARGV[2])
 local capacity = tonumber(ARGV[3])
 local rate = tonumber(ARGV[4])

@@ -25,7 +25,7 @@ use sluice::{
     algorithm::{Algorithm, TokenBucket},
     config::{FailureMode, RedisConfig},
     metrics::Metrics,
-    store::{BucketKey, RedisStore},
+    store::{BucketKey, RedisStore, TOKEN_BUCKET_SCRIPT},
 };
 
 const TASKS: usize = 64;
@@ -93,8 +93,10 @@ async fn store_rate(store: Arc<RedisStore>, algorithm: Arc<Algorithm>, duration:
 
 /// EVALSHA of the token-bucket script, 50 clients, no pipelining, random keys.
 fn redis_benchmark_rate(redis: &RedisServer, algorithm: &Algorithm, requests: u64) -> f64 {
-    let script = include_str!("../../lua/token_bucket.lua");
-    let sha = redis.cli(&["SCRIPT", "LOAD", script]).trim().to_owned();
+    let sha = redis
+        .cli(&["SCRIPT", "LOAD", TOKEN_BUCKET_SCRIPT])
+        .trim()
+        .to_owned();
     let Algorithm::TokenBucket(bucket) = algorithm else {
         unreachable!()
     };

@@ -13,7 +13,7 @@ use std::future::Future;
 pub use breaker::{Breaker, CircuitState};
 pub use deny_cache::DenyCache;
 pub use memory::MemoryStore;
-pub use redis::{RedisMetrics, RedisStore, escape_into};
+pub use redis::{RedisMetrics, RedisStore, TOKEN_BUCKET_SCRIPT, escape_into};
 
 use crate::algorithm::{Algorithm, Decision};
 

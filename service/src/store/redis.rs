@@ -30,7 +30,20 @@ use crate::{
     config::RedisConfig,
 };
 
-/// The scripts, compiled in so the binary never depends on its working directory.
+/// A script's full source: the shared prelude, then `lua/<name>.lua`. Compiled in, so the
+/// binary never depends on its working directory.
+macro_rules! script_source {
+    ($name:literal) => {
+        concat!(
+            include_str!("../../../lua/prelude.lua"),
+            include_str!(concat!("../../../lua/", $name, ".lua"))
+        )
+    };
+}
+
+/// The token-bucket script exactly as the store runs it (the benchmark loads it too).
+pub const TOKEN_BUCKET_SCRIPT: &str = script_source!("token_bucket");
+
 struct Scripts {
     token_bucket: Script,
     gcra: Script,
@@ -42,13 +55,11 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Self {
-            token_bucket: Script::new(include_str!("../../../lua/token_bucket.lua")),
-            gcra: Script::new(include_str!("../../../lua/gcra.lua")),
-            fixed_window: Script::new(include_str!("../../../lua/fixed_window.lua")),
-            sliding_window_counter: Script::new(include_str!(
-                "../../../lua/sliding_window_counter.lua"
-            )),
-            sliding_window_log: Script::new(include_str!("../../../lua/sliding_window_log.lua")),
+            token_bucket: Script::new(TOKEN_BUCKET_SCRIPT),
+            gcra: Script::new(script_source!("gcra")),
+            fixed_window: Script::new(script_source!("fixed_window")),
+            sliding_window_counter: Script::new(script_source!("sliding_window_counter")),
+            sliding_window_log: Script::new(script_source!("sliding_window_log")),
         }
     }
 
