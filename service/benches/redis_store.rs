@@ -7,10 +7,6 @@
 //!
 //! `cargo bench -p sluice-service --bench redis_store` (SLUICE_BENCH_SECS, default 5).
 
-#[path = "../tests/common/redis.rs"]
-#[allow(dead_code)]
-mod redis_server;
-
 use std::{
     process::Command,
     sync::{
@@ -20,10 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redis_server::RedisServer;
 use sluice::{
     algorithm::{Algorithm, TokenBucket},
     config::{FailureMode, RedisConfig},
+    local_redis::LocalRedis,
     metrics::Metrics,
     store::{BucketKey, RedisStore, TOKEN_BUCKET_SCRIPT},
 };
@@ -92,9 +88,10 @@ async fn store_rate(store: Arc<RedisStore>, algorithm: Arc<Algorithm>, duration:
 }
 
 /// EVALSHA of the token-bucket script, 50 clients, no pipelining, random keys.
-fn redis_benchmark_rate(redis: &RedisServer, algorithm: &Algorithm, requests: u64) -> f64 {
+fn redis_benchmark_rate(redis: &LocalRedis, algorithm: &Algorithm, requests: u64) -> f64 {
     let sha = redis
         .cli(&["SCRIPT", "LOAD", TOKEN_BUCKET_SCRIPT])
+        .unwrap()
         .trim()
         .to_owned();
     let Algorithm::TokenBucket(bucket) = algorithm else {
@@ -139,7 +136,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let redis = RedisServer::start();
+    let redis = LocalRedis::start().unwrap_or_else(|err| panic!("{err}"));
     let algorithm = Arc::new(Algorithm::TokenBucket(TokenBucket::new(
         1_000_000_000,
         1_000_000.0,

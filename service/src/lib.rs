@@ -9,6 +9,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod limiter;
+pub mod local_redis;
 pub mod metrics;
 pub mod rules;
 pub mod server;

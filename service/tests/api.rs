@@ -60,6 +60,7 @@ async fn grpc_check_reports_the_whole_decision() {
     );
     assert_eq!(first.retry_after.unwrap(), prost_types::Duration::default());
     assert_eq!(first.policy_window.unwrap().seconds, 5);
+    assert_eq!(first.algorithm, "token_bucket");
 
     client
         .check(check("alice", "tight", Some(1)))
@@ -292,6 +293,8 @@ async fn http_check_answers_with_status_headers_and_body() {
     assert_eq!(body["decision"], "allowed");
     assert_eq!(body["remaining"], 1);
     assert_eq!(body["rule"], "tight");
+    assert_eq!(body["algorithm"], "token_bucket");
+    assert_eq!(body["policy_window_ms"], 5_000.0);
 
     let denied = post("")
         .json(&serde_json::json!({"resource": "tight", "cost": 2}))

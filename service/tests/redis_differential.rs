@@ -3,7 +3,6 @@
 
 mod common;
 
-use common::redis::RedisServer;
 use proptest::{prelude::*, test_runner::TestRunner};
 use sluice::{
     algorithm::{
@@ -44,7 +43,7 @@ fn requests() -> impl Strategy<Value = Vec<(u64, u64)>> {
 
 #[test]
 fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
-    let server = RedisServer::start();
+    let server = common::redis::server();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let clock = Clock::manual(START_US);
     let store = runtime.block_on(async {

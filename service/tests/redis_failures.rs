@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::redis::RedisServer;
+use common::redis::LocalRedis;
 use sluice::server::RunningServer;
 use sluice_proto::v1::{CheckRequest, CheckResponse, rate_limiter_client::RateLimiterClient};
 use tonic::transport::Channel;
@@ -21,7 +21,7 @@ const DEADLINE_MS: u64 = 50;
 /// Scheduling slack on two shared cores in a debug build, on top of the deadline.
 const SLACK_MS: u64 = 150;
 
-fn config(redis: &RedisServer, mode: &str) -> String {
+fn config(redis: &LocalRedis, mode: &str) -> String {
     format!(
         r#"
 [backend]
@@ -156,7 +156,7 @@ enum Outage {
 }
 
 async fn outage_scenario(mode: &str, outage: Outage) {
-    let mut redis = RedisServer::start();
+    let mut redis = common::redis::server();
     let node = common::start(&config(&redis, mode)).await;
     let channel = common::grpc_channel(&node).await;
     let mut grpc = RateLimiterClient::new(channel.clone());
@@ -167,7 +167,7 @@ async fn outage_scenario(mode: &str, outage: Outage) {
     let load = start_load(channel, stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     match outage {
-        Outage::Pause => redis.pause(),
+        Outage::Pause => redis.pause().unwrap(),
         Outage::Kill => redis.kill(),
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -233,8 +233,8 @@ async fn outage_scenario(mode: &str, outage: Outage) {
     );
 
     match outage {
-        Outage::Pause => redis.resume(),
-        Outage::Kill => redis.restart(),
+        Outage::Pause => redis.resume().unwrap(),
+        Outage::Kill => redis.restart().unwrap(),
     }
     let recovery = time_to_recover(&mut grpc).await;
     assert!(

@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::redis::{RedisCluster, RedisServer};
 use sluice::server::RunningServer;
 use sluice_proto::v1::{CheckRequest, rate_limiter_client::RateLimiterClient};
 
@@ -102,7 +101,7 @@ fn assert_exact(result: &StormResult, capacity: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_one_redis_admit_exactly_capacity() {
-    let redis = RedisServer::start();
+    let redis = common::redis::server();
     let config = format!(
         "{}{}",
         redis_backend(&[redis.url()], false),
@@ -116,7 +115,7 @@ async fn three_nodes_on_one_redis_admit_exactly_capacity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_refill_admission_stays_within_capacity_plus_rate_times_elapsed() {
-    let redis = RedisServer::start();
+    let redis = common::redis::server();
     let (capacity, rate) = (20u64, 50.0f64);
     let config = format!(
         "{}[rules.refill]\nalgorithm = \"token_bucket\"\ncapacity = {capacity}\nrefill_per_second = {rate}\n",
@@ -151,7 +150,7 @@ async fn three_nodes_on_their_own_memory_over_admit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_on_a_redis_cluster_admit_exactly_capacity() {
-    let cluster = RedisCluster::start();
+    let cluster = common::redis::cluster();
     let config = format!(
         "{}{}",
         redis_backend(&cluster.urls(), true),
@@ -164,7 +163,7 @@ async fn three_nodes_on_a_redis_cluster_admit_exactly_capacity() {
     let holding = cluster
         .nodes
         .iter()
-        .filter(|node| node.cli(&["DBSIZE"]).trim() != "0")
+        .filter(|node| node.cli(&["DBSIZE"]).unwrap().trim() != "0")
         .count();
     assert!(
         holding >= 2,
@@ -175,7 +174,7 @@ async fn three_nodes_on_a_redis_cluster_admit_exactly_capacity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_are_reloaded_after_script_flush() {
-    let redis = RedisServer::start();
+    let redis = common::redis::server();
     let config = format!(
         "{}{}",
         redis_backend(&[redis.url()], false),
@@ -192,7 +191,7 @@ async fn scripts_are_reloaded_after_script_flush() {
         grpc.check(request()).await.unwrap().into_inner().remaining,
         9
     );
-    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).unwrap().trim(), "OK");
     let after = grpc.check(request()).await.unwrap().into_inner();
     assert!(
         after.reason.is_empty(),
@@ -204,7 +203,7 @@ async fn scripts_are_reloaded_after_script_flush() {
 
 /// An abusive hot key: 20 clients x 100 requests on a key with capacity 50.
 async fn abuse(deny_cache_keys: u64) -> (u64, u64, u64) {
-    let redis = RedisServer::start();
+    let redis = common::redis::server();
     let config = format!(
         "{}deny_cache_keys = {deny_cache_keys}\n{}",
         redis_backend(&[redis.url()], false),
@@ -212,7 +211,7 @@ async fn abuse(deny_cache_keys: u64) -> (u64, u64, u64) {
     );
     let node = common::start(&config).await;
     let channel = common::grpc_channel(&node).await;
-    redis.cli(&["CONFIG", "RESETSTAT"]);
+    redis.cli(&["CONFIG", "RESETSTAT"]).unwrap();
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let mut grpc = RateLimiterClient::new(channel.clone());
@@ -234,7 +233,7 @@ async fn abuse(deny_cache_keys: u64) -> (u64, u64, u64) {
     for task in tasks {
         admitted += task.await.unwrap();
     }
-    let script_calls = redis.command_calls("evalsha");
+    let script_calls = redis.command_calls("evalsha").unwrap();
     let hits = node
         .limiter()
         .render_metrics()

@@ -4,7 +4,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::redis::{RedisCluster, RedisServer};
+use common::redis::{LocalRedis, LocalRedisCluster};
 
 use sluice::{
     algorithm::{
@@ -59,16 +59,16 @@ async fn redis_store(urls: Vec<String>, cluster: bool) -> RedisStore {
         .pin_time(Clock::manual(1_700_000_000_000_000))
 }
 
-async fn redis() -> Redis<RedisServer> {
-    let server = RedisServer::start();
+async fn redis() -> Redis<LocalRedis> {
+    let server = common::redis::server();
     Redis {
         store: redis_store(vec![server.url()], false).await,
         _server: server,
     }
 }
 
-async fn redis_cluster() -> Redis<RedisCluster> {
-    let cluster = RedisCluster::start();
+async fn redis_cluster() -> Redis<LocalRedisCluster> {
+    let cluster = common::redis::cluster();
     Redis {
         store: redis_store(cluster.urls(), true).await,
         _server: cluster,

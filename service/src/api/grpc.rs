@@ -89,6 +89,7 @@ fn check_response(verdict: &Verdict<'_>) -> pb::CheckResponse {
         resource: verdict.resource.to_owned(),
         policy_window: Some(duration_from_us(verdict.policy_window_us())),
         reason: verdict.reason.unwrap_or_default().to_owned(),
+        algorithm: verdict.rule.algorithm.name().to_owned(),
     }
 }
 

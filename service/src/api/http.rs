@@ -248,6 +248,8 @@ fn verdict_response(verdict: &Verdict<'_>) -> Response {
         "retry_after_ms": decision.retry_after_us as f64 / 1e3,
         "rule": verdict.rule.name,
         "resource": verdict.resource,
+        "algorithm": verdict.rule.algorithm.name(),
+        "policy_window_ms": verdict.policy_window_us() as f64 / 1e3,
     });
     if let (Some(reason), Value::Object(fields)) = (verdict.reason, &mut body) {
         fields.insert("reason".into(), reason.into());

@@ -1,0 +1,217 @@
+//! The correctness ledger: for every key, was the admitted cost within what the rule allows
+//! over the run (over-admission), and was anything denied while budget clearly remained
+//! (under-admission)? Then: do the service's own counters agree with what the client saw?
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde::{Deserialize, Serialize};
+
+use crate::{engine::RunResult, target::AlgorithmKind};
+
+/// The most a key may be admitted over `elapsed_us` under `algorithm` with `limit` per
+/// `window_us` (the policy window the service reports), plus one unit for rounding.
+pub fn admission_bound(
+    algorithm: AlgorithmKind,
+    limit: u64,
+    window_us: u64,
+    elapsed_us: u64,
+) -> f64 {
+    let limit = limit as f64;
+    let window = window_us.max(1) as f64;
+    let elapsed = elapsed_us as f64;
+    let bound = match algorithm {
+        // A bucket of `limit` refilled at limit / window: capacity + rate x elapsed.
+        AlgorithmKind::TokenBucket | AlgorithmKind::Gcra => limit + limit * elapsed / window,
+        // Exact sliding window: each window-long stretch holds at most `limit`.
+        AlgorithmKind::SlidingWindowLog => limit * (elapsed / window).floor().max(0.0) + limit,
+        // Window boundaries can let up to a window's worth through twice.
+        AlgorithmKind::FixedWindow | AlgorithmKind::SlidingWindowCounter => {
+            limit * ((elapsed / window).floor() + 2.0)
+        }
+    };
+    bound + 1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyFinding {
+    pub key: String,
+    pub algorithm: Option<AlgorithmKind>,
+    pub limit: u64,
+    pub window_ms: f64,
+    pub requested_cost: u64,
+    pub admitted_cost: u64,
+    /// Over-admission: the bound exceeded. Under-admission: the least that had to be admitted.
+    pub threshold: f64,
+}
+
+/// The service's own counters against the client's, over the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reconciliation {
+    pub service_allowed: u64,
+    pub service_denied: u64,
+    pub client_allowed: u64,
+    pub client_denied: u64,
+    /// Requests whose fate the client cannot know (errors, timeouts): the allowed slack.
+    pub client_errors: u64,
+    pub agrees: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LedgerReport {
+    pub keys_checked: usize,
+    pub elapsed_ms: f64,
+    pub over_admitted: Vec<KeyFinding>,
+    pub under_admitted: Vec<KeyFinding>,
+    pub reconciliation: Option<Reconciliation>,
+}
+
+impl LedgerReport {
+    pub fn passed(&self) -> bool {
+        self.over_admitted.is_empty()
+            && self.under_admitted.is_empty()
+            && self.reconciliation.as_ref().is_none_or(|r| r.agrees)
+    }
+}
+
+/// Checks every key the run touched. `elapsed` is the whole sending window (warm-up included:
+/// the ledger counts every request).
+pub fn check(result: &RunResult) -> LedgerReport {
+    let elapsed_us = result.elapsed.as_micros() as u64;
+    let mut report = LedgerReport {
+        elapsed_ms: elapsed_us as f64 / 1e3,
+        ..LedgerReport::default()
+    };
+    for (index, key) in result.ledger.iter().enumerate() {
+        let requested = key.requested_cost.load(Ordering::Relaxed);
+        if requested == 0 {
+            continue;
+        }
+        let Some(algorithm) = key.algorithm() else {
+            continue;
+        };
+        report.keys_checked += 1;
+        let limit = key.limit.load(Ordering::Relaxed);
+        let window_us = key.window_us.load(Ordering::Relaxed);
+        let admitted = key.admitted_cost.load(Ordering::Relaxed);
+        let finding = |threshold| KeyFinding {
+            key: result.keys.name(index).to_owned(),
+            algorithm: Some(algorithm),
+            limit,
+            window_ms: window_us as f64 / 1e3,
+            requested_cost: requested,
+            admitted_cost: admitted,
+            threshold,
+        };
+        let bound = admission_bound(algorithm, limit, window_us, elapsed_us);
+        if admitted as f64 > bound {
+            report.over_admitted.push(finding(bound));
+        }
+        // Starting from a fresh state, at least min(requested, limit) must get through.
+        if result.config.reset {
+            let floor = requested.min(limit) as f64;
+            if (admitted as f64) < floor {
+                report.under_admitted.push(finding(floor));
+            }
+        }
+    }
+    report
+}
+
+/// Sums `sluice_decisions_total` by outcome from a Prometheus text page: (allowed, denied).
+pub fn decision_counts(metrics_text: &str) -> (u64, u64) {
+    let (mut allowed, mut denied) = (0u64, 0u64);
+    for line in metrics_text
+        .lines()
+        .filter(|line| line.starts_with("sluice_decisions_total{"))
+    {
+        let value: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        if line.contains("outcome=\"allowed\"") {
+            allowed += value;
+        } else if line.contains("outcome=\"denied\"") {
+            denied += value;
+        }
+    }
+    (allowed, denied)
+}
+
+/// Scrapes each `/metrics` URL and adds up the decision counters.
+pub async fn scrape_decisions(urls: &[String]) -> anyhow::Result<(u64, u64)> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let (mut allowed, mut denied) = (0, 0);
+    for url in urls {
+        let response = client
+            .get(url.parse()?)
+            .await
+            .map_err(|err| anyhow::anyhow!("scraping {url}: {err}"))?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "scraping {url}: {}",
+            response.status()
+        );
+        let body = response.into_body().collect().await?.to_bytes();
+        let (a, d) = decision_counts(&String::from_utf8_lossy(&body));
+        allowed += a;
+        denied += d;
+    }
+    Ok((allowed, denied))
+}
+
+/// Compares the service's counter deltas with what the client saw.
+pub fn reconcile(result: &RunResult, before: (u64, u64), after: (u64, u64)) -> Reconciliation {
+    let cost = result.config.cost.max(1);
+    let sum =
+        |field: fn(&crate::stats::KeyLedger) -> u64| result.ledger.iter().map(field).sum::<u64>();
+    let client_allowed = sum(|key| key.admitted_cost.load(Ordering::Relaxed)) / cost;
+    let client_denied = sum(|key| key.denied.load(Ordering::Relaxed));
+    let client_errors = sum(|key| key.errors.load(Ordering::Relaxed));
+    let service_allowed = after.0.saturating_sub(before.0);
+    let service_denied = after.1.saturating_sub(before.1);
+    let gap = service_allowed.abs_diff(client_allowed) + service_denied.abs_diff(client_denied);
+    Reconciliation {
+        service_allowed,
+        service_denied,
+        client_allowed,
+        client_denied,
+        client_errors,
+        agrees: gap <= client_errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_follow_each_algorithm() {
+        let second = 1_000_000;
+        // 10 tokens refilled over 1 s, for 2 s: 10 + 20, plus rounding.
+        assert_eq!(
+            admission_bound(AlgorithmKind::TokenBucket, 10, second, 2 * second),
+            31.0
+        );
+        assert_eq!(
+            admission_bound(AlgorithmKind::SlidingWindowLog, 10, second, second / 2),
+            11.0
+        );
+        assert_eq!(
+            admission_bound(AlgorithmKind::FixedWindow, 10, second, second / 2),
+            21.0
+        );
+    }
+
+    #[test]
+    fn decision_counters_are_summed_across_resources() {
+        let text = "# HELP x\nsluice_decisions_total{outcome=\"allowed\",resource=\"a\"} 5\n\
+                    sluice_decisions_total{outcome=\"denied\",resource=\"a\"} 2\n\
+                    sluice_decisions_total{outcome=\"allowed\",resource=\"*\"} 7\n\
+                    sluice_decisions_total_other 100\n";
+        assert_eq!(decision_counts(text), (12, 2));
+    }
+}

@@ -1,0 +1,296 @@
+//! What a run measured. Each worker records into its own [`Recorder`] (no locks on the hot
+//! path); the timeline is merged once per interval; the per-key ledger is shared atomics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::target::{AlgorithmKind, Answer, ErrorKind};
+
+/// Latencies are microseconds, tracked up to a minute at 3 significant digits.
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+
+pub fn histogram() -> Histogram<u64> {
+    let mut histogram = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds");
+    histogram.auto(true);
+    histogram
+}
+
+/// Coarser histograms for per-interval series: 2 significant digits keeps long runs small.
+pub fn interval_histogram() -> Histogram<u64> {
+    let mut histogram = Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid bounds");
+    histogram.auto(true);
+    histogram
+}
+
+/// What became of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allowed,
+    Denied,
+    Banned,
+    Error(ErrorKind),
+}
+
+impl Outcome {
+    pub fn of(answer: &Answer) -> Self {
+        if answer.banned {
+            Outcome::Banned
+        } else if answer.allowed {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub allowed: u64,
+    pub denied: u64,
+    pub banned: u64,
+    pub timeout: u64,
+    pub unavailable: u64,
+    pub refused: u64,
+    pub invalid_argument: u64,
+    pub other: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, outcome: Outcome) {
+        let slot = match outcome {
+            Outcome::Allowed => &mut self.allowed,
+            Outcome::Denied => &mut self.denied,
+            Outcome::Banned => &mut self.banned,
+            Outcome::Error(ErrorKind::Timeout) => &mut self.timeout,
+            Outcome::Error(ErrorKind::Unavailable) => &mut self.unavailable,
+            Outcome::Error(ErrorKind::Refused) => &mut self.refused,
+            Outcome::Error(ErrorKind::InvalidArgument) => &mut self.invalid_argument,
+            Outcome::Error(ErrorKind::Other) => &mut self.other,
+        };
+        *slot += 1;
+    }
+
+    pub fn merge(&mut self, other: &Counts) {
+        self.allowed += other.allowed;
+        self.denied += other.denied;
+        self.banned += other.banned;
+        self.timeout += other.timeout;
+        self.unavailable += other.unavailable;
+        self.refused += other.refused;
+        self.invalid_argument += other.invalid_argument;
+        self.other += other.other;
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.timeout + self.unavailable + self.refused + self.invalid_argument + self.other
+    }
+
+    pub fn total(&self) -> u64 {
+        self.allowed + self.denied + self.banned + self.errors()
+    }
+
+    /// (label, count) for each error kind.
+    pub fn error_kinds(&self) -> [(&'static str, u64); 5] {
+        [
+            (ErrorKind::Timeout.label(), self.timeout),
+            (ErrorKind::Unavailable.label(), self.unavailable),
+            (ErrorKind::Refused.label(), self.refused),
+            (ErrorKind::InvalidArgument.label(), self.invalid_argument),
+            (ErrorKind::Other.label(), self.other),
+        ]
+    }
+}
+
+/// Latency by outcome, measured from the intended send time.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    pub all: Histogram<u64>,
+    pub allowed: Histogram<u64>,
+    pub denied: Histogram<u64>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self {
+            all: histogram(),
+            allowed: histogram(),
+            denied: histogram(),
+        }
+    }
+}
+
+impl Latencies {
+    fn record(&mut self, outcome: Outcome, us: u64) {
+        self.all.saturating_record(us);
+        match outcome {
+            Outcome::Allowed => self.allowed.saturating_record(us),
+            Outcome::Denied | Outcome::Banned => self.denied.saturating_record(us),
+            Outcome::Error(_) => {}
+        }
+    }
+
+    fn merge(&mut self, other: &Latencies) {
+        self.all.add(&other.all).expect("same bounds");
+        self.allowed.add(&other.allowed).expect("same bounds");
+        self.denied.add(&other.denied).expect("same bounds");
+    }
+}
+
+/// One target's share of a run.
+#[derive(Debug, Clone)]
+pub struct TargetRecord {
+    pub counts: Counts,
+    pub latency: Histogram<u64>,
+    /// The most recent decision this target returned, and when (us since the run started).
+    pub last: Option<(u64, Answer)>,
+}
+
+impl Default for TargetRecord {
+    fn default() -> Self {
+        Self {
+            counts: Counts::default(),
+            latency: histogram(),
+            last: None,
+        }
+    }
+}
+
+/// One interval of the timeline.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    pub counts: Counts,
+    pub latency: Histogram<u64>,
+    pub per_target: Vec<u64>,
+}
+
+impl Interval {
+    pub fn new(targets: usize) -> Self {
+        Self {
+            counts: Counts::default(),
+            latency: interval_histogram(),
+            per_target: vec![0; targets],
+        }
+    }
+
+    pub fn merge(&mut self, other: &Interval) {
+        self.counts.merge(&other.counts);
+        self.latency.add(&other.latency).expect("same bounds");
+        for (mine, theirs) in self.per_target.iter_mut().zip(&other.per_target) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// Everything one worker measured.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pub counts: Counts,
+    /// From the intended send time (the honest figure).
+    pub corrected: Latencies,
+    /// From the actual send time (what a closed-loop tool would report).
+    pub uncorrected: Histogram<u64>,
+    /// How late the generator sent each request against its schedule.
+    pub lag: Histogram<u64>,
+    pub targets: Vec<TargetRecord>,
+}
+
+impl Recorder {
+    pub fn new(targets: usize) -> Self {
+        Self {
+            counts: Counts::default(),
+            corrected: Latencies::default(),
+            uncorrected: histogram(),
+            lag: histogram(),
+            targets: vec![TargetRecord::default(); targets],
+        }
+    }
+
+    pub fn record(
+        &mut self,
+        target: usize,
+        outcome: Outcome,
+        corrected_us: u64,
+        uncorrected_us: u64,
+    ) {
+        self.counts.add(outcome);
+        self.corrected.record(outcome, corrected_us);
+        self.uncorrected.saturating_record(uncorrected_us);
+        let record = &mut self.targets[target];
+        record.counts.add(outcome);
+        record.latency.saturating_record(corrected_us);
+    }
+
+    pub fn merge(&mut self, other: &Recorder) {
+        self.counts.merge(&other.counts);
+        self.corrected.merge(&other.corrected);
+        self.uncorrected
+            .add(&other.uncorrected)
+            .expect("same bounds");
+        self.lag.add(&other.lag).expect("same bounds");
+        for (mine, theirs) in self.targets.iter_mut().zip(&other.targets) {
+            mine.counts.merge(&theirs.counts);
+            mine.latency.add(&theirs.latency).expect("same bounds");
+            if theirs.last.map(|(at, _)| at) > mine.last.map(|(at, _)| at) {
+                mine.last = theirs.last;
+            }
+        }
+    }
+}
+
+/// Per-key accounting for the correctness ledger, shared by all workers.
+#[derive(Debug, Default)]
+pub struct KeyLedger {
+    pub requested_cost: AtomicU64,
+    pub admitted_cost: AtomicU64,
+    pub denied: AtomicU64,
+    pub errors: AtomicU64,
+    /// Rule parameters as the service reported them (last seen).
+    pub limit: AtomicU64,
+    pub window_us: AtomicU64,
+    /// `AlgorithmKind as u64 + 1`; 0 when unknown.
+    pub algorithm: AtomicU64,
+}
+
+impl KeyLedger {
+    pub fn record(&self, cost: u64, result: &Result<Answer, ErrorKind>) {
+        match result {
+            Ok(answer) => {
+                // A failure-mode answer is not the store's decision; it is not the limiter's to check.
+                if answer.failed_over {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.requested_cost.fetch_add(cost, Ordering::Relaxed);
+                if answer.allowed {
+                    self.admitted_cost.fetch_add(cost, Ordering::Relaxed);
+                } else {
+                    self.denied.fetch_add(1, Ordering::Relaxed);
+                }
+                self.limit.store(answer.limit, Ordering::Relaxed);
+                self.window_us
+                    .store(answer.policy_window_us, Ordering::Relaxed);
+                if let Some(algorithm) = answer.algorithm {
+                    self.algorithm
+                        .store(algorithm as u64 + 1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn algorithm(&self) -> Option<AlgorithmKind> {
+        const KINDS: [AlgorithmKind; 5] = [
+            AlgorithmKind::TokenBucket,
+            AlgorithmKind::Gcra,
+            AlgorithmKind::FixedWindow,
+            AlgorithmKind::SlidingWindowCounter,
+            AlgorithmKind::SlidingWindowLog,
+        ];
+        let code = self.algorithm.load(Ordering::Relaxed);
+        (code > 0).then(|| KINDS[(code - 1) as usize])
+    }
+}

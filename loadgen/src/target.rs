@@ -1,0 +1,392 @@
+//! One service address and the clients that talk to it: gRPC over a few HTTP/2 connections
+//! (one tonic channel tops out far below two cores), or HTTP/1.1 through a connection pool.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Method, Request, Uri, header::HeaderValue};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use serde::{Deserialize, Serialize};
+use sluice_proto::v1::{
+    CheckRequest, Decision, ResetRequest, rate_limiter_client::RateLimiterClient,
+};
+use tonic::{Code, transport::Channel};
+
+/// Where load goes: `grpc://host:port` or `http://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub url: String,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Grpc,
+    Http,
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let protocol = if text.starts_with("grpc://") {
+            Protocol::Grpc
+        } else if text.starts_with("http://") {
+            Protocol::Http
+        } else {
+            return Err(format!(
+                "target `{text}` needs a scheme: grpc://HOST:PORT for the gRPC API or http://HOST:PORT for HTTP"
+            ));
+        };
+        let authority = text
+            .split_once("://")
+            .map(|(_, rest)| rest.trim_end_matches('/'))
+            .unwrap_or_default();
+        authority
+            .parse::<hyper::http::uri::Authority>()
+            .map_err(|_| format!("target `{text}`: `{authority}` is not HOST:PORT"))?;
+        Ok(Endpoint {
+            url: format!(
+                "{}://{authority}",
+                if protocol == Protocol::Grpc {
+                    "grpc"
+                } else {
+                    "http"
+                }
+            ),
+            protocol,
+        })
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl Endpoint {
+    fn authority(&self) -> &str {
+        self.url.split_once("://").map_or("", |(_, rest)| rest)
+    }
+}
+
+/// Why a request failed. Errors never count as allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    Timeout,
+    Unavailable,
+    Refused,
+    InvalidArgument,
+    Other,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Timeout,
+        ErrorKind::Unavailable,
+        ErrorKind::Refused,
+        ErrorKind::InvalidArgument,
+        ErrorKind::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Refused => "refused",
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Worth retrying: the request may succeed later.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Refused
+        )
+    }
+}
+
+/// The algorithms the service reports, for the ledger's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlgorithmKind {
+    TokenBucket,
+    Gcra,
+    FixedWindow,
+    SlidingWindowCounter,
+    SlidingWindowLog,
+}
+
+impl AlgorithmKind {
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "token_bucket" => AlgorithmKind::TokenBucket,
+            "gcra" => AlgorithmKind::Gcra,
+            "fixed_window" => AlgorithmKind::FixedWindow,
+            "sliding_window_counter" => AlgorithmKind::SlidingWindowCounter,
+            "sliding_window_log" => AlgorithmKind::SlidingWindowLog,
+            _ => return None,
+        })
+    }
+}
+
+/// A decision as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Answer {
+    pub allowed: bool,
+    pub banned: bool,
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_after_us: u64,
+    pub retry_after_us: u64,
+    pub policy_window_us: u64,
+    pub algorithm: Option<AlgorithmKind>,
+    /// The service answered by a failure mode (its store was down).
+    pub failed_over: bool,
+}
+
+/// Clients for one endpoint.
+#[derive(Clone)]
+pub enum TargetClient {
+    Grpc(Vec<RateLimiterClient<Channel>>),
+    Http {
+        // Boxed: the client is large and a worker holds one either way.
+        client: Box<Client<HttpConnector, Empty<Bytes>>>,
+        authority: String,
+    },
+}
+
+fn duration_us(duration: Option<prost_types::Duration>) -> u64 {
+    duration.map_or(0, |d| {
+        d.seconds.max(0) as u64 * 1_000_000 + d.nanos.max(0) as u64 / 1_000
+    })
+}
+
+fn grpc_error(status: &tonic::Status) -> ErrorKind {
+    match status.code() {
+        Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Timeout,
+        Code::InvalidArgument => ErrorKind::InvalidArgument,
+        Code::Unavailable if format!("{status:?}").contains("Connection refused") => {
+            ErrorKind::Refused
+        }
+        Code::Unavailable => ErrorKind::Unavailable,
+        _ => ErrorKind::Other,
+    }
+}
+
+#[derive(Deserialize)]
+struct HttpAnswer<'a> {
+    allowed: bool,
+    #[serde(default)]
+    decision: Option<&'a str>,
+    limit: u64,
+    remaining: u64,
+    reset_after_ms: f64,
+    retry_after_ms: f64,
+    #[serde(default)]
+    policy_window_ms: f64,
+    #[serde(default)]
+    algorithm: Option<&'a str>,
+    #[serde(default)]
+    reason: Option<&'a str>,
+}
+
+impl TargetClient {
+    /// Opens `connections` HTTP/2 connections (gRPC) or a pool of that many (HTTP).
+    pub async fn connect(endpoint: &Endpoint, connections: usize) -> anyhow::Result<Self> {
+        let connections = connections.max(1);
+        match endpoint.protocol {
+            Protocol::Grpc => {
+                let mut clients = Vec::with_capacity(connections);
+                for _ in 0..connections {
+                    let channel = Channel::from_shared(format!("http://{}", endpoint.authority()))?
+                        .tcp_nodelay(true)
+                        .connect_timeout(Duration::from_secs(5))
+                        .connect()
+                        .await
+                        .map_err(|err| anyhow::anyhow!("cannot connect to {endpoint}: {err}"))?;
+                    clients.push(RateLimiterClient::new(channel));
+                }
+                Ok(TargetClient::Grpc(clients))
+            }
+            Protocol::Http => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(connections.max(64))
+                    .build(connector);
+                Ok(TargetClient::Http {
+                    client: Box::new(client),
+                    authority: endpoint.authority().to_owned(),
+                })
+            }
+        }
+    }
+
+    /// A client for one worker: gRPC workers are spread over the connections.
+    pub fn for_worker(&self, worker: usize) -> TargetClient {
+        match self {
+            TargetClient::Grpc(clients) => {
+                TargetClient::Grpc(vec![clients[worker % clients.len()].clone()])
+            }
+            http => http.clone(),
+        }
+    }
+
+    pub async fn check(
+        &mut self,
+        key: &str,
+        resource: &str,
+        cost: u64,
+        timeout: Duration,
+    ) -> Result<Answer, ErrorKind> {
+        match tokio::time::timeout(timeout, self.check_inner(key, resource, cost)).await {
+            Ok(result) => result,
+            Err(_) => Err(ErrorKind::Timeout),
+        }
+    }
+
+    async fn check_inner(
+        &mut self,
+        key: &str,
+        resource: &str,
+        cost: u64,
+    ) -> Result<Answer, ErrorKind> {
+        match self {
+            TargetClient::Grpc(clients) => {
+                let request = CheckRequest {
+                    key: key.to_owned(),
+                    resource: resource.to_owned(),
+                    cost: Some(cost),
+                };
+                let response = clients[0]
+                    .check(request)
+                    .await
+                    .map_err(|status| grpc_error(&status))?
+                    .into_inner();
+                Ok(Answer {
+                    allowed: response.allowed,
+                    banned: response.decision() == Decision::Banned,
+                    limit: response.limit,
+                    remaining: response.remaining,
+                    reset_after_us: duration_us(response.reset_after),
+                    retry_after_us: duration_us(response.retry_after),
+                    policy_window_us: duration_us(response.policy_window),
+                    algorithm: AlgorithmKind::parse(&response.algorithm),
+                    failed_over: !response.reason.is_empty(),
+                })
+            }
+            TargetClient::Http { client, authority } => {
+                let uri: Uri = format!("http://{authority}/check?resource={resource}&cost={cost}")
+                    .parse()
+                    .map_err(|_| ErrorKind::InvalidArgument)?;
+                let request = Request::builder()
+                    .method(Method::POST)
+                    .uri(uri)
+                    .header(
+                        "x-api-key",
+                        HeaderValue::from_str(key).map_err(|_| ErrorKind::InvalidArgument)?,
+                    )
+                    .body(Empty::new())
+                    .map_err(|_| ErrorKind::Other)?;
+                let response = client.request(request).await.map_err(|err| {
+                    if err.is_connect() {
+                        ErrorKind::Refused
+                    } else {
+                        ErrorKind::Unavailable
+                    }
+                })?;
+                let status = response.status().as_u16();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|_| ErrorKind::Unavailable)?
+                    .to_bytes();
+                match status {
+                    200 | 429 => {}
+                    400 => return Err(ErrorKind::InvalidArgument),
+                    503 => return Err(ErrorKind::Unavailable),
+                    _ => return Err(ErrorKind::Other),
+                }
+                let answer: HttpAnswer<'_> =
+                    serde_json::from_slice(&body).map_err(|_| ErrorKind::Other)?;
+                Ok(Answer {
+                    allowed: answer.allowed,
+                    banned: answer.decision == Some("banned"),
+                    limit: answer.limit,
+                    remaining: answer.remaining,
+                    reset_after_us: (answer.reset_after_ms * 1e3) as u64,
+                    retry_after_us: (answer.retry_after_ms * 1e3) as u64,
+                    policy_window_us: (answer.policy_window_ms * 1e3) as u64,
+                    algorithm: answer.algorithm.and_then(AlgorithmKind::parse),
+                    failed_over: answer.reason.is_some(),
+                })
+            }
+        }
+    }
+
+    /// Forgets the limiter's state for `key` so a run starts from a full quota.
+    pub async fn reset(&mut self, key: &str, resource: &str) -> anyhow::Result<()> {
+        match self {
+            TargetClient::Grpc(clients) => {
+                clients[0]
+                    .reset(ResetRequest {
+                        key: key.to_owned(),
+                        resource: resource.to_owned(),
+                    })
+                    .await?;
+            }
+            TargetClient::Http { client, authority } => {
+                let request = Request::builder()
+                    .method(Method::POST)
+                    .uri(format!("http://{authority}/reset?resource={resource}"))
+                    .header("x-api-key", key)
+                    .body(Empty::new())?;
+                let status = client.request(request).await?.status();
+                anyhow::ensure!(status.is_success(), "reset of {key} answered {status}");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_need_a_known_scheme() {
+        let grpc: Endpoint = "grpc://127.0.0.1:50051".parse().unwrap();
+        assert_eq!(
+            (grpc.protocol, grpc.authority()),
+            (Protocol::Grpc, "127.0.0.1:50051")
+        );
+        let http: Endpoint = "http://localhost:8080/".parse().unwrap();
+        assert_eq!(
+            (http.protocol, http.url.as_str()),
+            (Protocol::Http, "http://localhost:8080")
+        );
+        assert!(
+            "127.0.0.1:1"
+                .parse::<Endpoint>()
+                .unwrap_err()
+                .contains("needs a scheme")
+        );
+        assert!(
+            "http://not a host"
+                .parse::<Endpoint>()
+                .unwrap_err()
+                .contains("not HOST:PORT")
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! The load generator against real servers on loopback: rate accuracy, coordinated-omission
+//! correction, the ledger catching over-admission and passing the exact setup, and every
+//! output file present and parseable.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use loadgen::{
+    engine::{LoadModel, RunConfig},
+    report::{self, CHART_FILES},
+    schedule::Schedule,
+    session::{SessionOptions, run_session},
+    target::Endpoint,
+};
+use sluice::{
+    config::{Config, Overrides},
+    local_redis::LocalRedis,
+    server::{self, RunningServer},
+};
+
+async fn start_service(config: &str) -> RunningServer {
+    let overrides = Overrides {
+        grpc_addr: Some("127.0.0.1:0".into()),
+        http_addr: Some("127.0.0.1:0".into()),
+        ..Overrides::default()
+    };
+    server::start(Config::parse(config, "test", &overrides).unwrap())
+        .await
+        .unwrap()
+}
+
+fn grpc(node: &RunningServer) -> Endpoint {
+    format!("grpc://{}", node.grpc_addr).parse().unwrap()
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-loadgen-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn options(name: &str, verify: bool, metrics: Vec<String>) -> SessionOptions {
+    SessionOptions {
+        command: format!("test {name}"),
+        out_dir: out_dir(name),
+        verify,
+        service_metrics: metrics,
+    }
+}
+
+const GENEROUS: &str = "[default_rule]\nalgorithm = \"token_bucket\"\ncapacity = 1000000\nrefill_per_second = 1000000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_hits_its_rate_within_three_percent() {
+    let node = start_service(GENEROUS).await;
+    let mut config = RunConfig::new(vec![grpc(&node)]);
+    config.model = LoadModel::Open {
+        schedule: Schedule::constant(5_000.0),
+        workers: 64,
+    };
+    config.duration = Some(Duration::from_secs(5));
+    let outcome = run_session(config, &options("rate", false, vec![]))
+        .await
+        .unwrap();
+    let summary = outcome.summary;
+    let sent = summary.totals.total() as f64;
+    assert!(
+        (sent - 25_000.0).abs() <= 750.0,
+        "sent {sent} of 25,000 scheduled"
+    );
+    assert!(
+        (summary.throughput_rps - 5_000.0).abs() <= 150.0,
+        "{} req/s",
+        summary.throughput_rps
+    );
+    assert_eq!(summary.totals.errors(), 0);
+    node.stop().await.unwrap();
+}
+
+/// An HTTP endpoint that answers like /check but stalls everything once, for 500 ms, at 1 s.
+async fn stalling_server() -> (String, Arc<AtomicBool>) {
+    use axum::{Router, routing::post};
+    let gate = Arc::new(tokio::sync::Mutex::new(()));
+    let stalled = Arc::new(AtomicBool::new(false));
+    let started = std::time::Instant::now();
+    let flag = stalled.clone();
+    let app = Router::new().route(
+        "/check",
+        post(move || {
+            let (gate, flag) = (gate.clone(), flag.clone());
+            async move {
+                let _turn = gate.lock().await;
+                if started.elapsed() > Duration::from_secs(1) && !flag.swap(true, Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                r#"{"allowed":true,"limit":10,"remaining":9,"reset_after_ms":1.0,"retry_after_ms":0.0}"#
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, stalled)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_shows_in_corrected_p99_but_not_uncorrected() {
+    let (url, stalled) = stalling_server().await;
+    let mut config = RunConfig::new(vec![url.parse().unwrap()]);
+    config.model = LoadModel::Open {
+        schedule: Schedule::constant(1_000.0),
+        workers: 16,
+    };
+    config.duration = Some(Duration::from_secs(3));
+    let summary = run_session(config, &options("stall", false, vec![]))
+        .await
+        .unwrap()
+        .summary;
+    assert!(stalled.load(Ordering::SeqCst), "the server stalled");
+    let (corrected, uncorrected) = (
+        summary.latency_ms.all.p99,
+        summary.latency_ms.uncorrected.p99,
+    );
+    assert!(
+        corrected >= 300.0,
+        "corrected p99 {corrected} ms should carry the 500 ms stall"
+    );
+    assert!(
+        uncorrected < 100.0,
+        "uncorrected p99 {uncorrected} ms only sees the few requests in flight"
+    );
+    assert!(
+        summary.latency_ms.uncorrected.max >= 400.0,
+        "the stalled requests themselves were slow"
+    );
+}
+
+const NO_REFILL: &str =
+    "[rules.ledger]\nalgorithm = \"token_bucket\"\ncapacity = 50\nrefill_per_second = 0.000001\n";
+
+fn ledger_run(nodes: &[RunningServer]) -> RunConfig {
+    let mut config = RunConfig::new(nodes.iter().map(grpc).collect());
+    config.model = LoadModel::Closed { concurrency: 48 };
+    config.requests = Some(3_000);
+    config.duration = None;
+    config.keys = 5;
+    config.resource = "ledger".into();
+    config.reset = true;
+    config
+}
+
+fn metrics_urls(nodes: &[RunningServer]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|node| format!("http://{}/metrics", node.http_addr))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_catches_nodes_that_do_not_share_state() {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start_service(NO_REFILL).await);
+    }
+    let outcome = run_session(
+        ledger_run(&nodes),
+        &options("ledger-memory", true, metrics_urls(&nodes)),
+    )
+    .await
+    .unwrap();
+    let ledger = outcome.summary.ledger.clone().unwrap();
+    assert_eq!(ledger.keys_checked, 5);
+    assert_eq!(
+        ledger.over_admitted.len(),
+        5,
+        "every key over-admitted: {ledger:?}"
+    );
+    for finding in &ledger.over_admitted {
+        assert!(finding.admitted_cost >= 120, "about 3 x 50: {finding:?}");
+    }
+    assert!(outcome.ledger_failed());
+    let reconciliation = ledger.reconciliation.unwrap();
+    assert!(
+        reconciliation.agrees,
+        "the services counted what the client saw: {reconciliation:?}"
+    );
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_passes_three_nodes_sharing_redis() {
+    let redis = LocalRedis::start().unwrap_or_else(|err| panic!("{err}"));
+    let backend = format!(
+        "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [\"{}\"]\ndeadline = \"1s\"\n",
+        redis.url()
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start_service(&format!("{backend}{NO_REFILL}")).await);
+    }
+    let outcome = run_session(
+        ledger_run(&nodes),
+        &options("ledger-redis", true, metrics_urls(&nodes)),
+    )
+    .await
+    .unwrap();
+    let ledger = outcome.summary.ledger.clone().unwrap();
+    assert!(ledger.passed(), "{ledger:?}");
+    assert_eq!(outcome.summary.totals.allowed, 250, "exactly 5 keys x 50");
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
+fn png_size(path: &Path) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buffer = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buffer).unwrap();
+    (frame.width, frame.height)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_output_file_is_written_parseable_and_rebuildable() {
+    let node = start_service(GENEROUS).await;
+    let mut config = RunConfig::new(vec![
+        grpc(&node),
+        format!("http://{}", node.http_addr).parse().unwrap(),
+    ]);
+    config.model = LoadModel::Open {
+        schedule: Schedule::constant(500.0),
+        workers: 16,
+    };
+    config.duration = Some(Duration::from_secs(2));
+    config.interval = Duration::from_millis(250);
+    let outcome = run_session(
+        config,
+        &options("files", true, metrics_urls(std::slice::from_ref(&node))),
+    )
+    .await
+    .unwrap();
+    let dir = outcome.dir;
+    let summary = report::read_summary(&dir).unwrap();
+    assert_eq!(
+        summary.totals, outcome.summary.totals,
+        "summary.json round-trips"
+    );
+    assert_eq!(summary.timeline.len(), outcome.summary.timeline.len());
+    assert!((summary.latency_ms.all.p99 - outcome.summary.latency_ms.all.p99).abs() < 1e-9);
+    assert_eq!(summary.targets.len(), 2);
+    assert!(
+        summary.timeline.len() >= 7,
+        "{} intervals",
+        summary.timeline.len()
+    );
+    assert!(summary.provenance.command.starts_with("test files"));
+    let hgrm = std::fs::read_to_string(dir.join(report::HGRM_FILE)).unwrap();
+    assert!(report::parse_hgrm(&hgrm).len() > 10);
+    let hlog = std::fs::read_to_string(dir.join(report::HLOG_FILE)).unwrap();
+    assert!(
+        hlog.starts_with("#Sluice loadgen") && hlog.contains("#[StartTime: "),
+        "{hlog}"
+    );
+    assert!(
+        hlog.lines()
+            .filter(|line| !line.starts_with('#') && !line.starts_with("\"Start"))
+            .count()
+            >= 7
+    );
+    for chart in CHART_FILES {
+        assert_eq!(
+            png_size(&dir.join(format!("{chart}.png"))),
+            (1000, 500),
+            "{chart}"
+        );
+        let svg = std::fs::read_to_string(dir.join(format!("{chart}.svg"))).unwrap();
+        assert!(
+            svg.contains("<svg") && svg.contains("</svg>"),
+            "{chart}.svg"
+        );
+    }
+    let markdown = std::fs::read_to_string(dir.join(report::REPORT_FILE)).unwrap();
+    assert!(
+        markdown.contains("Correctness ledger") && markdown.contains("agree"),
+        "{markdown}"
+    );
+
+    // `loadgen report DIR` rebuilds what was lost; `compare` gates on regressions.
+    std::fs::remove_file(dir.join(report::REPORT_FILE)).unwrap();
+    std::fs::remove_file(dir.join("latency_over_time.png")).unwrap();
+    let binary = env!("CARGO_BIN_EXE_loadgen");
+    let rebuilt = std::process::Command::new(binary)
+        .arg("report")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(rebuilt.status.success(), "{rebuilt:?}");
+    assert!(dir.join(report::REPORT_FILE).exists());
+    assert_eq!(png_size(&dir.join("latency_over_time.png")), (1000, 500));
+
+    let same = std::process::Command::new(binary)
+        .arg("compare")
+        .arg(&dir)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(same.status.success(), "{same:?}");
+    let slower = out_dir("slower");
+    std::fs::create_dir_all(&slower).unwrap();
+    let mut regressed = summary.clone();
+    regressed.latency_ms.all.p99 = summary.latency_ms.all.p99 * 3.0 + 1.0;
+    std::fs::write(
+        slower.join(report::SUMMARY_FILE),
+        serde_json::to_string(&regressed).unwrap(),
+    )
+    .unwrap();
+    let gate = std::process::Command::new(binary)
+        .arg("compare")
+        .arg(&dir)
+        .arg(&slower)
+        .output()
+        .unwrap();
+    assert_eq!(gate.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gate.stdout).contains("REGRESSION: p99 latency rose"));
+    node.stop().await.unwrap();
+}
+
+#[test]
+fn bad_flags_name_the_flag_and_the_fix() {
+    let binary = env!("CARGO_BIN_EXE_loadgen");
+    let run = |args: &[&str]| {
+        std::process::Command::new(binary)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let no_scheme = run(&["run", "--target", "127.0.0.1:1", "--duration", "1s"]);
+    assert!(!no_scheme.status.success());
+    assert!(String::from_utf8_lossy(&no_scheme.stderr).contains("needs a scheme"));
+    let bad_distribution = run(&[
+        "run",
+        "--target",
+        "grpc://127.0.0.1:1",
+        "--distribution",
+        "normal",
+    ]);
+    assert!(String::from_utf8_lossy(&bad_distribution.stderr).contains("use uniform, zipf"));
+    let zero_keys = run(&[
+        "run",
+        "--target",
+        "grpc://127.0.0.1:1",
+        "--keys",
+        "0",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(zero_keys.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&zero_keys.stderr).contains("--keys: must be at least 1"));
+}
