@@ -17,9 +17,10 @@ use timeline::Timeline;
 
 use crate::{
     keys::{Distribution, KeyPicker, KeySpace},
+    metrics::ClientMetrics,
     schedule::Schedule,
     stats::{Interval, KeyLedger, Outcome, Recorder},
-    target::{Endpoint, ErrorKind, TargetClient},
+    target::{Call, Endpoint, ErrorKind, TargetClient},
 };
 
 /// The longest run the generator accepts, whatever the flags say.
@@ -57,6 +58,9 @@ pub struct RunConfig {
     /// Reset the limiter's state of every key before the run.
     pub reset: bool,
     pub interval: Duration,
+    pub call: Call,
+    /// The generator's own Prometheus metrics, when served (`--metrics-addr`).
+    pub metrics: Option<ClientMetrics>,
 }
 
 impl RunConfig {
@@ -81,6 +85,8 @@ impl RunConfig {
             honor_retry_after: false,
             reset: false,
             interval: Duration::from_secs(1),
+            call: Call::Check,
+            metrics: None,
         }
     }
 
@@ -330,10 +336,9 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
         }
         let sent = Instant::now();
         shared.sent.fetch_add(1, Ordering::Relaxed);
+        let lag_us = sent.duration_since(intended).as_micros() as u64;
         if matches!(config.model, LoadModel::Open { .. }) {
-            recorder
-                .lag
-                .saturating_record(sent.duration_since(intended).as_micros() as u64);
+            recorder.lag.saturating_record(lag_us);
         }
         let key = picker.next_index();
         let result = send_with_retries(shared, &mut client, &mut picker, key).await;
@@ -348,6 +353,9 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
         let corrected = done.duration_since(intended).as_micros() as u64;
         let uncorrected = done.duration_since(sent).as_micros() as u64;
         recorder.record(target, outcome, corrected, uncorrected);
+        if let Some(metrics) = &config.metrics {
+            metrics.observe(target, outcome, corrected, lag_us);
+        }
         if let Ok(answer) = result {
             recorder.targets[target].last =
                 Some((done.duration_since(shared.start).as_micros() as u64, answer));
@@ -379,9 +387,14 @@ async fn send_with_retries(
     let name = shared.keys.name(key);
     let mut attempt = 0;
     loop {
-        let result = client
-            .check(name, &config.resource, config.cost, config.timeout)
-            .await;
+        let result = match config.call {
+            Call::Check => {
+                client
+                    .check(name, &config.resource, config.cost, config.timeout)
+                    .await
+            }
+            Call::Health => client.health(config.timeout).await,
+        };
         shared.ledger[key].record(config.cost, &result);
         let wait = match &result {
             Err(kind) if kind.is_transient() => {

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod engine;
 pub mod keys;
 pub mod ledger;
+pub mod metrics;
 pub mod report;
 pub mod schedule;
 pub mod session;

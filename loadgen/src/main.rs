@@ -11,7 +11,7 @@ use loadgen::{
     report,
     schedule::{Schedule, Stage},
     session::{SessionOptions, console, run_session},
-    target::Endpoint,
+    target::{Call, Endpoint},
 };
 
 #[derive(Parser)]
@@ -111,6 +111,12 @@ struct RunArgs {
     /// A service's /metrics URL, to reconcile its counters with the client's (repeatable).
     #[arg(long = "service-metrics")]
     service_metrics: Vec<String>,
+    /// What each request calls: the rate-limit check, or the health probe (generator ceiling).
+    #[arg(long, value_enum, default_value = "check")]
+    call: Call,
+    /// Serve the generator's own Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// The run's folder under --results (default: run-<unix time>).
     #[arg(long)]
     name: Option<String>,
@@ -170,6 +176,7 @@ fn run_config(args: &RunArgs) -> RunConfig {
     config.honor_retry_after = args.honor_retry_after;
     config.reset = args.reset;
     config.interval = args.interval;
+    config.call = args.call;
     config
 }
 
@@ -180,7 +187,14 @@ fn command_line() -> String {
 async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
-            let config = run_config(&args);
+            let mut config = run_config(&args);
+            if let Some(addr) = args.metrics_addr {
+                let targets: Vec<String> = config.targets.iter().map(|t| t.url.clone()).collect();
+                let metrics = loadgen::metrics::ClientMetrics::new(&targets);
+                let bound = metrics.clone().serve(addr).await?;
+                eprintln!("generator metrics on http://{bound}/metrics");
+                config.metrics = Some(metrics);
+            }
             let problems = config.problems();
             anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
             let options = SessionOptions {

@@ -15,6 +15,9 @@ use sluice_proto::v1::{
     CheckRequest, Decision, ResetRequest, rate_limiter_client::RateLimiterClient,
 };
 use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// Where load goes: `grpc://host:port` or `http://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -154,10 +157,29 @@ pub struct Answer {
     pub failed_over: bool,
 }
 
+/// What each request calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Call {
+    /// The rate-limit check (gRPC Check, HTTP POST /check).
+    #[default]
+    Check,
+    /// The health probe (gRPC grpc.health.v1.Health/Check, HTTP GET /healthz): the cheapest
+    /// call, for measuring the generator's own ceiling.
+    Health,
+}
+
+/// One gRPC connection's clients.
+#[derive(Clone)]
+pub struct GrpcClients {
+    limiter: RateLimiterClient<Channel>,
+    health: HealthClient<Channel>,
+}
+
 /// Clients for one endpoint.
 #[derive(Clone)]
 pub enum TargetClient {
-    Grpc(Vec<RateLimiterClient<Channel>>),
+    Grpc(Vec<GrpcClients>),
     Http {
         // Boxed: the client is large and a worker holds one either way.
         client: Box<Client<HttpConnector, Empty<Bytes>>>,
@@ -214,7 +236,10 @@ impl TargetClient {
                         .connect()
                         .await
                         .map_err(|err| anyhow::anyhow!("cannot connect to {endpoint}: {err}"))?;
-                    clients.push(RateLimiterClient::new(channel));
+                    clients.push(GrpcClients {
+                        limiter: RateLimiterClient::new(channel.clone()),
+                        health: HealthClient::new(channel),
+                    });
                 }
                 Ok(TargetClient::Grpc(clients))
             }
@@ -255,6 +280,59 @@ impl TargetClient {
         }
     }
 
+    /// One health probe; a serving answer counts as allowed.
+    pub async fn health(&mut self, timeout: Duration) -> Result<Answer, ErrorKind> {
+        let probe = async {
+            match self {
+                TargetClient::Grpc(clients) => {
+                    let response = clients[0]
+                        .health
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await
+                        .map_err(|status| grpc_error(&status))?;
+                    Ok(response.into_inner().status() == ServingStatus::Serving)
+                }
+                TargetClient::Http { client, authority } => {
+                    let request = Request::builder()
+                        .uri(format!("http://{authority}/healthz"))
+                        .body(Empty::new())
+                        .map_err(|_| ErrorKind::Other)?;
+                    let response = client.request(request).await.map_err(|err| {
+                        if err.is_connect() {
+                            ErrorKind::Refused
+                        } else {
+                            ErrorKind::Unavailable
+                        }
+                    })?;
+                    let serving = response.status().is_success();
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|_| ErrorKind::Unavailable)?;
+                    Ok(serving)
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(Ok(serving)) => Ok(Answer {
+                allowed: serving,
+                banned: false,
+                limit: 0,
+                remaining: 0,
+                reset_after_us: 0,
+                retry_after_us: 0,
+                policy_window_us: 0,
+                algorithm: None,
+                failed_over: false,
+            }),
+            Ok(Err(kind)) => Err(kind),
+            Err(_) => Err(ErrorKind::Timeout),
+        }
+    }
+
     async fn check_inner(
         &mut self,
         key: &str,
@@ -269,6 +347,7 @@ impl TargetClient {
                     cost: Some(cost),
                 };
                 let response = clients[0]
+                    .limiter
                     .check(request)
                     .await
                     .map_err(|status| grpc_error(&status))?
@@ -340,6 +419,7 @@ impl TargetClient {
         match self {
             TargetClient::Grpc(clients) => {
                 clients[0]
+                    .limiter
                     .reset(ResetRequest {
                         key: key.to_owned(),
                         resource: resource.to_owned(),

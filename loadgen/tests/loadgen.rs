@@ -333,6 +333,77 @@ async fn every_output_file_is_written_parseable_and_rebuildable() {
     node.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_calls_and_the_generators_own_metrics() {
+    let node = start_service(GENEROUS).await;
+    let targets = vec![
+        grpc(&node),
+        format!("http://{}", node.http_addr).parse().unwrap(),
+    ];
+    let urls: Vec<String> = targets.iter().map(|t: &Endpoint| t.url.clone()).collect();
+    let metrics = loadgen::metrics::ClientMetrics::new(&urls);
+    let addr = metrics
+        .clone()
+        .serve("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut config = RunConfig::new(targets);
+    config.call = loadgen::target::Call::Health;
+    config.model = LoadModel::Closed { concurrency: 8 };
+    config.requests = Some(400);
+    config.duration = None;
+    config.metrics = Some(metrics);
+    let summary = run_session(config, &options("health", true, vec![]))
+        .await
+        .unwrap()
+        .summary;
+    assert_eq!((summary.totals.allowed, summary.totals.total()), (400, 400));
+    assert_eq!(
+        summary.ledger.unwrap().keys_checked,
+        0,
+        "health answers carry no rule to check"
+    );
+    let scraped = reqwest_get(&format!("http://{addr}/metrics")).await;
+    let counted: u64 = scraped
+        .lines()
+        .filter(|line| {
+            line.starts_with("loadgen_requests_total{") && line.contains("outcome=\"allowed\"")
+        })
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, 400, "{scraped}");
+    assert!(scraped.contains("loadgen_request_duration_seconds_bucket"));
+    let decisions = sluice_decisions(&node).await;
+    assert_eq!(decisions, 0, "health probes make no rate-limit decisions");
+    node.stop().await.unwrap();
+}
+
+async fn reqwest_get(url: &str) -> String {
+    use http_body_util::{BodyExt, Empty};
+    let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let response = client.get(url.parse().unwrap()).await.unwrap();
+    String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+async fn sluice_decisions(node: &RunningServer) -> u64 {
+    let (allowed, denied) =
+        loadgen::ledger::scrape_decisions(&[format!("http://{}/metrics", node.http_addr)])
+            .await
+            .unwrap();
+    allowed + denied
+}
+
 #[test]
 fn bad_flags_name_the_flag_and_the_fix() {
     let binary = env!("CARGO_BIN_EXE_loadgen");
