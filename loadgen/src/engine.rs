@@ -197,12 +197,22 @@ struct Shared {
     keys: KeySpace,
     ledger: Vec<KeyLedger>,
     timeline: Timeline,
-    tickets: AtomicU64,
-    /// Requests actually sent (first attempts), warm-up included.
-    sent: AtomicU64,
+    /// Every worker takes tickets from here; padded so it bounces alone between cores.
+    tickets: CachePadded<AtomicU64>,
     start: Instant,
     stop_sending: Instant,
     stopped: AtomicBool,
+}
+
+/// Keeps a hot atomic on its own cache lines.
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// Runs the load described by `config` and returns what it measured.
@@ -227,8 +237,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         ledger: (0..keys.len()).map(|_| KeyLedger::default()).collect(),
         timeline: Timeline::new(config.targets.len()),
         keys,
-        tickets: AtomicU64::new(0),
-        sent: AtomicU64::new(0),
+        tickets: CachePadded(AtomicU64::new(0)),
         start,
         stop_sending: start + config.send_window(),
         stopped: AtomicBool::new(false),
@@ -257,7 +266,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
             if let Some(limit) = shared.config.requests {
                 due = due.min(limit);
             }
-            due.saturating_sub(shared.sent.load(Ordering::Relaxed))
+            // Every ticket taken was sent, but the last one each worker drew, which ended it.
+            let sent = shared
+                .tickets
+                .load(Ordering::Relaxed)
+                .saturating_sub(workers as u64);
+            due.saturating_sub(sent)
         }
         LoadModel::Closed { .. } => 0,
     };
@@ -335,7 +349,6 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
             tokio::time::sleep_until(intended.into()).await;
         }
         let sent = Instant::now();
-        shared.sent.fetch_add(1, Ordering::Relaxed);
         let lag_us = sent.duration_since(intended).as_micros() as u64;
         if matches!(config.model, LoadModel::Open { .. }) {
             recorder.lag.saturating_record(lag_us);

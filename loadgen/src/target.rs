@@ -5,15 +5,14 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Uri, header::HeaderValue};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use sluice_proto::v1::{
     CheckRequest, Decision, ResetRequest, rate_limiter_client::RateLimiterClient,
 };
+use tokio::net::TcpStream;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -177,14 +176,64 @@ pub struct GrpcClients {
 }
 
 /// Clients for one endpoint.
-#[derive(Clone)]
 pub enum TargetClient {
     Grpc(Vec<GrpcClients>),
+    /// One keep-alive HTTP/1.1 connection per worker, dialed on first use and redialed after
+    /// an error: no pool, so no lock shared between workers on the hot path.
     Http {
-        // Boxed: the client is large and a worker holds one either way.
-        client: Box<Client<HttpConnector, Empty<Bytes>>>,
         authority: String,
+        connection: Option<SendRequest<Empty<Bytes>>>,
     },
+}
+
+/// The worker's connection, dialed if it has none or the last one closed.
+async fn http_connection<'a>(
+    slot: &'a mut Option<SendRequest<Empty<Bytes>>>,
+    authority: &str,
+) -> Result<&'a mut SendRequest<Empty<Bytes>>, ErrorKind> {
+    if slot.as_ref().is_none_or(SendRequest::is_closed) {
+        let stream = TcpStream::connect(authority)
+            .await
+            .map_err(|_| ErrorKind::Refused)?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ErrorKind::Unavailable)?;
+        tokio::spawn(connection);
+        *slot = Some(sender);
+    }
+    let sender = slot.as_mut().expect("dialed above");
+    sender.ready().await.map_err(|_| ErrorKind::Unavailable)?;
+    Ok(sender)
+}
+
+/// Sends `request` on the worker's connection and returns the status and body; a failed
+/// connection is dropped so the next request redials.
+async fn http_exchange(
+    slot: &mut Option<SendRequest<Empty<Bytes>>>,
+    authority: &str,
+    request: Request<Empty<Bytes>>,
+) -> Result<(u16, Bytes), ErrorKind> {
+    let sender = http_connection(slot, authority).await?;
+    let result = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|_| ErrorKind::Unavailable)?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| ErrorKind::Unavailable)?
+            .to_bytes();
+        Ok((status, body))
+    }
+    .await;
+    if result.is_err() {
+        *slot = None;
+    }
+    result
 }
 
 fn duration_us(duration: Option<prost_types::Duration>) -> u64 {
@@ -244,26 +293,32 @@ impl TargetClient {
                 Ok(TargetClient::Grpc(clients))
             }
             Protocol::Http => {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(connections.max(64))
-                    .build(connector);
+                let authority = endpoint.authority().to_owned();
+                let mut connection = None;
+                http_connection(&mut connection, &authority)
+                    .await
+                    .map_err(|kind| {
+                        anyhow::anyhow!("cannot connect to {endpoint}: {}", kind.label())
+                    })?;
                 Ok(TargetClient::Http {
-                    client: Box::new(client),
-                    authority: endpoint.authority().to_owned(),
+                    authority,
+                    connection,
                 })
             }
         }
     }
 
-    /// A client for one worker: gRPC workers are spread over the connections.
+    /// A client for one worker: gRPC workers are spread over the connections; an HTTP worker
+    /// dials its own.
     pub fn for_worker(&self, worker: usize) -> TargetClient {
         match self {
             TargetClient::Grpc(clients) => {
                 TargetClient::Grpc(vec![clients[worker % clients.len()].clone()])
             }
-            http => http.clone(),
+            TargetClient::Http { authority, .. } => TargetClient::Http {
+                authority: authority.clone(),
+                connection: None,
+            },
         }
     }
 
@@ -294,25 +349,17 @@ impl TargetClient {
                         .map_err(|status| grpc_error(&status))?;
                     Ok(response.into_inner().status() == ServingStatus::Serving)
                 }
-                TargetClient::Http { client, authority } => {
+                TargetClient::Http {
+                    authority,
+                    connection,
+                } => {
                     let request = Request::builder()
-                        .uri(format!("http://{authority}/healthz"))
+                        .uri("/healthz")
+                        .header(hyper::header::HOST, authority.as_str())
                         .body(Empty::new())
                         .map_err(|_| ErrorKind::Other)?;
-                    let response = client.request(request).await.map_err(|err| {
-                        if err.is_connect() {
-                            ErrorKind::Refused
-                        } else {
-                            ErrorKind::Unavailable
-                        }
-                    })?;
-                    let serving = response.status().is_success();
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .map_err(|_| ErrorKind::Unavailable)?;
-                    Ok(serving)
+                    let (status, _) = http_exchange(connection, authority, request).await?;
+                    Ok((200..300).contains(&status))
                 }
             }
         };
@@ -364,33 +411,24 @@ impl TargetClient {
                     failed_over: !response.reason.is_empty(),
                 })
             }
-            TargetClient::Http { client, authority } => {
-                let uri: Uri = format!("http://{authority}/check?resource={resource}&cost={cost}")
+            TargetClient::Http {
+                authority,
+                connection,
+            } => {
+                let uri: Uri = format!("/check?resource={resource}&cost={cost}")
                     .parse()
                     .map_err(|_| ErrorKind::InvalidArgument)?;
                 let request = Request::builder()
                     .method(Method::POST)
                     .uri(uri)
+                    .header(hyper::header::HOST, authority.as_str())
                     .header(
                         "x-api-key",
                         HeaderValue::from_str(key).map_err(|_| ErrorKind::InvalidArgument)?,
                     )
                     .body(Empty::new())
                     .map_err(|_| ErrorKind::Other)?;
-                let response = client.request(request).await.map_err(|err| {
-                    if err.is_connect() {
-                        ErrorKind::Refused
-                    } else {
-                        ErrorKind::Unavailable
-                    }
-                })?;
-                let status = response.status().as_u16();
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|_| ErrorKind::Unavailable)?
-                    .to_bytes();
+                let (status, body) = http_exchange(connection, authority, request).await?;
                 match status {
                     200 | 429 => {}
                     400 => return Err(ErrorKind::InvalidArgument),
@@ -426,14 +464,23 @@ impl TargetClient {
                     })
                     .await?;
             }
-            TargetClient::Http { client, authority } => {
+            TargetClient::Http {
+                authority,
+                connection,
+            } => {
                 let request = Request::builder()
                     .method(Method::POST)
-                    .uri(format!("http://{authority}/reset?resource={resource}"))
+                    .uri(format!("/reset?resource={resource}"))
+                    .header(hyper::header::HOST, authority.as_str())
                     .header("x-api-key", key)
                     .body(Empty::new())?;
-                let status = client.request(request).await?.status();
-                anyhow::ensure!(status.is_success(), "reset of {key} answered {status}");
+                let (status, _) = http_exchange(connection, authority, request)
+                    .await
+                    .map_err(|kind| anyhow::anyhow!("reset of {key}: {}", kind.label()))?;
+                anyhow::ensure!(
+                    (200..300).contains(&status),
+                    "reset of {key} answered {status}"
+                );
             }
         }
         Ok(())
