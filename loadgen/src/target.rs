@@ -7,13 +7,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Uri, header::HeaderValue};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use sluice_proto::v1::{
     CheckRequest, Decision, ResetRequest, rate_limiter_client::RateLimiterClient,
 };
 use tokio::net::TcpStream;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -171,8 +171,81 @@ pub enum Call {
 /// One gRPC connection's clients.
 #[derive(Clone)]
 pub struct GrpcClients {
-    limiter: RateLimiterClient<Channel>,
-    health: HealthClient<Channel>,
+    transport: H2,
+    limiter: RateLimiterClient<H2>,
+    health: HealthClient<H2>,
+}
+
+impl GrpcClients {
+    fn new(transport: H2) -> Self {
+        Self {
+            limiter: RateLimiterClient::new(transport.clone()),
+            health: HealthClient::new(transport.clone()),
+            transport,
+        }
+    }
+
+    /// Redials when the connection closed (the service restarted, the network dropped it),
+    /// as tonic's Channel would; the error of a failed dial is the request's.
+    async fn reconnect_if_closed(&mut self) -> Result<(), ErrorKind> {
+        if self.transport.sender.is_closed() {
+            let authority = self.transport.authority.to_string();
+            *self = Self::new(
+                H2::connect(&authority)
+                    .await
+                    .map_err(|_| ErrorKind::Refused)?,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// gRPC over one HTTP/2 connection without tonic's `Channel`: each worker clones the sender,
+/// so calls go straight onto the multiplexed connection with no buffer task in between.
+#[derive(Clone)]
+pub struct H2 {
+    sender: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    authority: hyper::http::uri::Authority,
+}
+
+impl H2 {
+    async fn connect(authority: &str) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(connection);
+        Ok(Self {
+            sender,
+            authority: authority.parse()?,
+        })
+    }
+}
+
+impl tonic::codegen::Service<hyper::Request<tonic::body::Body>> for H2 {
+    type Response = hyper::Response<hyper::body::Incoming>;
+    type Error = hyper::Error;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.sender.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: hyper::Request<tonic::body::Body>) -> Self::Future {
+        // tonic sets only the path; HTTP/2 also needs the scheme and authority.
+        let mut parts = request.uri().clone().into_parts();
+        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        Box::pin(self.sender.send_request(request))
+    }
 }
 
 /// Clients for one endpoint.
@@ -279,16 +352,10 @@ impl TargetClient {
             Protocol::Grpc => {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
-                    let channel = Channel::from_shared(format!("http://{}", endpoint.authority()))?
-                        .tcp_nodelay(true)
-                        .connect_timeout(Duration::from_secs(5))
-                        .connect()
+                    let connection = H2::connect(endpoint.authority())
                         .await
                         .map_err(|err| anyhow::anyhow!("cannot connect to {endpoint}: {err}"))?;
-                    clients.push(GrpcClients {
-                        limiter: RateLimiterClient::new(channel.clone()),
-                        health: HealthClient::new(channel),
-                    });
+                    clients.push(GrpcClients::new(connection));
                 }
                 Ok(TargetClient::Grpc(clients))
             }
@@ -340,6 +407,7 @@ impl TargetClient {
         let probe = async {
             match self {
                 TargetClient::Grpc(clients) => {
+                    clients[0].reconnect_if_closed().await?;
                     let response = clients[0]
                         .health
                         .check(HealthCheckRequest {
@@ -388,6 +456,7 @@ impl TargetClient {
     ) -> Result<Answer, ErrorKind> {
         match self {
             TargetClient::Grpc(clients) => {
+                clients[0].reconnect_if_closed().await?;
                 let request = CheckRequest {
                     key: key.to_owned(),
                     resource: resource.to_owned(),

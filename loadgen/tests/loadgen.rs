@@ -404,6 +404,46 @@ async fn sluice_decisions(node: &RunningServer) -> u64 {
     allowed + denied
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_redial_after_the_service_restarts() {
+    let first = start_service(GENEROUS).await;
+    let (grpc_addr, http_addr) = (first.grpc_addr, first.http_addr);
+    let mut clients = Vec::new();
+    for endpoint in [grpc(&first), format!("http://{http_addr}").parse().unwrap()] {
+        clients.push(
+            loadgen::target::TargetClient::connect(&endpoint, 1)
+                .await
+                .unwrap()
+                .for_worker(0),
+        );
+    }
+    let timeout = Duration::from_secs(2);
+    for client in &mut clients {
+        assert!(client.check("k", "", 1, timeout).await.unwrap().allowed);
+    }
+    first.stop().await.unwrap();
+    let overrides = Overrides {
+        grpc_addr: Some(grpc_addr.to_string()),
+        http_addr: Some(http_addr.to_string()),
+        ..Overrides::default()
+    };
+    let second = server::start(Config::parse(GENEROUS, "test", &overrides).unwrap())
+        .await
+        .unwrap();
+    for client in &mut clients {
+        // The first call may still find the old connection half-closed; the next one redials.
+        let mut answered = false;
+        for _ in 0..3 {
+            if client.check("k", "", 1, timeout).await.is_ok() {
+                answered = true;
+                break;
+            }
+        }
+        assert!(answered, "the client never reached the restarted service");
+    }
+    second.stop().await.unwrap();
+}
+
 #[test]
 fn bad_flags_name_the_flag_and_the_fix() {
     let binary = env!("CARGO_BIN_EXE_loadgen");
