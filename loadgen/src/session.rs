@@ -78,14 +78,8 @@ pub fn console(summary: &Summary, dir: &Path) -> String {
         summary.throughput_rps,
         summary.measured_s
     )];
-    let errors: Vec<String> = totals
-        .error_kinds()
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
-    if !errors.is_empty() {
-        lines.push(format!("errors by category: {}", errors.join(", ")));
+    if totals.errors() > 0 {
+        lines.push(format!("errors by category: {}", totals.error_summary()));
     }
     lines.push("latency ms        p50      p90      p95      p99    p99.9      max".into());
     for (name, p) in [

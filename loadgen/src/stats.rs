@@ -91,6 +91,17 @@ impl Counts {
         self.allowed + self.denied + self.banned + self.errors()
     }
 
+    /// "timeout 3, refused 2": the error kinds that occurred, or "" when none did.
+    pub fn error_summary(&self) -> String {
+        let kinds: Vec<String> = self
+            .error_kinds()
+            .iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(kind, count)| format!("{kind} {count}"))
+            .collect();
+        kinds.join(", ")
+    }
+
     /// (label, count) for each error kind.
     pub fn error_kinds(&self) -> [(&'static str, u64); 5] {
         [
@@ -292,5 +303,27 @@ impl KeyLedger {
         ];
         let code = self.algorithm.load(Ordering::Relaxed);
         (code > 0).then(|| KINDS[(code - 1) as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_sum_and_name_their_errors() {
+        let mut counts = Counts::default();
+        for outcome in [
+            Outcome::Allowed,
+            Outcome::Denied,
+            Outcome::Error(ErrorKind::Timeout),
+            Outcome::Error(ErrorKind::Timeout),
+            Outcome::Error(ErrorKind::Refused),
+        ] {
+            counts.add(outcome);
+        }
+        assert_eq!((counts.total(), counts.errors()), (5, 3));
+        assert_eq!(counts.error_summary(), "timeout 2, refused 1");
+        assert_eq!(Counts::default().error_summary(), "");
     }
 }

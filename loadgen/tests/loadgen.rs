@@ -24,6 +24,9 @@ use sluice::{
     server::{self, RunningServer},
 };
 
+/// Load tests measure time on two cores; run them one at a time so they do not skew each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn start_service(config: &str) -> RunningServer {
     let overrides = Overrides {
         grpc_addr: Some("127.0.0.1:0".into()),
@@ -58,6 +61,7 @@ const GENEROUS: &str = "[default_rule]\nalgorithm = \"token_bucket\"\ncapacity =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_model_hits_its_rate_within_three_percent() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let node = start_service(GENEROUS).await;
     let mut config = RunConfig::new(vec![grpc(&node)]);
     config.model = LoadModel::Open {
@@ -111,6 +115,7 @@ async fn stalling_server() -> (String, Arc<AtomicBool>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_shows_in_corrected_p99_but_not_uncorrected() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (url, stalled) = stalling_server().await;
     let mut config = RunConfig::new(vec![url.parse().unwrap()]);
     config.model = LoadModel::Open {
@@ -164,6 +169,7 @@ fn metrics_urls(nodes: &[RunningServer]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_catches_nodes_that_do_not_share_state() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let mut nodes = Vec::new();
     for _ in 0..3 {
         nodes.push(start_service(NO_REFILL).await);
@@ -197,6 +203,7 @@ async fn ledger_catches_nodes_that_do_not_share_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_passes_three_nodes_sharing_redis() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let redis = LocalRedis::start().unwrap_or_else(|err| panic!("{err}"));
     let backend = format!(
         "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [\"{}\"]\ndeadline = \"1s\"\n",
@@ -230,6 +237,7 @@ fn png_size(path: &Path) -> (u32, u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_output_file_is_written_parseable_and_rebuildable() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let node = start_service(GENEROUS).await;
     let mut config = RunConfig::new(vec![
         grpc(&node),
@@ -335,6 +343,7 @@ async fn every_output_file_is_written_parseable_and_rebuildable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_calls_and_the_generators_own_metrics() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let node = start_service(GENEROUS).await;
     let targets = vec![
         grpc(&node),
@@ -406,6 +415,7 @@ async fn sluice_decisions(node: &RunningServer) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_redial_after_the_service_restarts() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let first = start_service(GENEROUS).await;
     let (grpc_addr, http_addr) = (first.grpc_addr, first.http_addr);
     let mut clients = Vec::new();

@@ -4,7 +4,7 @@
 use std::{path::Path, sync::Once};
 
 use plotters::{
-    coord::Shift,
+    coord::{Shift, types::RangedCoordf64},
     prelude::*,
     style::{FontStyle, register_font},
 };
@@ -71,6 +71,34 @@ pub fn draw_all(dir: &Path, summary: &Summary, spectrum: &[(f64, f64)]) -> DrawR
     Ok(())
 }
 
+type TimeChart<'a, DB> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The frame every over-time chart shares: caption, time on x up to the run's end, `y_desc`
+/// on y from 0 to `y_max` with headroom.
+fn time_chart<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    summary: &Summary,
+    caption: &str,
+    y_desc: &str,
+    y_max: f64,
+) -> anyhow::Result<TimeChart<'a, DB>> {
+    root.fill(&WHITE).map_err(failed)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..x_range(summary), 0.0..y_max * 1.1)
+        .map_err(failed)?;
+    chart
+        .configure_mesh()
+        .x_desc("time (s)")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(failed)?;
+    Ok(chart)
+}
+
 fn x_range(summary: &Summary) -> f64 {
     summary
         .timeline
@@ -83,30 +111,14 @@ fn latency_over_time<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     summary: &Summary,
 ) -> DrawResult {
-    root.fill(&WHITE).map_err(failed)?;
     let max = summary
         .timeline
         .iter()
         .map(|p| p.p99_ms)
         .fold(0.0, f64::max)
-        .max(0.001)
-        * 1.1;
-    let mut chart = ChartBuilder::on(root)
-        .caption(
-            "Latency over time (from intended send time)",
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..x_range(summary), 0.0..max)
-        .map_err(failed)?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("latency (ms)")
-        .draw()
-        .map_err(failed)?;
+        .max(0.001);
+    let title = "Latency over time (from intended send time)";
+    let mut chart = time_chart(root, summary, title, "latency (ms)", max)?;
     type Percentile = fn(&TimelinePoint) -> f64;
     let series: [(&str, Percentile); 3] = [
         ("p50", |p| p.p50_ms),
@@ -139,7 +151,6 @@ fn throughput_over_time<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     summary: &Summary,
 ) -> DrawResult {
-    root.fill(&WHITE).map_err(failed)?;
     let per_second = 1.0 / summary.interval_s;
     let stacked: Vec<(f64, [f64; 3])> = summary
         .timeline
@@ -157,21 +168,14 @@ fn throughput_over_time<DB: DrawingBackend>(
         .iter()
         .map(|(_, v)| v[2])
         .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.1;
-    let mut chart = ChartBuilder::on(root)
-        .caption("Throughput by outcome (stacked)", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0.0..x_range(summary), 0.0..max)
-        .map_err(failed)?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("requests / s")
-        .draw()
-        .map_err(failed)?;
+        .max(1.0);
+    let mut chart = time_chart(
+        root,
+        summary,
+        "Throughput by outcome (stacked)",
+        "requests / s",
+        max,
+    )?;
     // Drawn top layer first so each lower band paints over the one above it.
     for (layer, name) in [(2, "errors"), (1, "denied"), (0, "allowed")] {
         let color = OUTCOME_COLORS[layer];
@@ -247,28 +251,14 @@ fn throughput_per_target<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     summary: &Summary,
 ) -> DrawResult {
-    root.fill(&WHITE).map_err(failed)?;
     let per_second = 1.0 / summary.interval_s;
     let max = summary
         .timeline
         .iter()
         .flat_map(|p| p.per_target.iter().map(|&n| n as f64 * per_second))
         .fold(0.0, f64::max)
-        .max(1.0)
-        * 1.1;
-    let mut chart = ChartBuilder::on(root)
-        .caption("Throughput per target", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0.0..x_range(summary), 0.0..max)
-        .map_err(failed)?;
-    chart
-        .configure_mesh()
-        .x_desc("time (s)")
-        .y_desc("requests / s")
-        .draw()
-        .map_err(failed)?;
+        .max(1.0);
+    let mut chart = time_chart(root, summary, "Throughput per target", "requests / s", max)?;
     for (index, target) in summary.targets.iter().enumerate() {
         let color = LINE_COLORS[index % LINE_COLORS.len()];
         let points = summary.timeline.iter().map(|p| {

@@ -64,13 +64,7 @@ pub fn report(summary: &Summary) -> String {
         summary.measured_s
     );
     if totals.errors() > 0 {
-        let kinds: Vec<String> = totals
-            .error_kinds()
-            .iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(k, n)| format!("{k}: {n}"))
-            .collect();
-        let _ = writeln!(out, "Errors by category: {}\n", kinds.join(", "));
+        let _ = writeln!(out, "Errors by category: {}\n", totals.error_summary());
     }
     let _ = writeln!(out, "## Latency (ms)\n");
     let _ = writeln!(
