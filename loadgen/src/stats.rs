@@ -17,9 +17,11 @@ pub fn histogram() -> Histogram<u64> {
     histogram
 }
 
-/// Coarser histograms for per-interval series: 2 significant digits keeps long runs small.
-pub fn interval_histogram() -> Histogram<u64> {
-    let mut histogram = Histogram::new_with_bounds(1, MAX_LATENCY_US, 2).expect("valid bounds");
+/// Per-interval histograms, one per interval for the whole run, so they must stay small:
+/// 2 significant digits, 32-bit counts, and a range that starts tiny and grows only to the
+/// largest latency the interval saw (a few KB where a full-range one takes 20 KB).
+pub fn interval_histogram() -> Histogram<u32> {
+    let mut histogram = Histogram::new(2).expect("valid precision");
     histogram.auto(true);
     histogram
 }
@@ -172,7 +174,7 @@ impl Default for TargetRecord {
 #[derive(Debug, Clone)]
 pub struct Interval {
     pub counts: Counts,
-    pub latency: Histogram<u64>,
+    pub latency: Histogram<u32>,
     pub per_target: Vec<u64>,
 }
 
@@ -187,7 +189,7 @@ impl Interval {
 
     pub fn merge(&mut self, other: &Interval) {
         self.counts.merge(&other.counts);
-        self.latency.add(&other.latency).expect("same bounds");
+        self.latency.add(&other.latency).expect("auto-resizing histograms merge");
         for (mine, theirs) in self.per_target.iter_mut().zip(&other.per_target) {
             *mine += theirs;
         }

@@ -3,7 +3,7 @@
 
 use std::time::UNIX_EPOCH;
 
-use hdrhistogram::Histogram;
+use hdrhistogram::{Counter, Histogram};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -82,7 +82,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    pub fn of(histogram: &Histogram<u64>) -> Self {
+    pub fn of<T: Counter>(histogram: &Histogram<T>) -> Self {
         let ms = |us: u64| us as f64 / 1e3;
         if histogram.is_empty() {
             return Self::default();
