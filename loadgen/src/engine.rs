@@ -108,6 +108,29 @@ impl RunConfig {
                 MAX_RUN.as_secs() / 3600
             ));
         }
+        if let LoadModel::Open { schedule, .. } = &self.model
+            && schedule
+                .rate()
+                .is_some_and(|rate| !(rate > 0.0 && rate.is_finite()))
+        {
+            problems.push("--rate: must be above 0 requests per second".into());
+        }
+        let plain = |text: &str| {
+            text.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c))
+        };
+        if !plain(&self.resource) {
+            problems.push(format!(
+                "--resource: `{}` has characters a URL cannot carry as is; use A-Z a-z 0-9 _ - . : /",
+                self.resource
+            ));
+        }
+        if !plain(&self.key_prefix) {
+            problems.push(format!(
+                "--key-prefix: `{}` has characters a header cannot carry as is; use A-Z a-z 0-9 _ - . : /",
+                self.key_prefix
+            ));
+        }
         match &self.model {
             LoadModel::Closed { concurrency } if *concurrency == 0 => {
                 problems.push("--concurrency: must be at least 1".into())

@@ -189,7 +189,9 @@ impl Interval {
 
     pub fn merge(&mut self, other: &Interval) {
         self.counts.merge(&other.counts);
-        self.latency.add(&other.latency).expect("auto-resizing histograms merge");
+        self.latency
+            .add(&other.latency)
+            .expect("auto-resizing histograms merge");
         for (mine, theirs) in self.per_target.iter_mut().zip(&other.per_target) {
             *mine += theirs;
         }

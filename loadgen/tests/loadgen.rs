@@ -485,4 +485,24 @@ fn bad_flags_name_the_flag_and_the_fix() {
     ]);
     assert_eq!(zero_keys.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&zero_keys.stderr).contains("--keys: must be at least 1"));
+    let zero_rate = run(&[
+        "run",
+        "--target",
+        "grpc://127.0.0.1:1",
+        "--rate",
+        "0",
+        "--duration",
+        "1s",
+    ]);
+    assert!(String::from_utf8_lossy(&zero_rate.stderr).contains("--rate: must be above 0"));
+    let spaced = run(&[
+        "run",
+        "--target",
+        "http://127.0.0.1:1",
+        "--resource",
+        "a b",
+        "--duration",
+        "1s",
+    ]);
+    assert!(String::from_utf8_lossy(&spaced.stderr).contains("--resource: `a b`"));
 }
