@@ -6,6 +6,7 @@
 //! stops itself.
 
 use std::{
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -367,6 +368,8 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
     );
     let mut interval = (0usize, Interval::new(targets));
     let measure_from = shared.start + config.warmup;
+    // One timer per worker, re-armed per request.
+    let mut deadline = Box::pin(tokio::time::sleep(config.timeout));
     while let Some(intended) = next_due(shared, &config.model) {
         if intended > Instant::now() {
             tokio::time::sleep_until(intended.into()).await;
@@ -377,7 +380,7 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
             recorder.lag.saturating_record(lag_us);
         }
         let key = picker.next_index();
-        let result = send_with_retries(shared, &mut client, &mut picker, key).await;
+        let result = send_with_retries(shared, &mut client, &mut picker, &mut deadline, key).await;
         let done = Instant::now();
         if intended < measure_from {
             continue;
@@ -417,21 +420,28 @@ async fn send_with_retries(
     shared: &Shared,
     client: &mut TargetClient,
     picker: &mut KeyPicker,
+    deadline: &mut Pin<Box<tokio::time::Sleep>>,
     key: usize,
 ) -> Result<crate::target::Answer, ErrorKind> {
     let config = &shared.config;
     let name = shared.keys.name(key);
     let mut attempt = 0;
     loop {
-        let result = match config.call {
-            Call::Check => {
-                client
-                    .check(name, &config.resource, config.cost, config.timeout)
-                    .await
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + config.timeout);
+        let result = tokio::select! {
+            biased;
+            result = client.call(config.call, name, &config.resource, config.cost) => result,
+            () = deadline.as_mut() => {
+                client.abandon();
+                Err(ErrorKind::Timeout)
             }
-            Call::Health => client.health(config.timeout).await,
         };
-        shared.ledger[key].record(config.cost, &result);
+        // Health probes carry no rule; the ledger has nothing to check.
+        if config.call == Call::Check {
+            shared.ledger[key].record(config.cost, &result);
+        }
         let wait = match &result {
             Err(kind) if kind.is_transient() => {
                 let backoff = config.retry_backoff.as_secs_f64() * 2f64.powi(attempt as i32);

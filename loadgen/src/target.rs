@@ -398,12 +398,49 @@ impl TargetClient {
     ) -> Result<Answer, ErrorKind> {
         match tokio::time::timeout(timeout, self.check_inner(key, resource, cost)).await {
             Ok(result) => result,
-            Err(_) => Err(ErrorKind::Timeout),
+            Err(_) => {
+                self.abandon();
+                Err(ErrorKind::Timeout)
+            }
+        }
+    }
+
+    /// One call of `call`, with no timeout of its own: the engine races it against a timer each
+    /// worker reuses, which is cheaper than arming a new one per request.
+    pub async fn call(
+        &mut self,
+        call: Call,
+        key: &str,
+        resource: &str,
+        cost: u64,
+    ) -> Result<Answer, ErrorKind> {
+        match call {
+            Call::Check => self.check_inner(key, resource, cost).await,
+            Call::Health => self.health_inner().await,
+        }
+    }
+
+    /// Forgets a request the caller stopped waiting for. An HTTP/1.1 connection with an
+    /// abandoned request on it is useless, so the next request redials; HTTP/2 cancels the
+    /// stream by itself.
+    pub fn abandon(&mut self) {
+        if let TargetClient::Http { connection, .. } = self {
+            *connection = None;
         }
     }
 
     /// One health probe; a serving answer counts as allowed.
     pub async fn health(&mut self, timeout: Duration) -> Result<Answer, ErrorKind> {
+        match tokio::time::timeout(timeout, self.health_inner()).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.abandon();
+                Err(ErrorKind::Timeout)
+            }
+        }
+    }
+
+    async fn health_inner(&mut self) -> Result<Answer, ErrorKind> {
         let probe = async {
             match self {
                 TargetClient::Grpc(clients) => {
@@ -431,8 +468,8 @@ impl TargetClient {
                 }
             }
         };
-        match tokio::time::timeout(timeout, probe).await {
-            Ok(Ok(serving)) => Ok(Answer {
+        match probe.await {
+            Ok(serving) => Ok(Answer {
                 allowed: serving,
                 banned: false,
                 limit: 0,
@@ -443,8 +480,7 @@ impl TargetClient {
                 algorithm: None,
                 failed_over: false,
             }),
-            Ok(Err(kind)) => Err(kind),
-            Err(_) => Err(ErrorKind::Timeout),
+            Err(kind) => Err(kind),
         }
     }
 

@@ -146,6 +146,38 @@ async fn a_stall_shows_in_corrected_p99_but_not_uncorrected() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_timeout_count_as_timeouts() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (url, stalled) = stalling_server().await;
+    let mut config = RunConfig::new(vec![url.parse().unwrap()]);
+    config.model = LoadModel::Open {
+        schedule: Schedule::constant(500.0),
+        workers: 8,
+    };
+    config.duration = Some(Duration::from_secs(2));
+    config.timeout = Duration::from_millis(100);
+    let summary = run_session(config, &options("timeouts", false, vec![]))
+        .await
+        .unwrap()
+        .summary;
+    assert!(stalled.load(Ordering::SeqCst));
+    let totals = summary.totals;
+    // The stalled request is given up at 100 ms (the server then cancels its handler, which
+    // ends the stall); the worker redials instead of reusing the poisoned connection.
+    assert!(totals.timeout >= 1, "{totals:?}");
+    assert_eq!(
+        totals.errors(),
+        totals.timeout,
+        "no other errors: {totals:?}"
+    );
+    let waited = summary.latency_ms.uncorrected.max;
+    assert!(
+        (100.0..300.0).contains(&waited),
+        "the longest wait was the timeout, not the stall: {waited} ms"
+    );
+}
+
 const NO_REFILL: &str =
     "[rules.ledger]\nalgorithm = \"token_bucket\"\ncapacity = 50\nrefill_per_second = 0.000001\n";
 
