@@ -38,7 +38,7 @@ pub enum LoadModel {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub targets: Vec<Endpoint>,
-    /// gRPC: HTTP/2 connections per target. HTTP: pool size per target.
+    /// gRPC: HTTP/2 connections per target (HTTP: one connection per worker).
     pub connections: usize,
     pub model: LoadModel,
     pub requests: Option<u64>,

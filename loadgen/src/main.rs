@@ -51,7 +51,7 @@ struct RunArgs {
     /// grpc://HOST:PORT or http://HOST:PORT; repeat to spread load across nodes.
     #[arg(long = "target", required = true)]
     targets: Vec<Endpoint>,
-    /// gRPC: HTTP/2 connections per target; HTTP: pool size per target.
+    /// gRPC: HTTP/2 connections per target (HTTP uses one keep-alive connection per worker).
     #[arg(long, default_value_t = 4)]
     connections: usize,
     /// Closed model: requests in flight (each worker sends when its last one completes).

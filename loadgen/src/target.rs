@@ -345,7 +345,7 @@ struct HttpAnswer<'a> {
 }
 
 impl TargetClient {
-    /// Opens `connections` HTTP/2 connections (gRPC) or a pool of that many (HTTP).
+    /// Opens `connections` HTTP/2 connections (gRPC), or checks an HTTP target answers.
     pub async fn connect(endpoint: &Endpoint, connections: usize) -> anyhow::Result<Self> {
         let connections = connections.max(1);
         match endpoint.protocol {
