@@ -405,9 +405,7 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
             shared.timeline.add(interval.0, &interval.1);
             interval = (index, Interval::new(targets));
         }
-        interval.1.counts.add(outcome);
-        interval.1.latency.saturating_record(corrected);
-        interval.1.per_target[target] += 1;
+        interval.1.record(target, outcome, corrected);
     }
     if interval.1.counts.total() > 0 {
         shared.timeline.add(interval.0, &interval.1);

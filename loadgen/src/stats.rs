@@ -187,6 +187,16 @@ impl Interval {
         }
     }
 
+    /// Counts one request. Resizes the histogram as needed (saturating_record would clamp to
+    /// its small starting range); latencies past a minute count as a minute.
+    pub fn record(&mut self, target: usize, outcome: Outcome, latency_us: u64) {
+        self.counts.add(outcome);
+        self.latency
+            .record(latency_us.clamp(1, MAX_LATENCY_US))
+            .expect("an auto-resizing histogram takes any value up to a minute");
+        self.per_target[target] += 1;
+    }
+
     pub fn merge(&mut self, other: &Interval) {
         self.counts.merge(&other.counts);
         self.latency

@@ -128,6 +128,15 @@ async fn a_stall_shows_in_corrected_p99_but_not_uncorrected() {
         .unwrap()
         .summary;
     assert!(stalled.load(Ordering::SeqCst), "the server stalled");
+    let worst_interval = summary
+        .timeline
+        .iter()
+        .map(|point| point.p99_ms)
+        .fold(0.0, f64::max);
+    assert!(
+        worst_interval >= 300.0,
+        "the timeline shows the stall too: {worst_interval} ms"
+    );
     let (corrected, uncorrected) = (
         summary.latency_ms.all.p99,
         summary.latency_ms.uncorrected.p99,
