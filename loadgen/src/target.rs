@@ -430,16 +430,6 @@ impl TargetClient {
     }
 
     /// One health probe; a serving answer counts as allowed.
-    pub async fn health(&mut self, timeout: Duration) -> Result<Answer, ErrorKind> {
-        match tokio::time::timeout(timeout, self.health_inner()).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.abandon();
-                Err(ErrorKind::Timeout)
-            }
-        }
-    }
-
     async fn health_inner(&mut self) -> Result<Answer, ErrorKind> {
         let probe = async {
             match self {

@@ -99,6 +99,22 @@ fn time_chart<'a, DB: DrawingBackend>(
     Ok(chart)
 }
 
+/// The legend box every over-time chart draws.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(chart: &mut TimeChart<'a, DB>) -> DrawResult {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(failed)?;
+    Ok(())
+}
+
+/// A line series' key in the legend.
+fn line_key(color: RGBColor, x: i32, y: i32) -> PathElement<(i32, i32)> {
+    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+}
+
 fn x_range(summary: &Summary) -> f64 {
     summary
         .timeline
@@ -134,17 +150,9 @@ fn latency_over_time<DB: DrawingBackend>(
             ))
             .map_err(failed)?
             .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(move |(x, y)| line_key(color, x, y));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(failed)?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 fn throughput_over_time<DB: DrawingBackend>(
@@ -192,13 +200,7 @@ fn throughput_over_time<DB: DrawingBackend>(
             .label(name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(failed)?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 fn percentile_spectrum<DB: DrawingBackend>(
@@ -271,15 +273,7 @@ fn throughput_per_target<DB: DrawingBackend>(
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(failed)?
             .label(target.url.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(move |(x, y)| line_key(color, x, y));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(failed)?;
-    Ok(())
+    draw_legend(&mut chart)
 }
