@@ -21,7 +21,7 @@ use crate::{
     metrics::ClientMetrics,
     schedule::Schedule,
     stats::{Interval, KeyLedger, Outcome, Recorder},
-    target::{Call, Endpoint, ErrorKind, TargetClient},
+    target::{Call, Endpoint, ErrorKind, Requests, TargetClient},
 };
 
 /// The longest run the generator accepts, whatever the flags say.
@@ -219,6 +219,7 @@ mod timeline {
 struct Shared {
     config: RunConfig,
     keys: KeySpace,
+    requests: Requests,
     ledger: Vec<KeyLedger>,
     timeline: Timeline,
     /// Every worker takes tickets from here; padded so it bounces alone between cores.
@@ -248,6 +249,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         clients.push(TargetClient::connect(endpoint, config.connections).await?);
     }
     let keys = KeySpace::new(&config.key_prefix, config.keys);
+    let requests = Requests::new(
+        keys.names().iter().map(String::as_str),
+        &config.resource,
+        config.cost,
+    )?;
     if config.reset {
         reset_keys(&mut clients[0], &keys, &config.resource).await?;
     }
@@ -261,6 +267,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         ledger: (0..keys.len()).map(|_| KeyLedger::default()).collect(),
         timeline: Timeline::new(config.targets.len()),
         keys,
+        requests,
         tickets: CachePadded(AtomicU64::new(0)),
         start,
         stop_sending: start + config.send_window(),
@@ -422,7 +429,6 @@ async fn send_with_retries(
     key: usize,
 ) -> Result<crate::target::Answer, ErrorKind> {
     let config = &shared.config;
-    let name = shared.keys.name(key);
     let mut attempt = 0;
     loop {
         deadline
@@ -430,7 +436,7 @@ async fn send_with_retries(
             .reset(tokio::time::Instant::now() + config.timeout);
         let result = tokio::select! {
             biased;
-            result = client.call(config.call, name, &config.resource, config.cost) => result,
+            result = client.call(config.call, &shared.requests, key) => result,
             () = deadline.as_mut() => {
                 client.abandon();
                 Err(ErrorKind::Timeout)

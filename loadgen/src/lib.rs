@@ -8,6 +8,7 @@
 pub mod compare;
 pub mod demo;
 pub mod engine;
+pub mod grpc;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;

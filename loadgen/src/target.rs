@@ -1,5 +1,5 @@
 //! One service address and the clients that talk to it: gRPC over a few HTTP/2 connections
-//! (one tonic channel tops out far below two cores), or HTTP/1.1 through a connection pool.
+//! (one connection multiplexes only so far), or HTTP/1.1 over one connection per worker.
 
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -7,16 +7,14 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Uri, header::HeaderValue};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
+use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use sluice_proto::v1::{
-    CheckRequest, Decision, ResetRequest, rate_limiter_client::RateLimiterClient,
-};
+use sluice_proto::v1::{CheckRequest, Decision, ResetRequest};
 use tokio::net::TcpStream;
-use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::{HealthCheckResponse, health_check_response::ServingStatus};
+
+use crate::grpc;
 
 /// Where load goes: `grpc://host:port` or `http://host:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -168,93 +166,114 @@ pub enum Call {
     Health,
 }
 
-/// One gRPC connection's clients.
-#[derive(Clone)]
-pub struct GrpcClients {
-    transport: H2,
-    limiter: RateLimiterClient<H2>,
-    health: HealthClient<H2>,
+/// Every request a run sends, built before it starts: per key, the framed gRPC Check and the
+/// HTTP API-key header; one HTTP check path. Sending then shares these bytes (a reference
+/// count) and encodes, formats or copies nothing.
+pub struct Requests {
+    http_check: Uri,
+    keys: Vec<KeyRequest>,
 }
 
-impl GrpcClients {
-    fn new(transport: H2) -> Self {
-        Self {
-            limiter: RateLimiterClient::new(transport.clone()),
-            health: HealthClient::new(transport.clone()),
-            transport,
-        }
-    }
-
-    /// Redials when the connection closed (the service restarted, the network dropped it),
-    /// as tonic's Channel would; the error of a failed dial is the request's.
-    async fn reconnect_if_closed(&mut self) -> Result<(), ErrorKind> {
-        if self.transport.sender.is_closed() {
-            let authority = self.transport.authority.to_string();
-            *self = Self::new(
-                H2::connect(&authority)
-                    .await
-                    .map_err(|_| ErrorKind::Refused)?,
-            );
-        }
-        Ok(())
-    }
+struct KeyRequest {
+    grpc_check: Bytes,
+    api_key: HeaderValue,
 }
 
-/// gRPC over one HTTP/2 connection without tonic's `Channel`: each worker clones the sender,
-/// so calls go straight onto the multiplexed connection with no buffer task in between.
-#[derive(Clone)]
-pub struct H2 {
-    sender: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
-    authority: hyper::http::uri::Authority,
-}
-
-impl H2 {
-    async fn connect(authority: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(authority).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await?;
-        tokio::spawn(connection);
+impl Requests {
+    /// The requests for `keys`, checking `resource` at `cost`.
+    pub fn new<'a>(
+        keys: impl IntoIterator<Item = &'a str>,
+        resource: &str,
+        cost: u64,
+    ) -> anyhow::Result<Self> {
+        let keys = keys
+            .into_iter()
+            .map(|key| {
+                Ok(KeyRequest {
+                    grpc_check: grpc::frame(&CheckRequest {
+                        key: key.to_owned(),
+                        resource: resource.to_owned(),
+                        cost: Some(cost),
+                    }),
+                    api_key: HeaderValue::from_str(key).map_err(|_| {
+                        anyhow::anyhow!("key `{key}` cannot be sent in an X-API-Key header")
+                    })?,
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self {
-            sender,
-            authority: authority.parse()?,
+            http_check: format!("/check?resource={resource}&cost={cost}")
+                .parse()
+                .map_err(|_| anyhow::anyhow!("resource `{resource}` cannot be sent in a URL"))?,
+            keys,
         })
     }
 }
 
-impl tonic::codegen::Service<hyper::Request<tonic::body::Body>> for H2 {
-    type Response = hyper::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+/// One gRPC connection and the URIs of the calls made on it.
+#[derive(Clone)]
+pub struct GrpcClient {
+    connection: grpc::Connection,
+    check: Uri,
+    health: Uri,
+    reset: Uri,
+}
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.sender.poll_ready(cx)
+impl GrpcClient {
+    async fn connect(authority: &str) -> anyhow::Result<Self> {
+        let connection = grpc::Connection::connect(authority).await?;
+        Ok(Self {
+            check: connection.uri(grpc::CHECK),
+            health: connection.uri(grpc::HEALTH),
+            reset: connection.uri(grpc::RESET),
+            connection,
+        })
     }
 
-    fn call(&mut self, mut request: hyper::Request<tonic::body::Body>) -> Self::Future {
-        // tonic sets only the path; HTTP/2 also needs the scheme and authority.
-        let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
+    /// Redials when the connection closed (the service restarted, the network dropped it);
+    /// the error of a failed dial is the request's.
+    async fn reconnect_if_closed(&mut self) -> Result<&mut grpc::Connection, ErrorKind> {
+        if self.connection.is_closed() {
+            self.connection = grpc::Connection::connect(self.connection.authority())
+                .await
+                .map_err(|_| ErrorKind::Refused)?;
         }
-        Box::pin(self.sender.send_request(request))
+        Ok(&mut self.connection)
     }
+}
+
+/// The fields of a CheckResponse the generator reads. Strings it only inspects stay shared
+/// slices of the response instead of becoming new `String`s.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CheckAnswer {
+    #[prost(enumeration = "Decision", tag = "1")]
+    decision: i32,
+    #[prost(bool, tag = "2")]
+    allowed: bool,
+    #[prost(uint64, tag = "3")]
+    limit: u64,
+    #[prost(uint64, tag = "4")]
+    remaining: u64,
+    #[prost(message, optional, tag = "5")]
+    reset_after: Option<prost_types::Duration>,
+    #[prost(message, optional, tag = "6")]
+    retry_after: Option<prost_types::Duration>,
+    #[prost(message, optional, tag = "9")]
+    policy_window: Option<prost_types::Duration>,
+    #[prost(bytes = "bytes", tag = "10")]
+    reason: Bytes,
+    #[prost(bytes = "bytes", tag = "11")]
+    algorithm: Bytes,
 }
 
 /// Clients for one endpoint.
 pub enum TargetClient {
-    Grpc(Vec<GrpcClients>),
+    Grpc(Vec<GrpcClient>),
     /// One keep-alive HTTP/1.1 connection per worker, dialed on first use and redialed after
     /// an error: no pool, so no lock shared between workers on the hot path.
     Http {
         authority: String,
+        host: HeaderValue,
         connection: Option<SendRequest<Empty<Bytes>>>,
     },
 }
@@ -309,22 +328,21 @@ async fn http_exchange(
     result
 }
 
+/// An HTTP request with no body; `host` is shared, not copied.
+fn http_request(method: Method, uri: Uri, host: &HeaderValue) -> Request<Empty<Bytes>> {
+    let mut request = Request::new(Empty::new());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    request
+        .headers_mut()
+        .insert(hyper::header::HOST, host.clone());
+    request
+}
+
 fn duration_us(duration: Option<prost_types::Duration>) -> u64 {
     duration.map_or(0, |d| {
         d.seconds.max(0) as u64 * 1_000_000 + d.nanos.max(0) as u64 / 1_000
     })
-}
-
-fn grpc_error(status: &tonic::Status) -> ErrorKind {
-    match status.code() {
-        Code::DeadlineExceeded | Code::Cancelled => ErrorKind::Timeout,
-        Code::InvalidArgument => ErrorKind::InvalidArgument,
-        Code::Unavailable if format!("{status:?}").contains("Connection refused") => {
-            ErrorKind::Refused
-        }
-        Code::Unavailable => ErrorKind::Unavailable,
-        _ => ErrorKind::Other,
-    }
 }
 
 #[derive(Deserialize)]
@@ -352,10 +370,13 @@ impl TargetClient {
             Protocol::Grpc => {
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
-                    let connection = H2::connect(endpoint.authority())
-                        .await
-                        .map_err(|err| anyhow::anyhow!("cannot connect to {endpoint}: {err}"))?;
-                    clients.push(GrpcClients::new(connection));
+                    clients.push(
+                        GrpcClient::connect(endpoint.authority())
+                            .await
+                            .map_err(|err| {
+                                anyhow::anyhow!("cannot connect to {endpoint}: {err}")
+                            })?,
+                    );
                 }
                 Ok(TargetClient::Grpc(clients))
             }
@@ -368,6 +389,7 @@ impl TargetClient {
                         anyhow::anyhow!("cannot connect to {endpoint}: {}", kind.label())
                     })?;
                 Ok(TargetClient::Http {
+                    host: HeaderValue::from_str(&authority)?,
                     authority,
                     connection,
                 })
@@ -382,13 +404,17 @@ impl TargetClient {
             TargetClient::Grpc(clients) => {
                 TargetClient::Grpc(vec![clients[worker % clients.len()].clone()])
             }
-            TargetClient::Http { authority, .. } => TargetClient::Http {
+            TargetClient::Http {
+                authority, host, ..
+            } => TargetClient::Http {
                 authority: authority.clone(),
+                host: host.clone(),
                 connection: None,
             },
         }
     }
 
+    /// One check of `key` at `cost`, given up after `timeout`.
     pub async fn check(
         &mut self,
         key: &str,
@@ -396,7 +422,9 @@ impl TargetClient {
         cost: u64,
         timeout: Duration,
     ) -> Result<Answer, ErrorKind> {
-        match tokio::time::timeout(timeout, self.check_inner(key, resource, cost)).await {
+        let requests =
+            Requests::new([key], resource, cost).map_err(|_| ErrorKind::InvalidArgument)?;
+        match tokio::time::timeout(timeout, self.call(Call::Check, &requests, 0)).await {
             Ok(result) => result,
             Err(_) => {
                 self.abandon();
@@ -405,17 +433,17 @@ impl TargetClient {
         }
     }
 
-    /// One call of `call`, with no timeout of its own: the engine races it against a timer each
-    /// worker reuses, which is cheaper than arming a new one per request.
+    /// One call of `call` for key number `key` of `requests`, with no timeout of its own: the
+    /// engine races it against a timer each worker reuses, which is cheaper than arming a new
+    /// one per request.
     pub async fn call(
         &mut self,
         call: Call,
-        key: &str,
-        resource: &str,
-        cost: u64,
+        requests: &Requests,
+        key: usize,
     ) -> Result<Answer, ErrorKind> {
         match call {
-            Call::Check => self.check_inner(key, resource, cost).await,
+            Call::Check => self.check_inner(requests, key).await,
             Call::Health => self.health_inner().await,
         }
     }
@@ -431,98 +459,78 @@ impl TargetClient {
 
     /// One health probe; a serving answer counts as allowed.
     async fn health_inner(&mut self) -> Result<Answer, ErrorKind> {
-        let probe = async {
-            match self {
-                TargetClient::Grpc(clients) => {
-                    clients[0].reconnect_if_closed().await?;
-                    let response = clients[0]
-                        .health
-                        .check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                        .map_err(|status| grpc_error(&status))?;
-                    Ok(response.into_inner().status() == ServingStatus::Serving)
-                }
-                TargetClient::Http {
-                    authority,
-                    connection,
-                } => {
-                    let request = Request::builder()
-                        .uri("/healthz")
-                        .header(hyper::header::HOST, authority.as_str())
-                        .body(Empty::new())
-                        .map_err(|_| ErrorKind::Other)?;
-                    let (status, _) = http_exchange(connection, authority, request).await?;
-                    Ok((200..300).contains(&status))
-                }
+        let serving = match self {
+            TargetClient::Grpc(clients) => {
+                let client = &mut clients[0];
+                let uri = client.health.clone();
+                // An empty HealthCheckRequest (every service) is an empty message.
+                let message = client
+                    .reconnect_if_closed()
+                    .await?
+                    .unary(&uri, Bytes::from_static(&[0; 5]))
+                    .await?;
+                let response =
+                    HealthCheckResponse::decode(message).map_err(|_| ErrorKind::Other)?;
+                response.status() == ServingStatus::Serving
+            }
+            TargetClient::Http {
+                authority,
+                host,
+                connection,
+            } => {
+                let request = http_request(Method::GET, Uri::from_static("/healthz"), host);
+                let (status, _) = http_exchange(connection, authority, request).await?;
+                (200..300).contains(&status)
             }
         };
-        match probe.await {
-            Ok(serving) => Ok(Answer {
-                allowed: serving,
-                banned: false,
-                limit: 0,
-                remaining: 0,
-                reset_after_us: 0,
-                retry_after_us: 0,
-                policy_window_us: 0,
-                algorithm: None,
-                failed_over: false,
-            }),
-            Err(kind) => Err(kind),
-        }
+        Ok(Answer {
+            allowed: serving,
+            banned: false,
+            limit: 0,
+            remaining: 0,
+            reset_after_us: 0,
+            retry_after_us: 0,
+            policy_window_us: 0,
+            algorithm: None,
+            failed_over: false,
+        })
     }
 
-    async fn check_inner(
-        &mut self,
-        key: &str,
-        resource: &str,
-        cost: u64,
-    ) -> Result<Answer, ErrorKind> {
+    async fn check_inner(&mut self, requests: &Requests, key: usize) -> Result<Answer, ErrorKind> {
+        let prepared = &requests.keys[key];
         match self {
             TargetClient::Grpc(clients) => {
-                clients[0].reconnect_if_closed().await?;
-                let request = CheckRequest {
-                    key: key.to_owned(),
-                    resource: resource.to_owned(),
-                    cost: Some(cost),
-                };
-                let response = clients[0]
-                    .limiter
-                    .check(request)
-                    .await
-                    .map_err(|status| grpc_error(&status))?
-                    .into_inner();
+                let client = &mut clients[0];
+                let uri = client.check.clone();
+                let message = client
+                    .reconnect_if_closed()
+                    .await?
+                    .unary(&uri, prepared.grpc_check.clone())
+                    .await?;
+                let answer = CheckAnswer::decode(message).map_err(|_| ErrorKind::Other)?;
                 Ok(Answer {
-                    allowed: response.allowed,
-                    banned: response.decision() == Decision::Banned,
-                    limit: response.limit,
-                    remaining: response.remaining,
-                    reset_after_us: duration_us(response.reset_after),
-                    retry_after_us: duration_us(response.retry_after),
-                    policy_window_us: duration_us(response.policy_window),
-                    algorithm: AlgorithmKind::parse(&response.algorithm),
-                    failed_over: !response.reason.is_empty(),
+                    allowed: answer.allowed,
+                    banned: answer.decision() == Decision::Banned,
+                    limit: answer.limit,
+                    remaining: answer.remaining,
+                    reset_after_us: duration_us(answer.reset_after),
+                    retry_after_us: duration_us(answer.retry_after),
+                    policy_window_us: duration_us(answer.policy_window),
+                    algorithm: std::str::from_utf8(&answer.algorithm)
+                        .ok()
+                        .and_then(AlgorithmKind::parse),
+                    failed_over: !answer.reason.is_empty(),
                 })
             }
             TargetClient::Http {
                 authority,
+                host,
                 connection,
             } => {
-                let uri: Uri = format!("/check?resource={resource}&cost={cost}")
-                    .parse()
-                    .map_err(|_| ErrorKind::InvalidArgument)?;
-                let request = Request::builder()
-                    .method(Method::POST)
-                    .uri(uri)
-                    .header(hyper::header::HOST, authority.as_str())
-                    .header(
-                        "x-api-key",
-                        HeaderValue::from_str(key).map_err(|_| ErrorKind::InvalidArgument)?,
-                    )
-                    .body(Empty::new())
-                    .map_err(|_| ErrorKind::Other)?;
+                let mut request = http_request(Method::POST, requests.http_check.clone(), host);
+                request
+                    .headers_mut()
+                    .insert("x-api-key", prepared.api_key.clone());
                 let (status, body) = http_exchange(connection, authority, request).await?;
                 match status {
                     200 | 429 => {}
@@ -551,24 +559,33 @@ impl TargetClient {
     pub async fn reset(&mut self, key: &str, resource: &str) -> anyhow::Result<()> {
         match self {
             TargetClient::Grpc(clients) => {
-                clients[0]
-                    .limiter
-                    .reset(ResetRequest {
-                        key: key.to_owned(),
-                        resource: resource.to_owned(),
-                    })
-                    .await?;
+                let client = &mut clients[0];
+                let uri = client.reset.clone();
+                let request = grpc::frame(&ResetRequest {
+                    key: key.to_owned(),
+                    resource: resource.to_owned(),
+                });
+                client
+                    .reconnect_if_closed()
+                    .await
+                    .map_err(|kind| anyhow::anyhow!("reset of {key}: {}", kind.label()))?
+                    .unary(&uri, request)
+                    .await
+                    .map_err(|kind| anyhow::anyhow!("reset of {key}: {}", kind.label()))?;
             }
             TargetClient::Http {
                 authority,
+                host,
                 connection,
             } => {
-                let request = Request::builder()
-                    .method(Method::POST)
-                    .uri(format!("/reset?resource={resource}"))
-                    .header(hyper::header::HOST, authority.as_str())
-                    .header("x-api-key", key)
-                    .body(Empty::new())?;
+                let mut request = http_request(
+                    Method::POST,
+                    format!("/reset?resource={resource}").parse()?,
+                    host,
+                );
+                request
+                    .headers_mut()
+                    .insert("x-api-key", HeaderValue::from_str(key)?);
                 let (status, _) = http_exchange(connection, authority, request)
                     .await
                     .map_err(|kind| anyhow::anyhow!("reset of {key}: {}", kind.label()))?;
