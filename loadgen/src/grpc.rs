@@ -5,7 +5,7 @@
 //! generator's CPU at its ceiling).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{
     Method, Request, StatusCode, Uri,
     client::conn::http2::SendRequest,
@@ -15,7 +15,7 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
-use crate::target::ErrorKind;
+use crate::target::{ErrorKind, read_body};
 
 pub const CHECK: &str = "/sluice.v1.RateLimiter/Check";
 pub const RESET: &str = "/sluice.v1.RateLimiter/Reset";
@@ -84,33 +84,13 @@ impl Connection {
             status_result(status)?;
             return Err(ErrorKind::Other);
         }
-        let mut body = response.into_body();
-        let mut message: Option<Bytes> = None;
-        let mut status = Err(ErrorKind::Unavailable);
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| ErrorKind::Unavailable)?;
-            match frame.into_data() {
-                Ok(data) => {
-                    message = Some(match message.take() {
-                        None => data,
-                        // A message split over DATA frames: rare for small messages.
-                        Some(head) => {
-                            let mut joined = BytesMut::with_capacity(head.len() + data.len());
-                            joined.put(head);
-                            joined.put(data);
-                            joined.freeze()
-                        }
-                    });
-                }
-                Err(frame) => {
-                    if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-                        status = status_result(code);
-                    }
-                }
-            }
-        }
+        let (message, trailers) = read_body(response.into_body()).await?;
+        let status = trailers
+            .as_ref()
+            .and_then(|trailers| trailers.get("grpc-status"))
+            .map_or(Err(ErrorKind::Unavailable), status_result);
         status?;
-        unframe(message.unwrap_or_default())
+        unframe(message)
     }
 }
 

@@ -313,12 +313,7 @@ async fn http_exchange(
             .await
             .map_err(|_| ErrorKind::Unavailable)?;
         let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|_| ErrorKind::Unavailable)?
-            .to_bytes();
+        let (body, _) = read_body(response.into_body()).await?;
         Ok((status, body))
     }
     .await;
@@ -326,6 +321,28 @@ async fn http_exchange(
         *slot = None;
     }
     result
+}
+
+/// A whole response body and its trailers. A small body arrives as one frame and is
+/// returned as it came, with no copy; `collect` would queue it first.
+pub async fn read_body(
+    mut body: hyper::body::Incoming,
+) -> Result<(Bytes, Option<hyper::HeaderMap>), ErrorKind> {
+    let mut data: Option<Bytes> = None;
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ErrorKind::Unavailable)?;
+        match frame.into_data() {
+            Ok(chunk) => {
+                data = Some(match data.take() {
+                    None => chunk,
+                    Some(head) => [head, chunk].concat().into(),
+                });
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    Ok((data.unwrap_or_default(), trailers))
 }
 
 /// An HTTP request with no body; `host` is shared, not copied.

@@ -161,8 +161,8 @@ fn a_request_allocates_only_what_hypers_client_does() {
     let (_runtime, _node, (grpc, http)) = service.join().unwrap();
     let grpc: Endpoint = format!("grpc://{grpc}").parse().unwrap();
     let http: Endpoint = format!("http://{http}").parse().unwrap();
-    // Measured with hyper 1.12 / h2 0.4 / http 1.5: 15 per gRPC call; 7 per HTTP /healthz and
-    // 15 per HTTP /check, whose RateLimit response headers have names hyper copies. Every one
+    // Measured with hyper 1.12 / h2 0.4 / http 1.5: 15 per gRPC call; 6 per HTTP /healthz and
+    // 14 per HTTP /check, whose RateLimit response headers have names hyper copies. Every one
     // is inside hyper (header maps, HPACK strings, its per-request tasks and response channel;
     // `heaptrack` on a loadgen run shows the sites). The bound leaves room for a minor hyper
     // change, not for an allocation of ours per request.
