@@ -5,6 +5,7 @@
 //! previous request completes. Every run is bounded by a request count or a duration and
 //! stops itself.
 
+use parking_lot::{Mutex, RwLock};
 use std::{
     pin::Pin,
     sync::{
@@ -15,6 +16,7 @@ use std::{
 };
 
 use timeline::Timeline;
+use tokio::sync::watch;
 
 use crate::{
     keys::{Distribution, KeyPicker, KeySpace},
@@ -210,6 +212,16 @@ mod timeline {
             intervals[index].merge(interval);
         }
 
+        /// The intervals from `from` on, as they are now.
+        pub fn since(&self, from: usize) -> Vec<Interval> {
+            let intervals = self.intervals.lock();
+            intervals.get(from..).unwrap_or_default().to_vec()
+        }
+
+        pub fn len(&self) -> usize {
+            self.intervals.lock().len()
+        }
+
         pub fn into_inner(self) -> Vec<Interval> {
             self.intervals.into_inner()
         }
@@ -222,11 +234,35 @@ struct Shared {
     requests: Requests,
     ledger: Vec<KeyLedger>,
     timeline: Timeline,
+    /// One per worker. Only its worker locks it, but for a snapshot, so the lock is uncontended.
+    recorders: Vec<CachePadded<Mutex<Recorder>>>,
     /// Every worker takes tickets from here; padded so it bounces alone between cores.
     tickets: CachePadded<AtomicU64>,
     start: Instant,
     stop_sending: Instant,
     stopped: AtomicBool,
+    /// When [`Run::stop`] was called: requests due after it were not missed.
+    stopped_at: Mutex<Option<Instant>>,
+    pacing: Pacing,
+}
+
+/// Live changes to the load (the TUI's keys). After a pause or a new rate, an open model's
+/// requests fall due at a constant rate from an anchor instead of on the configured schedule,
+/// so a resumed run does not send the paused time's requests in a burst.
+struct Pacing {
+    /// Set once the schedule was replaced: runs never changed skip the lock.
+    retimed: AtomicBool,
+    anchor: RwLock<Anchor>,
+    paused: AtomicBool,
+    /// Wakes paused workers on resume or stop.
+    resumed: watch::Sender<bool>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    ticket: u64,
+    at: Instant,
+    rate: f64,
 }
 
 /// Keeps a hot atomic on its own cache lines.
@@ -240,8 +276,24 @@ impl<T> std::ops::Deref for CachePadded<T> {
     }
 }
 
+/// The fastest and slowest rates a live change may set.
+pub const LIVE_RATES: std::ops::RangeInclusive<f64> = 0.1..=10_000_000.0;
+
+/// A run in progress: watch it, steer it, and [`finish`](Run::finish) it for the result.
+pub struct Run {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started_at: SystemTime,
+    workers: usize,
+}
+
 /// Runs the load described by `config` and returns what it measured.
 pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
+    start(config).await?.finish().await
+}
+
+/// Connects to every target and starts the workers.
+pub async fn start(config: RunConfig) -> anyhow::Result<Run> {
     let problems = config.problems();
     anyhow::ensure!(problems.is_empty(), "invalid run: {}", problems.join("; "));
     let mut clients = Vec::with_capacity(config.targets.len());
@@ -261,20 +313,35 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
         LoadModel::Closed { concurrency } => *concurrency,
         LoadModel::Open { workers, .. } => *workers,
     };
+    let targets = config.targets.len();
     let started_at = SystemTime::now();
     let start = Instant::now();
     let shared = Arc::new(Shared {
         ledger: (0..keys.len()).map(|_| KeyLedger::default()).collect(),
-        timeline: Timeline::new(config.targets.len()),
+        timeline: Timeline::new(targets),
+        recorders: (0..workers)
+            .map(|_| CachePadded(Mutex::new(Recorder::new(targets))))
+            .collect(),
         keys,
         requests,
         tickets: CachePadded(AtomicU64::new(0)),
         start,
         stop_sending: start + config.send_window(),
         stopped: AtomicBool::new(false),
+        stopped_at: Mutex::new(None),
+        pacing: Pacing {
+            retimed: AtomicBool::new(false),
+            anchor: RwLock::new(Anchor {
+                ticket: 0,
+                at: start,
+                rate: 0.0,
+            }),
+            paused: AtomicBool::new(false),
+            resumed: watch::Sender::new(false),
+        },
         config,
     });
-    let tasks: Vec<_> = (0..workers)
+    let tasks = (0..workers)
         .map(|worker| {
             let target = worker % clients.len();
             let client = clients[target].for_worker(worker / clients.len());
@@ -282,42 +349,192 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
             tokio::spawn(async move { work(&shared, worker, target, client).await })
         })
         .collect();
-    let mut recorder = Recorder::new(shared.config.targets.len());
-    for task in tasks {
-        recorder.merge(&task.await?);
-    }
-    let finished = Instant::now();
-    let shared = Arc::into_inner(shared).expect("workers are done");
-    let missed_sends = match &shared.config.model {
-        LoadModel::Open { schedule, .. } => {
-            let window = finished
-                .duration_since(start)
-                .min(shared.config.send_window());
-            let mut due = due_before(schedule, window);
-            if let Some(limit) = shared.config.requests {
-                due = due.min(limit);
-            }
-            // Every ticket taken was sent, but the last one each worker drew, which ended it.
-            let sent = shared
-                .tickets
-                .load(Ordering::Relaxed)
-                .saturating_sub(workers as u64);
-            due.saturating_sub(sent)
-        }
-        LoadModel::Closed { .. } => 0,
-    };
-    let elapsed = finished.duration_since(start);
-    Ok(RunResult {
-        measured: elapsed.saturating_sub(shared.config.warmup),
-        elapsed,
+    Ok(Run {
+        shared,
+        tasks,
         started_at,
-        recorder,
-        timeline: shared.timeline.into_inner(),
-        keys: shared.keys,
-        ledger: shared.ledger,
-        missed_sends,
-        config: shared.config,
+        workers,
     })
+}
+
+impl Run {
+    pub fn config(&self) -> &RunConfig {
+        &self.shared.config
+    }
+
+    pub fn keys(&self) -> &KeySpace {
+        &self.shared.keys
+    }
+
+    pub fn ledger(&self) -> &[KeyLedger] {
+        &self.shared.ledger
+    }
+
+    /// Time since the first send.
+    pub fn elapsed(&self) -> Duration {
+        self.shared.start.elapsed()
+    }
+
+    /// The timeline's intervals from `from` on (workers add an interval once they pass it).
+    pub fn timeline_since(&self, from: usize) -> Vec<Interval> {
+        self.shared.timeline.since(from)
+    }
+
+    pub fn timeline_len(&self) -> usize {
+        self.shared.timeline.len()
+    }
+
+    /// Every worker has stopped: the run reached its end, or was stopped.
+    pub fn is_done(&self) -> bool {
+        self.tasks.iter().all(|task| task.is_finished())
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.shared.pacing.paused.load(Ordering::Relaxed)
+    }
+
+    /// Stops sending; requests in flight complete. Resume continues at the rate of the moment.
+    pub fn pause(&self) {
+        if !self.is_paused() {
+            self.shared.pacing.paused.store(true, Ordering::Relaxed);
+            self.shared.pacing.resumed.send_replace(false);
+        }
+    }
+
+    pub fn resume(&self) {
+        if self.is_paused() {
+            if let Some(rate) = self.rate() {
+                self.retime(rate);
+            }
+            self.shared.pacing.paused.store(false, Ordering::Relaxed);
+            self.shared.pacing.resumed.send_replace(true);
+        }
+    }
+
+    /// The open model's rate now (requests per second); `None` in the closed model.
+    pub fn rate(&self) -> Option<f64> {
+        let LoadModel::Open { schedule, .. } = &self.shared.config.model else {
+            return None;
+        };
+        if self.shared.pacing.retimed.load(Ordering::Relaxed) {
+            return Some(self.shared.pacing.anchor.read().rate);
+        }
+        // The schedule's rate at the next ticket: the inverse of the gap to the one after.
+        let ticket = self.shared.tickets.load(Ordering::Relaxed);
+        let gap = schedule
+            .due(ticket + 1)?
+            .checked_sub(schedule.due(ticket)?)?;
+        Some((1.0 / gap.as_secs_f64()).clamp(*LIVE_RATES.start(), *LIVE_RATES.end()))
+    }
+
+    /// Sends at `rate` requests per second from now on (open model; the closed model's pace
+    /// is its concurrency, so this returns `None` there). The rate is kept within [`LIVE_RATES`].
+    pub fn set_rate(&self, rate: f64) -> Option<f64> {
+        matches!(self.shared.config.model, LoadModel::Open { .. }).then(|| {
+            let rate = rate.clamp(*LIVE_RATES.start(), *LIVE_RATES.end());
+            self.retime(rate);
+            rate
+        })
+    }
+
+    fn retime(&self, rate: f64) {
+        let pacing = &self.shared.pacing;
+        *pacing.anchor.write() = Anchor {
+            ticket: self.shared.tickets.load(Ordering::Relaxed),
+            at: Instant::now(),
+            rate,
+        };
+        pacing.retimed.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends the run early: no new requests; those in flight complete.
+    pub fn stop(&self) {
+        self.shared
+            .stopped_at
+            .lock()
+            .get_or_insert_with(Instant::now);
+        self.shared.stopped.store(true, Ordering::Relaxed);
+        self.shared.pacing.resumed.send_replace(true);
+    }
+
+    /// What the run measured so far, as a result a report can be written from. Requests of
+    /// the interval each worker is in are in the totals but not yet in the timeline.
+    pub fn snapshot(&self) -> RunResult {
+        let shared = &self.shared;
+        let mut recorder = Recorder::new(shared.config.targets.len());
+        for slot in &shared.recorders {
+            recorder.merge(&slot.lock());
+        }
+        let elapsed = shared.start.elapsed();
+        RunResult {
+            config: shared.config.clone(),
+            started_at: self.started_at,
+            measured: elapsed.saturating_sub(shared.config.warmup),
+            elapsed,
+            recorder,
+            timeline: shared.timeline.since(0),
+            keys: shared.keys.clone(),
+            ledger: shared.ledger.clone(),
+            missed_sends: missed_sends(shared, Instant::now(), 0),
+        }
+    }
+
+    /// Waits for every worker and returns what the run measured.
+    pub async fn finish(self) -> anyhow::Result<RunResult> {
+        for task in self.tasks {
+            task.await?;
+        }
+        let finished = Instant::now();
+        let shared = Arc::into_inner(self.shared).expect("workers are done");
+        // Every worker drew one ticket it did not send, which ended it.
+        let missed_sends = missed_sends(&shared, finished, self.workers as u64);
+        let mut recorder = Recorder::new(shared.config.targets.len());
+        for slot in shared.recorders {
+            recorder.merge(&slot.0.into_inner());
+        }
+        let elapsed = finished.duration_since(shared.start);
+        Ok(RunResult {
+            measured: elapsed.saturating_sub(shared.config.warmup),
+            elapsed,
+            started_at: self.started_at,
+            recorder,
+            timeline: shared.timeline.into_inner(),
+            keys: shared.keys,
+            ledger: shared.ledger,
+            missed_sends,
+            config: shared.config,
+        })
+    }
+}
+
+/// Open model: requests due by `now` that were never sent. `unsent` tickets were drawn without
+/// being sent (each finished worker drew one).
+fn missed_sends(shared: &Shared, now: Instant, unsent: u64) -> u64 {
+    let LoadModel::Open { schedule, .. } = &shared.config.model else {
+        return 0;
+    };
+    if shared.pacing.paused.load(Ordering::Relaxed) {
+        // A pause leaves the schedule behind on purpose; nothing counts as missed.
+        return 0;
+    }
+    let now = now
+        .min(shared.stop_sending)
+        .min(shared.stopped_at.lock().unwrap_or(now));
+    let mut due = if shared.pacing.retimed.load(Ordering::Relaxed) {
+        let anchor = *shared.pacing.anchor.read();
+        let since = now.saturating_duration_since(anchor.at).as_secs_f64();
+        anchor.ticket + (since * anchor.rate) as u64
+    } else {
+        due_before(schedule, now.duration_since(shared.start))
+    };
+    if let Some(limit) = shared.config.requests {
+        due = due.min(limit);
+    }
+    let sent = shared
+        .tickets
+        .load(Ordering::Relaxed)
+        .saturating_sub(unsent);
+    due.saturating_sub(sent)
 }
 
 /// How many requests `schedule` has due before `window`.
@@ -348,26 +565,44 @@ async fn reset_keys(
     Ok(())
 }
 
+/// Resets the limiter's state of every key on every target (a live run's `r` key).
+pub async fn reset_all(config: &RunConfig) -> anyhow::Result<()> {
+    let keys = KeySpace::new(&config.key_prefix, config.keys);
+    for endpoint in &config.targets {
+        let mut client = TargetClient::connect(endpoint, 1).await?;
+        reset_keys(&mut client, &keys, &config.resource).await?;
+    }
+    Ok(())
+}
+
 /// The next request's intended send time, or `None` when the run is over for this worker.
-fn next_due(shared: &Shared, model: &LoadModel) -> Option<Instant> {
+async fn next_due(shared: &Shared) -> Option<Instant> {
     let config = &shared.config;
+    if shared.pacing.paused.load(Ordering::Relaxed) {
+        let mut resumed = shared.pacing.resumed.subscribe();
+        let _ = tokio::time::timeout_at(shared.stop_sending.into(), resumed.wait_for(|r| *r)).await;
+    }
     let ticket = shared.tickets.fetch_add(1, Ordering::Relaxed);
     if config.requests.is_some_and(|limit| ticket >= limit)
         || shared.stopped.load(Ordering::Relaxed)
     {
         return None;
     }
-    let due = match model {
+    let due = match &config.model {
+        LoadModel::Open { .. } if shared.pacing.retimed.load(Ordering::Relaxed) => {
+            let anchor = *shared.pacing.anchor.read();
+            let after = ticket.saturating_sub(anchor.ticket) as f64 / anchor.rate;
+            anchor.at + Duration::from_secs_f64(after)
+        }
         LoadModel::Open { schedule, .. } => shared.start + schedule.due(ticket)?,
         LoadModel::Closed { .. } => Instant::now(),
     };
     (due < shared.stop_sending).then_some(due)
 }
 
-async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetClient) -> Recorder {
+async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetClient) {
     let config = &shared.config;
     let targets = config.targets.len();
-    let mut recorder = Recorder::new(targets);
     let mut picker = KeyPicker::new(
         config.distribution,
         shared.keys.len(),
@@ -375,17 +610,15 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
     );
     let mut interval = (0usize, Interval::new(targets));
     let measure_from = shared.start + config.warmup;
+    let open = matches!(config.model, LoadModel::Open { .. });
     // One timer per worker, re-armed per request.
     let mut deadline = Box::pin(tokio::time::sleep(config.timeout));
-    while let Some(intended) = next_due(shared, &config.model) {
+    while let Some(intended) = next_due(shared).await {
         if intended > Instant::now() {
             tokio::time::sleep_until(intended.into()).await;
         }
         let sent = Instant::now();
         let lag_us = sent.duration_since(intended).as_micros() as u64;
-        if matches!(config.model, LoadModel::Open { .. }) {
-            recorder.lag.saturating_record(lag_us);
-        }
         let key = picker.next_index();
         let result = send_with_retries(shared, &mut client, &mut picker, &mut deadline, key).await;
         let done = Instant::now();
@@ -398,13 +631,19 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
         };
         let corrected = done.duration_since(intended).as_micros() as u64;
         let uncorrected = done.duration_since(sent).as_micros() as u64;
-        recorder.record(target, outcome, corrected, uncorrected);
+        {
+            let mut recorder = shared.recorders[worker].lock();
+            if open {
+                recorder.lag.saturating_record(lag_us);
+            }
+            recorder.record(target, outcome, corrected, uncorrected);
+            if let Ok(answer) = result {
+                recorder.targets[target].last =
+                    Some((done.duration_since(shared.start).as_micros() as u64, answer));
+            }
+        }
         if let Some(metrics) = &config.metrics {
             metrics.observe(target, outcome, corrected, lag_us);
-        }
-        if let Ok(answer) = result {
-            recorder.targets[target].last =
-                Some((done.duration_since(shared.start).as_micros() as u64, answer));
         }
         let index = (intended.duration_since(measure_from).as_nanos() / config.interval.as_nanos())
             as usize;
@@ -413,11 +652,13 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
             interval = (index, Interval::new(targets));
         }
         interval.1.record(target, outcome, corrected);
+        if open {
+            interval.1.record_lag(lag_us);
+        }
     }
     if interval.1.counts.total() > 0 {
         shared.timeline.add(interval.0, &interval.1);
     }
-    recorder
 }
 
 /// One request, retried on transient errors (and, if asked, after a denial's retry-after).

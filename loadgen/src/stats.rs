@@ -1,5 +1,6 @@
-//! What a run measured. Each worker records into its own [`Recorder`] (no locks on the hot
-//! path); the timeline is merged once per interval; the per-key ledger is shared atomics.
+//! What a run measured. Each worker records into its own [`Recorder`] (behind a lock only
+//! snapshots contend for); the timeline is merged once per interval; the per-key ledger is
+//! shared atomics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -175,7 +176,17 @@ impl Default for TargetRecord {
 pub struct Interval {
     pub counts: Counts,
     pub latency: Histogram<u32>,
-    pub per_target: Vec<u64>,
+    pub per_target: Vec<TargetInterval>,
+    /// How late sends were against the schedule (open model).
+    pub lag: Histogram<u32>,
+}
+
+/// One target's share of an interval.
+#[derive(Debug, Clone)]
+pub struct TargetInterval {
+    pub requests: u64,
+    pub errors: u64,
+    pub latency: Histogram<u32>,
 }
 
 impl Interval {
@@ -183,18 +194,38 @@ impl Interval {
         Self {
             counts: Counts::default(),
             latency: interval_histogram(),
-            per_target: vec![0; targets],
+            per_target: (0..targets)
+                .map(|_| TargetInterval {
+                    requests: 0,
+                    errors: 0,
+                    latency: interval_histogram(),
+                })
+                .collect(),
+            lag: interval_histogram(),
         }
     }
 
-    /// Counts one request. Resizes the histogram as needed (saturating_record would clamp to
-    /// its small starting range); latencies past a minute count as a minute.
+    /// Counts one request. Resizes the histograms as needed (saturating_record would clamp to
+    /// their small starting range); latencies past a minute count as a minute.
     pub fn record(&mut self, target: usize, outcome: Outcome, latency_us: u64) {
+        let latency_us = latency_us.clamp(1, MAX_LATENCY_US);
         self.counts.add(outcome);
         self.latency
-            .record(latency_us.clamp(1, MAX_LATENCY_US))
+            .record(latency_us)
             .expect("an auto-resizing histogram takes any value up to a minute");
-        self.per_target[target] += 1;
+        let share = &mut self.per_target[target];
+        share.requests += 1;
+        share.errors += u64::from(matches!(outcome, Outcome::Error(_)));
+        share
+            .latency
+            .record(latency_us)
+            .expect("an auto-resizing histogram takes any value up to a minute");
+    }
+
+    pub fn record_lag(&mut self, lag_us: u64) {
+        self.lag
+            .record(lag_us.clamp(1, MAX_LATENCY_US))
+            .expect("an auto-resizing histogram takes any value up to a minute");
     }
 
     pub fn merge(&mut self, other: &Interval) {
@@ -203,8 +234,15 @@ impl Interval {
             .add(&other.latency)
             .expect("auto-resizing histograms merge");
         for (mine, theirs) in self.per_target.iter_mut().zip(&other.per_target) {
-            *mine += theirs;
+            mine.requests += theirs.requests;
+            mine.errors += theirs.errors;
+            mine.latency
+                .add(&theirs.latency)
+                .expect("auto-resizing histograms merge");
         }
+        self.lag
+            .add(&other.lag)
+            .expect("auto-resizing histograms merge");
     }
 }
 
@@ -276,6 +314,22 @@ pub struct KeyLedger {
     pub window_us: AtomicU64,
     /// `AlgorithmKind as u64 + 1`; 0 when unknown.
     pub algorithm: AtomicU64,
+}
+
+impl Clone for KeyLedger {
+    /// A copy of the counts as they are now (workers may be adding to them).
+    fn clone(&self) -> Self {
+        let copy = |value: &AtomicU64| AtomicU64::new(value.load(Ordering::Relaxed));
+        Self {
+            requested_cost: copy(&self.requested_cost),
+            admitted_cost: copy(&self.admitted_cost),
+            denied: copy(&self.denied),
+            errors: copy(&self.errors),
+            limit: copy(&self.limit),
+            window_us: copy(&self.window_us),
+            algorithm: copy(&self.algorithm),
+        }
+    }
 }
 
 impl KeyLedger {

@@ -547,3 +547,53 @@ fn bad_flags_name_the_flag_and_the_fix() {
     ]);
     assert!(String::from_utf8_lossy(&spaced.stderr).contains("--resource: `a b`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_runs_pause_resume_and_change_rate() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let node = start_service(GENEROUS).await;
+    let mut config = RunConfig::new(vec![grpc(&node)]);
+    config.model = LoadModel::Open {
+        schedule: Schedule::constant(1_000.0),
+        workers: 16,
+    };
+    config.duration = Some(Duration::from_secs(30));
+    let run = loadgen::engine::start(config).await.unwrap();
+    let sent = |run: &loadgen::engine::Run| run.snapshot().recorder.counts.total();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(run.rate(), Some(1_000.0));
+
+    run.pause();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let paused_at = sent(&run);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sent(&run), paused_at, "requests were sent while paused");
+
+    run.resume();
+    let before = sent(&run);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at_1000 = sent(&run) - before;
+    // Resuming continues at the rate of the moment: no burst for the paused half second.
+    assert!(
+        (850..=1_150).contains(&at_1000),
+        "{at_1000} in 1 s at 1,000/s"
+    );
+
+    assert_eq!(run.set_rate(2_000.0), Some(2_000.0));
+    let before = sent(&run);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at_2000 = sent(&run) - before;
+    assert!(
+        (1_700..=2_300).contains(&at_2000),
+        "{at_2000} in 1 s at 2,000/s"
+    );
+
+    run.stop();
+    let result = run.finish().await.unwrap();
+    assert!(
+        result.elapsed < Duration::from_secs(10),
+        "stop ended the run"
+    );
+    assert_eq!(result.missed_sends, 0);
+    assert_eq!(result.recorder.counts.errors(), 0);
+}

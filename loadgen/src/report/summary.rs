@@ -262,7 +262,7 @@ impl Summary {
                         p50_ms: p.p50,
                         p95_ms: p.p95,
                         p99_ms: p.p99,
-                        per_target: interval.per_target.clone(),
+                        per_target: interval.per_target.iter().map(|t| t.requests).collect(),
                     }
                 })
                 .collect(),
