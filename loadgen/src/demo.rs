@@ -45,57 +45,87 @@ async fn start_node(backend: &str) -> anyhow::Result<RunningServer> {
     Ok(server::start(config).await?)
 }
 
-pub async fn run_demo(options: &DemoOptions) -> anyhow::Result<SessionOutcome> {
-    // Kept alive until the load is done; dropping it stops redis-server.
-    let mut redis = None;
-    let nodes = if options.redis {
-        let local = LocalRedis::start().map_err(|err| anyhow::anyhow!("demo --redis: {err}"))?;
-        let backend = format!(
-            "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [\"{}\"]\ndeadline = \"100ms\"\n",
-            local.url()
-        );
-        redis = Some(local);
-        vec![start_node(&backend).await?, start_node(&backend).await?]
-    } else {
-        vec![start_node("").await?]
-    };
-    let mut targets = Vec::new();
-    for node in &nodes {
-        targets.push(
-            format!("grpc://{}", node.grpc_addr)
-                .parse::<Endpoint>()
-                .map_err(anyhow::Error::msg)?,
-        );
-        targets.push(
-            format!("http://{}", node.http_addr)
-                .parse::<Endpoint>()
-                .map_err(anyhow::Error::msg)?,
-        );
+/// The demo's service nodes, and the redis-server they share with `--redis`.
+pub struct DemoNodes {
+    nodes: Vec<RunningServer>,
+    /// Kept alive until the nodes stop; dropping it stops redis-server.
+    redis: Option<LocalRedis>,
+    /// Each node's gRPC and HTTP address.
+    pub targets: Vec<Endpoint>,
+    /// Each node's /metrics URL.
+    pub metrics: Vec<String>,
+}
+
+impl DemoNodes {
+    pub async fn start(redis: bool) -> anyhow::Result<Self> {
+        let mut local_redis = None;
+        let nodes = if redis {
+            let local =
+                LocalRedis::start().map_err(|err| anyhow::anyhow!("demo --redis: {err}"))?;
+            let backend = format!(
+                "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [\"{}\"]\ndeadline = \"100ms\"\n",
+                local.url()
+            );
+            local_redis = Some(local);
+            vec![start_node(&backend).await?, start_node(&backend).await?]
+        } else {
+            vec![start_node("").await?]
+        };
+        let mut targets = Vec::new();
+        for node in &nodes {
+            for url in [
+                format!("grpc://{}", node.grpc_addr),
+                format!("http://{}", node.http_addr),
+            ] {
+                targets.push(url.parse::<Endpoint>().map_err(anyhow::Error::msg)?);
+            }
+        }
+        let metrics = nodes
+            .iter()
+            .map(|node| format!("http://{}/metrics", node.http_addr))
+            .collect();
+        Ok(Self {
+            nodes,
+            redis: local_redis,
+            targets,
+            metrics,
+        })
     }
-    let mut config = RunConfig::new(targets);
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        for node in self.nodes {
+            node.stop().await?;
+        }
+        drop(self.redis);
+        Ok(())
+    }
+}
+
+/// The demo's load: a zipf-skewed key space on the `api` rule (capacity 50, 20/s).
+pub const DEMO_KEYS: usize = 200;
+pub const DEMO_RESOURCE: &str = "api";
+pub const DEMO_DISTRIBUTION: Distribution = Distribution::Zipf(1.1);
+
+pub async fn run_demo(options: &DemoOptions) -> anyhow::Result<SessionOutcome> {
+    let nodes = DemoNodes::start(options.redis).await?;
+    let mut config = RunConfig::new(nodes.targets.clone());
     config.model = LoadModel::Open {
         schedule: Schedule::constant(options.rate),
         workers: 64,
     };
     config.duration = Some(options.duration);
-    config.keys = 200;
-    config.distribution = Distribution::Zipf(1.1);
-    config.resource = "api".into();
+    config.keys = DEMO_KEYS;
+    config.distribution = DEMO_DISTRIBUTION;
+    config.resource = DEMO_RESOURCE.into();
     config.reset = true;
     config.interval = Duration::from_millis(500);
     let session = SessionOptions {
         command: options.command.clone(),
         out_dir: options.out_dir.clone(),
         verify: true,
-        service_metrics: nodes
-            .iter()
-            .map(|node| format!("http://{}/metrics", node.http_addr))
-            .collect(),
+        service_metrics: nodes.metrics.clone(),
     };
     let outcome = run_session(config, &session).await;
-    for node in nodes {
-        node.stop().await?;
-    }
-    drop(redis);
+    nodes.stop().await?;
     outcome
 }

@@ -120,43 +120,62 @@ pub fn check(result: &RunResult) -> LedgerReport {
     report
 }
 
+/// Sums every sample of metric `name` in a Prometheus text page, or only those whose labels
+/// include `label="value"` when `label` is given.
+pub fn metric_sum(metrics_text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+    metrics_text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = if let Some(labeled) = rest.strip_prefix('{') {
+                labeled.split_once("} ")?
+            } else {
+                ("", rest.strip_prefix(' ')?)
+            };
+            let wanted = label.is_none_or(|(key, expected)| {
+                labels.split(',').any(|pair| {
+                    pair.split_once('=')
+                        .is_some_and(|(k, v)| k == key && v.trim_matches('"') == expected)
+                })
+            });
+            wanted.then(|| value.trim().parse::<f64>().unwrap_or(0.0))
+        })
+        .sum()
+}
+
 /// Sums `sluice_decisions_total` by outcome from a Prometheus text page: (allowed, denied).
 pub fn decision_counts(metrics_text: &str) -> (u64, u64) {
-    let (mut allowed, mut denied) = (0u64, 0u64);
-    for line in metrics_text
-        .lines()
-        .filter(|line| line.starts_with("sluice_decisions_total{"))
-    {
-        let value: u64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
-        if line.contains("outcome=\"allowed\"") {
-            allowed += value;
-        } else if line.contains("outcome=\"denied\"") {
-            denied += value;
-        }
-    }
-    (allowed, denied)
+    let outcome = |value| {
+        metric_sum(
+            metrics_text,
+            "sluice_decisions_total",
+            Some(("outcome", value)),
+        ) as u64
+    };
+    (outcome("allowed"), outcome("denied"))
+}
+
+/// One service's /metrics page.
+pub async fn fetch_metrics(url: &str) -> anyhow::Result<String> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = client
+        .get(url.parse()?)
+        .await
+        .map_err(|err| anyhow::anyhow!("scraping {url}: {err}"))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "scraping {url}: {}",
+        response.status()
+    );
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Scrapes each `/metrics` URL and adds up the decision counters.
 pub async fn scrape_decisions(urls: &[String]) -> anyhow::Result<(u64, u64)> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let (mut allowed, mut denied) = (0, 0);
     for url in urls {
-        let response = client
-            .get(url.parse()?)
-            .await
-            .map_err(|err| anyhow::anyhow!("scraping {url}: {err}"))?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "scraping {url}: {}",
-            response.status()
-        );
-        let body = response.into_body().collect().await?.to_bytes();
-        let (a, d) = decision_counts(&String::from_utf8_lossy(&body));
+        let (a, d) = decision_counts(&fetch_metrics(url).await?);
         allowed += a;
         denied += d;
     }
@@ -213,5 +232,17 @@ mod tests {
                     sluice_decisions_total{outcome=\"allowed\",resource=\"*\"} 7\n\
                     sluice_decisions_total_other 100\n";
         assert_eq!(decision_counts(text), (12, 2));
+        assert_eq!(
+            metric_sum(text, "sluice_decisions_total_other", None),
+            100.0
+        );
+        assert_eq!(
+            metric_sum(
+                "sluice_fallback_active 1\nsluice_fallback_active_x 5\n",
+                "sluice_fallback_active",
+                None
+            ),
+            1.0
+        );
     }
 }

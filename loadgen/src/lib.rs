@@ -17,3 +17,4 @@ pub mod schedule;
 pub mod session;
 pub mod stats;
 pub mod target;
+pub mod tui;

@@ -1,17 +1,18 @@
-//! `loadgen`: parses flags and calls the library. Subcommands: run, demo, report, compare.
+//! `loadgen`: parses flags and calls the library. Subcommands: run, tui, demo, report, compare.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use loadgen::{
     compare,
-    demo::{DemoOptions, run_demo},
+    demo::{DEMO_DISTRIBUTION, DEMO_KEYS, DEMO_RESOURCE, DemoNodes, DemoOptions, run_demo},
     engine::{LoadModel, RunConfig},
     keys::Distribution,
     report,
     schedule::{Schedule, Stage},
     session::{SessionOptions, console, run_session},
     target::{Call, Endpoint},
+    tui::{self, TuiOptions, form::Form},
 };
 
 #[derive(Parser)]
@@ -28,7 +29,10 @@ struct Cli {
 enum Command {
     /// Drive load at one or more targets and write a report into results/.
     Run(Box<RunArgs>),
+    /// An interactive console: a parameter form, live charts and tables, keys to steer the run.
+    Tui(Box<TuiArgs>),
     /// Start the service in-process (memory, or Redis with --redis), load it, write a report.
+    /// In a terminal it runs in the console (`tui`) unless --no-tui.
     Demo(DemoArgs),
     /// Rebuild report.md and the charts of a saved run.
     Report { dir: PathBuf },
@@ -125,12 +129,82 @@ struct RunArgs {
 }
 
 #[derive(Args)]
+struct TuiArgs {
+    /// Prefills the form: grpc://HOST:PORT or http://HOST:PORT (repeatable; give a node's
+    /// gRPC and HTTP address both, and the form's protocol switch picks between them).
+    #[arg(long = "target")]
+    targets: Vec<Endpoint>,
+    /// A service's /metrics URL for the service's own view (repeatable).
+    #[arg(long = "service-metrics")]
+    service_metrics: Vec<String>,
+    /// Open model rate (req/s).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed model instead, with this many requests in flight.
+    #[arg(long)]
+    concurrency: Option<usize>,
+    #[arg(long)]
+    duration: Option<String>,
+    #[arg(long)]
+    keys: Option<usize>,
+    #[arg(long)]
+    distribution: Option<String>,
+    #[arg(long)]
+    resource: Option<String>,
+    #[arg(long)]
+    cost: Option<u64>,
+    #[arg(long)]
+    timeout: Option<String>,
+    #[arg(long)]
+    retries: Option<u32>,
+    /// Start the run at once instead of waiting on the form.
+    #[arg(long)]
+    start: bool,
+    /// Quit when the run ends by itself, once its report is written.
+    #[arg(long)]
+    exit_when_done: bool,
+    /// The run's folder under --results (default: tui-<unix time>).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+impl TuiArgs {
+    fn form(&self) -> Form {
+        let mut form = Form::with_targets(&self.targets, &self.service_metrics);
+        let set = |slot: &mut String, value: Option<String>| {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        };
+        set(&mut form.rate, self.rate.map(|r| r.to_string()));
+        if let Some(concurrency) = self.concurrency {
+            form.open = false;
+            form.concurrency = concurrency.to_string();
+        }
+        set(&mut form.duration, self.duration.clone());
+        set(&mut form.keys, self.keys.map(|k| k.to_string()));
+        set(&mut form.distribution, self.distribution.clone());
+        set(&mut form.resource, self.resource.clone());
+        set(&mut form.cost, self.cost.map(|c| c.to_string()));
+        set(&mut form.timeout, self.timeout.clone());
+        set(&mut form.retries, self.retries.map(|r| r.to_string()));
+        form
+    }
+}
+
+#[derive(Args)]
 struct DemoArgs {
     /// Start a private redis-server and two service nodes on it.
     #[arg(long)]
     redis: bool,
-    #[arg(long, value_parser = duration, default_value = "5s")]
-    duration: Duration,
+    /// How long the load runs (default 5s; 60s in the console).
+    #[arg(long, value_parser = duration)]
+    duration: Option<Duration>,
+    /// Print a report without the console, even in a terminal.
+    #[arg(long)]
+    no_tui: bool,
     #[arg(long, default_value_t = 2000.0)]
     rate: f64,
     #[arg(long)]
@@ -211,10 +285,44 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Tui(args) => {
+            let options = TuiOptions {
+                form: args.form(),
+                results: args.results.clone(),
+                name: args.name.clone(),
+                command: command_line(),
+                start: args.start,
+                exit_when_done: args.exit_when_done,
+            };
+            console_session(options).await
+        }
+        Command::Demo(args) if std::io::stdout().is_terminal() && !args.no_tui => {
+            let nodes = DemoNodes::start(args.redis).await?;
+            let mut form = Form::with_targets(&nodes.targets, &nodes.metrics);
+            form.rate = args.rate.to_string();
+            form.duration = format!(
+                "{}s",
+                args.duration.unwrap_or(Duration::from_secs(60)).as_secs()
+            );
+            form.keys = DEMO_KEYS.to_string();
+            form.distribution = DEMO_DISTRIBUTION.to_string();
+            form.resource = DEMO_RESOURCE.into();
+            let options = TuiOptions {
+                form,
+                results: args.results.clone(),
+                name: args.name.clone(),
+                command: command_line(),
+                start: true,
+                exit_when_done: false,
+            };
+            let outcome = console_session(options).await;
+            nodes.stop().await?;
+            outcome
+        }
         Command::Demo(args) => {
             let options = DemoOptions {
                 redis: args.redis,
-                duration: args.duration,
+                duration: args.duration.unwrap_or(Duration::from_secs(5)),
                 rate: args.rate,
                 out_dir: report::results_dir(
                     &args.results,
@@ -258,6 +366,21 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Runs the console on a thread of its own (it blocks on the terminal), then prints where
+/// the reports went.
+async fn console_session(options: TuiOptions) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        std::io::stdout().is_terminal(),
+        "the console needs a terminal; use `loadgen run` in scripts and pipes"
+    );
+    let runtime = tokio::runtime::Handle::current();
+    let reports = tokio::task::spawn_blocking(move || tui::run(options, runtime)).await??;
+    for dir in reports {
+        println!("report: {}", dir.join(report::REPORT_FILE).display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

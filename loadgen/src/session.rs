@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    engine::{self, RunConfig},
+    engine::{self, RunConfig, RunResult},
     ledger,
     report::{self, Summary},
 };
@@ -46,22 +46,34 @@ pub async fn run_session(
         Some(ledger::scrape_decisions(&options.service_metrics).await?)
     };
     let result = engine::run(config).await?;
-    let ledger = if options.verify {
-        let mut report = ledger::check(&result);
-        if let Some(before) = before {
+    let reconciliation = match before {
+        Some(before) if options.verify => {
             let after = ledger::scrape_decisions(&options.service_metrics).await?;
-            report.reconciliation = Some(ledger::reconcile(&result, before, after));
+            Some(ledger::reconcile(&result, before, after))
         }
-        Some(report)
-    } else {
-        None
+        _ => None,
     };
-    let summary = Summary::from_run(&result, options.command.clone(), ledger);
-    report::write_run(&options.out_dir, &result, &summary)?;
+    let summary = write_report(&result, options, reconciliation)?;
     Ok(SessionOutcome {
         summary,
         dir: options.out_dir.clone(),
     })
+}
+
+/// Checks the ledger (when asked) and writes the run's folder.
+pub fn write_report(
+    result: &RunResult,
+    options: &SessionOptions,
+    reconciliation: Option<ledger::Reconciliation>,
+) -> anyhow::Result<Summary> {
+    let ledger = options.verify.then(|| {
+        let mut report = ledger::check(result);
+        report.reconciliation = reconciliation;
+        report
+    });
+    let summary = Summary::from_run(result, options.command.clone(), ledger);
+    report::write_run(&options.out_dir, result, &summary)?;
+    Ok(summary)
 }
 
 /// The console summary of a run.

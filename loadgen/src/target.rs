@@ -49,7 +49,9 @@ impl FromStr for Endpoint {
             .unwrap_or_default();
         authority
             .parse::<hyper::http::uri::Authority>()
-            .map_err(|_| format!("target `{text}`: `{authority}` is not HOST:PORT"))?;
+            .ok()
+            .filter(|authority| authority.port().is_some())
+            .ok_or_else(|| format!("target `{text}`: `{authority}` is not HOST:PORT"))?;
         Ok(Endpoint {
             url: format!(
                 "{}://{authority}",
@@ -637,6 +639,12 @@ mod tests {
                 .parse::<Endpoint>()
                 .unwrap_err()
                 .contains("needs a scheme")
+        );
+        assert!(
+            "grpc://localhost"
+                .parse::<Endpoint>()
+                .unwrap_err()
+                .contains("not HOST:PORT")
         );
         assert!(
             "http://not a host"
