@@ -578,19 +578,28 @@ mod tests {
         form.selected = 3;
         let screen = render(100, 24, |frame| draw_form(frame, &form, ""));
         for field in Field::ALL {
-            assert!(screen.contains(field.label()), "{} missing:\n{screen}", field.label());
+            assert!(
+                screen.contains(field.label()),
+                "{} missing:\n{screen}",
+                field.label()
+            );
         }
         assert!(screen.contains("‹ grpc ›"), "{screen}");
         assert!(screen.contains("127.0.0.1:50051"), "{screen}");
         let rate_line = screen.lines().find(|l| l.contains("Rate (req/s)")).unwrap();
-        assert!(rate_line.contains("fast") && rate_line.contains("✗"), "{rate_line}");
+        assert!(
+            rate_line.contains("fast") && rate_line.contains("✗"),
+            "{rate_line}"
+        );
         // The selected field's whole reason, below the list.
         assert!(
             screen.contains("Rate (req/s): requests per second, above 0"),
             "{screen}"
         );
         form.rate = "1500".into();
-        let screen = render(100, 24, |frame| draw_form(frame, &form, "cannot start: refused"));
+        let screen = render(100, 24, |frame| {
+            draw_form(frame, &form, "cannot start: refused")
+        });
         assert!(!screen.contains('✗'), "{screen}");
         assert!(screen.contains("cannot start: refused"), "{screen}");
     }
@@ -651,7 +660,10 @@ mod tests {
             "grpc://127.0.0.1:50061",
             "q quit",
         ] {
-            assert!(screen.contains(title), "`{title}` missing at 80x24:\n{screen}");
+            assert!(
+                screen.contains(title),
+                "`{title}` missing at 80x24:\n{screen}"
+            );
         }
         let with_help = render(80, 24, |frame| draw_live(frame, &view, true));
         assert!(with_help.contains("rate up / down by 10%"), "{with_help}");
