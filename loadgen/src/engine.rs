@@ -243,6 +243,8 @@ struct Shared {
     stopped: AtomicBool,
     /// When [`Run::stop`] was called: requests due after it were not missed.
     stopped_at: Mutex<Option<Instant>>,
+    /// When the last worker ended: the run's end, however long its caller takes to notice.
+    last_done: Mutex<Option<Instant>>,
     pacing: Pacing,
 }
 
@@ -329,6 +331,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Run> {
         stop_sending: start + config.send_window(),
         stopped: AtomicBool::new(false),
         stopped_at: Mutex::new(None),
+        last_done: Mutex::new(None),
         pacing: Pacing {
             retimed: AtomicBool::new(false),
             anchor: RwLock::new(Anchor {
@@ -484,8 +487,8 @@ impl Run {
         for task in self.tasks {
             task.await?;
         }
-        let finished = Instant::now();
         let shared = Arc::into_inner(self.shared).expect("workers are done");
+        let finished = shared.last_done.lock().unwrap_or_else(Instant::now);
         // Every worker drew one ticket it did not send, which ended it.
         let missed_sends = missed_sends(&shared, finished, self.workers as u64);
         let mut recorder = Recorder::new(shared.config.targets.len());
@@ -659,6 +662,9 @@ async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetC
     if interval.1.counts.total() > 0 {
         shared.timeline.add(interval.0, &interval.1);
     }
+    let now = Instant::now();
+    let mut last_done = shared.last_done.lock();
+    *last_done = Some(last_done.map_or(now, |last| last.max(now)));
 }
 
 /// One request, retried on transient errors (and, if asked, after a denial's retry-after).
