@@ -4,7 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hdrhistogram::Histogram;
+use hdrhistogram::{
+    Histogram,
+    serialization::{Deserializer, Serializer, V2DeflateSerializer},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::target::{AlgorithmKind, Answer, ErrorKind};
@@ -246,6 +249,79 @@ impl Interval {
     }
 }
 
+/// A finished interval in the form a run keeps until its end: counts, each target's requests
+/// and errors, the percentiles the charts draw, and the latency histogram compressed for the
+/// interval log. A few hundred bytes where the open [`Interval`] takes several KB, so a long
+/// run's memory stays flat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedInterval {
+    pub counts: Counts,
+    /// (requests, errors) per target.
+    pub per_target: Vec<(u64, u64)>,
+    pub p50_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    /// The latency histogram, V2-serialized with deflate.
+    latency: Vec<u8>,
+}
+
+impl SealedInterval {
+    pub fn seal(interval: &Interval) -> Self {
+        let mut sealed = Self {
+            counts: interval.counts,
+            per_target: interval
+                .per_target
+                .iter()
+                .map(|share| (share.requests, share.errors))
+                .collect(),
+            p50_us: 0,
+            p95_us: 0,
+            p99_us: 0,
+            latency: Vec::new(),
+        };
+        sealed.store_latency(&interval.latency);
+        sealed
+    }
+
+    /// The interval's latency histogram, as it was recorded.
+    pub fn latency(&self) -> Histogram<u32> {
+        let mut histogram: Histogram<u32> = Deserializer::new()
+            .deserialize(&mut self.latency.as_slice())
+            .expect("a histogram this process serialized reads back");
+        histogram.auto(true);
+        histogram
+    }
+
+    /// Adds what a worker recorded in this interval after it was sealed (a slow request).
+    pub fn absorb(&mut self, late: &Interval) {
+        self.counts.merge(&late.counts);
+        for (mine, theirs) in self.per_target.iter_mut().zip(&late.per_target) {
+            mine.0 += theirs.requests;
+            mine.1 += theirs.errors;
+        }
+        let mut latency = self.latency();
+        latency
+            .add(&late.latency)
+            .expect("auto-resizing histograms merge");
+        self.store_latency(&latency);
+    }
+
+    fn store_latency(&mut self, latency: &Histogram<u32>) {
+        let at = |quantile| {
+            if latency.is_empty() {
+                0
+            } else {
+                latency.value_at_quantile(quantile)
+            }
+        };
+        (self.p50_us, self.p95_us, self.p99_us) = (at(0.50), at(0.95), at(0.99));
+        self.latency.clear();
+        V2DeflateSerializer::new()
+            .serialize(latency, &mut self.latency)
+            .expect("serializing into memory cannot fail");
+    }
+}
+
 /// Everything one worker measured.
 #[derive(Debug, Clone)]
 pub struct Recorder {
@@ -393,5 +469,47 @@ mod tests {
         assert_eq!((counts.total(), counts.errors()), (5, 3));
         assert_eq!(counts.error_summary(), "timeout 2, refused 1");
         assert_eq!(Counts::default().error_summary(), "");
+    }
+
+    fn interval_of(latencies_us: &[u64]) -> Interval {
+        let mut interval = Interval::new(2);
+        for (i, &us) in latencies_us.iter().enumerate() {
+            let outcome = if i % 3 == 0 {
+                Outcome::Error(ErrorKind::Timeout)
+            } else {
+                Outcome::Allowed
+            };
+            interval.record(i % 2, outcome, us);
+        }
+        interval
+    }
+
+    #[test]
+    fn a_sealed_interval_keeps_its_counts_percentiles_and_histogram() {
+        let latencies: Vec<u64> = (1..=1000).map(|i| i * 7).collect();
+        let open = interval_of(&latencies);
+        let sealed = SealedInterval::seal(&open);
+        assert_eq!(sealed.counts, open.counts);
+        assert_eq!(sealed.per_target, vec![(500, 167), (500, 167)]);
+        assert_eq!(sealed.latency(), open.latency);
+        assert_eq!(sealed.p50_us, open.latency.value_at_quantile(0.5));
+        assert_eq!(sealed.p99_us, open.latency.value_at_quantile(0.99));
+        assert!(
+            sealed.latency.len() < 1024,
+            "sealed: {} bytes",
+            sealed.latency.len()
+        );
+    }
+
+    #[test]
+    fn a_late_worker_is_merged_into_a_sealed_interval() {
+        let mut sealed = SealedInterval::seal(&interval_of(&[100; 99]));
+        assert_eq!(sealed.p99_us, 100);
+        let late = interval_of(&[900_000; 3]);
+        sealed.absorb(&late);
+        assert_eq!(sealed.counts.total(), 102);
+        assert_eq!(sealed.per_target[0].0 + sealed.per_target[1].0, 102);
+        assert_eq!(sealed.latency().len(), 102);
+        assert!(sealed.p99_us >= 890_000, "p99 {}", sealed.p99_us);
     }
 }

@@ -116,7 +116,7 @@ fn write_hlog(path: &Path, result: &RunResult) -> anyhow::Result<()> {
             .begin_log_with(&mut out, &mut serializer)?;
         for (index, point) in result.timeline.iter().enumerate() {
             let start = result.config.warmup + interval * index as u32;
-            log.write_histogram(&point.latency, start, interval, None)
+            log.write_histogram(&point.latency(), start, interval, None)
                 .map_err(|err| anyhow::anyhow!("writing {}: {err:?}", path.display()))?;
         }
     }

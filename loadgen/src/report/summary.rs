@@ -252,18 +252,15 @@ impl Summary {
                 .timeline
                 .iter()
                 .enumerate()
-                .map(|(index, interval)| {
-                    let p = Percentiles::of(&interval.latency);
-                    TimelinePoint {
-                        t_s: (index + 1) as f64 * interval_s,
-                        allowed: interval.counts.allowed,
-                        denied: interval.counts.denied + interval.counts.banned,
-                        errors: interval.counts.errors(),
-                        p50_ms: p.p50,
-                        p95_ms: p.p95,
-                        p99_ms: p.p99,
-                        per_target: interval.per_target.iter().map(|t| t.requests).collect(),
-                    }
+                .map(|(index, interval)| TimelinePoint {
+                    t_s: (index + 1) as f64 * interval_s,
+                    allowed: interval.counts.allowed,
+                    denied: interval.counts.denied + interval.counts.banned,
+                    errors: interval.counts.errors(),
+                    p50_ms: interval.p50_us as f64 / 1e3,
+                    p95_ms: interval.p95_us as f64 / 1e3,
+                    p99_ms: interval.p99_us as f64 / 1e3,
+                    per_target: interval.per_target.iter().map(|t| t.0).collect(),
                 })
                 .collect(),
             ledger,

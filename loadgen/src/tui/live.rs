@@ -170,7 +170,7 @@ impl Tracker {
     pub fn update(&mut self, run: &Run) {
         let from = run
             .timeline_len()
-            .saturating_sub(REREAD.max(RECENT))
+            .saturating_sub(REREAD)
             .min(self.counts.len());
         let fresh = run.timeline_since(from);
         self.counts.truncate(from);
@@ -183,13 +183,7 @@ impl Tracker {
             let per_second = |n: u64| n as f64 / self.interval_s;
             let counts = interval.counts;
             self.counts.push(counts);
-            self.per_target.push(
-                interval
-                    .per_target
-                    .iter()
-                    .map(|share| (share.requests, share.errors))
-                    .collect(),
-            );
+            self.per_target.push(interval.per_target.clone());
             self.throughput.push(ThroughputPoint {
                 t,
                 allowed: per_second(counts.allowed),
@@ -198,13 +192,12 @@ impl Tracker {
             });
             self.latency.push(LatencyPoint {
                 t,
-                p50: ms(&interval.latency, 50.0),
-                p95: ms(&interval.latency, 95.0),
-                p99: ms(&interval.latency, 99.0),
+                p50: interval.p50_us as f64 / 1e3,
+                p95: interval.p95_us as f64 / 1e3,
+                p99: interval.p99_us as f64 / 1e3,
             });
         }
-        let recent_from = fresh.len().saturating_sub(RECENT);
-        self.recent = fresh[recent_from..].to_vec();
+        self.recent = run.timeline_recent(RECENT);
         if self
             .top_denied_at
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
@@ -328,12 +321,11 @@ impl ServiceWatch {
                 tick.tick().await;
                 let mut fresh = Vec::with_capacity(urls.len());
                 for url in &urls {
-                    let counts =
-                        tokio::time::timeout(Duration::from_millis(800), fetch_metrics(url))
-                            .await
-                            .map_err(|_| "no answer within 800 ms".to_string())
-                            .and_then(|page| page.map_err(|err| err.to_string()))
-                            .map(|page| ServiceCounts::parse(&page));
+                    let counts = tokio::time::timeout(Duration::from_millis(800), fetch_metrics(url))
+                        .await
+                        .map_err(|_| "no answer within 800 ms".to_string())
+                        .and_then(|page| page.map_err(|err| err.to_string()))
+                        .map(|page| ServiceCounts::parse(&page));
                     fresh.push(ServiceRow {
                         url: url.clone(),
                         counts,
