@@ -35,10 +35,13 @@ pub struct DemoOptions {
     pub command: String,
 }
 
-async fn start_node(backend: &str) -> anyhow::Result<RunningServer> {
+async fn start_node(
+    backend: &str,
+    (grpc_port, http_port): (u16, u16),
+) -> anyhow::Result<RunningServer> {
     let overrides = Overrides {
-        grpc_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
+        grpc_addr: Some(format!("127.0.0.1:{grpc_port}")),
+        http_addr: Some(format!("127.0.0.1:{http_port}")),
         ..Overrides::default()
     };
     let config = Config::parse(&format!("{backend}{RULES}"), "demo", &overrides)?;
@@ -57,20 +60,30 @@ pub struct DemoNodes {
 }
 
 impl DemoNodes {
+    /// One node on the memory backend, or two sharing a private redis-server, on free ports.
     pub async fn start(redis: bool) -> anyhow::Result<Self> {
+        let nodes: &[(u16, u16)] = if redis { &[(0, 0); 2] } else { &[(0, 0)] };
+        Self::start_on(redis, nodes).await
+    }
+
+    /// A node on each (gRPC, HTTP) port pair (0 picks a free port); with `redis` they share a
+    /// private redis-server, else each keeps its state in its own memory.
+    pub async fn start_on(redis: bool, ports: &[(u16, u16)]) -> anyhow::Result<Self> {
         let mut local_redis = None;
-        let nodes = if redis {
-            let local =
-                LocalRedis::start().map_err(|err| anyhow::anyhow!("demo --redis: {err}"))?;
-            let backend = format!(
+        let mut backend = String::new();
+        if redis {
+            let local = LocalRedis::start()
+                .map_err(|err| anyhow::anyhow!("starting redis-server: {err}"))?;
+            backend = format!(
                 "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [\"{}\"]\ndeadline = \"100ms\"\n",
                 local.url()
             );
             local_redis = Some(local);
-            vec![start_node(&backend).await?, start_node(&backend).await?]
-        } else {
-            vec![start_node("").await?]
-        };
+        }
+        let mut nodes = Vec::new();
+        for &pair in ports {
+            nodes.push(start_node(&backend, pair).await?);
+        }
         let mut targets = Vec::new();
         for node in &nodes {
             for url in [
@@ -90,6 +103,14 @@ impl DemoNodes {
             targets,
             metrics,
         })
+    }
+
+    pub fn grpc_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.nodes.iter().map(|node| node.grpc_addr).collect()
+    }
+
+    pub fn http_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.nodes.iter().map(|node| node.http_addr).collect()
     }
 
     pub async fn stop(self) -> anyhow::Result<()> {

@@ -93,12 +93,14 @@ impl KeySpace {
 }
 
 /// A seeded sampler of key indexes.
+#[derive(Clone)]
 pub struct KeyPicker {
     rng: StdRng,
     keys: usize,
     sampler: Sampler,
 }
 
+#[derive(Clone)]
 enum Sampler {
     Uniform,
     Zipf(Zipf<f64>),

@@ -155,8 +155,8 @@ pub fn decision_counts(metrics_text: &str) -> (u64, u64) {
     (outcome("allowed"), outcome("denied"))
 }
 
-/// One service's /metrics page.
-pub async fn fetch_metrics(url: &str) -> anyhow::Result<String> {
+/// The body of a GET (a /metrics page, a readiness probe); an error unless 2xx.
+pub async fn get_text(url: &str) -> anyhow::Result<String> {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let response = client
         .get(url.parse()?)
@@ -175,7 +175,7 @@ pub async fn fetch_metrics(url: &str) -> anyhow::Result<String> {
 pub async fn scrape_decisions(urls: &[String]) -> anyhow::Result<(u64, u64)> {
     let (mut allowed, mut denied) = (0, 0);
     for url in urls {
-        let (a, d) = decision_counts(&fetch_metrics(url).await?);
+        let (a, d) = decision_counts(&get_text(url).await?);
         allowed += a;
         denied += d;
     }

@@ -34,8 +34,17 @@ enum Command {
     /// Start the service in-process (memory, or Redis with --redis), load it, write a report.
     /// In a terminal it runs in the console (`tui`) unless --no-tui.
     Demo(DemoArgs),
-    /// Rebuild report.md and the charts of a saved run.
-    Report { dir: PathBuf },
+    /// Rebuild report.md and the charts of a saved run; --k6 and --goose add their results
+    /// of the same scenario to its comparison table.
+    Report {
+        dir: PathBuf,
+        /// A k6 summary JSON (k6/README.md: RESULTS_DIR/NAME-summary.json), copied into DIR.
+        #[arg(long)]
+        k6: Option<PathBuf>,
+        /// A Goose JSON report (sluice-goose --report-file X.json), copied into DIR.
+        #[arg(long)]
+        goose: Option<PathBuf>,
+    },
     /// Compare two saved runs; exits 1 when B regresses past --threshold.
     Compare {
         a: PathBuf,
@@ -347,7 +356,8 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Report { dir } => {
+        Command::Report { dir, k6, goose } => {
+            report::tools::import(&dir, k6.as_deref(), goose.as_deref())?;
             let summary = report::rebuild(&dir)?;
             println!("{}", console(&summary, &dir));
             Ok(ExitCode::SUCCESS)

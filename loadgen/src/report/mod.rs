@@ -7,11 +7,13 @@
 //! | `latency.hgrm` | HdrHistogram percentile table of corrected latency (ms) |
 //! | `latency.hlog` | HdrHistogram interval log, one histogram per interval (us) |
 //! | `*.png`, `*.svg` | latency over time, throughput by outcome, percentile spectrum, per target |
+//! | `k6-summary.json`, `goose-report.json` | optional: the same scenario run by k6 and Goose ([`tools`]) |
 
 mod charts;
 mod hgrm;
 mod markdown;
 pub mod summary;
+pub mod tools;
 
 use std::{
     fs,
@@ -99,7 +101,8 @@ fn render(dir: &Path, summary: &Summary) -> anyhow::Result<()> {
     let hgrm = fs::read_to_string(dir.join(HGRM_FILE)).unwrap_or_default();
     let spectrum = parse_hgrm(&hgrm);
     charts::draw_all(dir, summary, &spectrum)?;
-    fs::write(dir.join(REPORT_FILE), markdown::report(summary))?;
+    let report = markdown::report(summary) + &tools::section(dir, summary)?;
+    fs::write(dir.join(REPORT_FILE), report)?;
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use crate::{
     engine::Run,
-    ledger::{fetch_metrics, metric_sum},
+    ledger::{get_text, metric_sum},
     stats::{Counts, Interval, interval_histogram},
 };
 
@@ -321,7 +321,7 @@ impl ServiceWatch {
                 tick.tick().await;
                 let mut fresh = Vec::with_capacity(urls.len());
                 for url in &urls {
-                    let counts = tokio::time::timeout(Duration::from_millis(800), fetch_metrics(url))
+                    let counts = tokio::time::timeout(Duration::from_millis(800), get_text(url))
                         .await
                         .map_err(|_| "no answer within 800 ms".to_string())
                         .and_then(|page| page.map_err(|err| err.to_string()))
