@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod report;
 pub mod schedule;
 pub mod session;
+pub mod stack;
 pub mod stats;
 pub mod target;
 pub mod tui;

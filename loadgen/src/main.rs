@@ -1,4 +1,5 @@
-//! `loadgen`: parses flags and calls the library. Subcommands: run, tui, demo, report, compare.
+//! `loadgen`: parses flags and calls the library. Subcommands: run, tui, demo, report, stack,
+//! compare.
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -45,6 +46,8 @@ enum Command {
         #[arg(long)]
         goose: Option<PathBuf>,
     },
+    /// Start redis-server, two limiter nodes and Prometheus on loopback; Ctrl-C stops them.
+    Stack(StackArgs),
     /// Compare two saved runs; exits 1 when B regresses past --threshold.
     Compare {
         a: PathBuf,
@@ -53,6 +56,22 @@ enum Command {
         #[arg(long, default_value_t = 0.1)]
         threshold: f64,
     },
+}
+
+#[derive(Args)]
+struct StackArgs {
+    /// Prometheus's port.
+    #[arg(long, default_value_t = 9090)]
+    prometheus_port: u16,
+    /// The two nodes' HTTP ports (/check, /metrics).
+    #[arg(long, num_args = 2, value_delimiter = ',', default_values_t = [8081, 8082])]
+    http_ports: Vec<u16>,
+    /// The two nodes' gRPC ports.
+    #[arg(long, num_args = 2, value_delimiter = ',', default_values_t = [50051, 50052])]
+    grpc_ports: Vec<u16>,
+    /// Where Prometheus scrapes the generator: give `loadgen run` the same --metrics-addr.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    loadgen_metrics: std::net::SocketAddr,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -360,6 +379,31 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             report::tools::import(&dir, k6.as_deref(), goose.as_deref())?;
             let summary = report::rebuild(&dir)?;
             println!("{}", console(&summary, &dir));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stack(args) => {
+            let options = loadgen::stack::StackOptions {
+                prometheus_port: args.prometheus_port,
+                node_ports: [
+                    (args.grpc_ports[0], args.http_ports[0]),
+                    (args.grpc_ports[1], args.http_ports[1]),
+                ],
+                loadgen_metrics: args.loadgen_metrics,
+            };
+            let stack = loadgen::stack::Stack::start(&options).await?;
+            for line in stack.urls() {
+                println!("{line}");
+            }
+            println!(
+                "load it: loadgen run --target grpc://{} --target grpc://{} --rate 2000 \
+                 --duration 60s --resource api --metrics-addr {}",
+                stack.nodes.grpc_addrs()[0],
+                stack.nodes.grpc_addrs()[1],
+                args.loadgen_metrics
+            );
+            println!("Ctrl-C stops everything");
+            tokio::signal::ctrl_c().await?;
+            stack.stop().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Compare { a, b, threshold } => {

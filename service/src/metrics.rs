@@ -103,6 +103,11 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        // Every kind exists from the start at 0, so dashboards and alerts see "no errors"
+        // rather than no data.
+        for kind in crate::store::StoreError::KINDS {
+            store_errors.with_label_values(&[kind]);
+        }
         let active_keys = IntGauge::new("sluice_active_keys", "Keys with state in the store.")
             .expect("valid metric");
         let store_latency = Histogram::with_opts(
@@ -136,6 +141,9 @@ impl Metrics {
             &["mode"],
         )
         .expect("valid metric");
+        for mode in crate::config::FailureMode::NAMES {
+            fallback_decisions.with_label_values(&[mode]);
+        }
         let fallback_active = IntGauge::new(
             "sluice_fallback_active",
             "1 while the last store call failed and failure modes are answering.",

@@ -36,12 +36,15 @@ pub enum StoreError {
 
 impl StoreError {
     /// A short, bounded label for metrics.
+    /// Every [`StoreError::kind`].
+    pub const KINDS: [&'static str; 3] = ["unavailable", "timeout", "circuit_open"];
+
     pub fn kind(&self) -> &'static str {
-        match self {
-            StoreError::Unavailable(_) => "unavailable",
-            StoreError::Timeout(_) => "timeout",
-            StoreError::CircuitOpen => "circuit_open",
-        }
+        Self::KINDS[match self {
+            StoreError::Unavailable(_) => 0,
+            StoreError::Timeout(_) => 1,
+            StoreError::CircuitOpen => 2,
+        }]
     }
 }
 
