@@ -6,8 +6,17 @@ use goose::prelude::*;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = sluice_goose::Settings::from_env()?;
-    sluice_goose::register(GooseAttack::initialize()?, settings)?
-        .execute()
-        .await?;
+    let mut attack = GooseAttack::initialize()?;
+    // Every load run ends by itself: a minute unless the command line bounds it (Goose refuses
+    // a default run time beside --iterations or --test-plan, so it is set only without them).
+    let bounded = std::env::args().skip(1).any(|arg| {
+        ["-t", "--run-time", "--iterations", "--test-plan"]
+            .iter()
+            .any(|flag| arg.starts_with(flag))
+    });
+    if !bounded {
+        attack = *attack.set_default(GooseDefault::RunTime, 60)?;
+    }
+    sluice_goose::register(attack, settings)?.execute().await?;
     Ok(())
 }
