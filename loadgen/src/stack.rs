@@ -19,7 +19,8 @@ use crate::{demo::DemoNodes, ledger::get_text};
 const PROMETHEUS_YML: &str = include_str!("../../dashboards/prometheus/prometheus.yml");
 const RULES: &str = include_str!("../../dashboards/prometheus/rules/sluice.rules.yml");
 
-/// Where the stack listens. Port 0 picks a free port.
+/// Where the stack listens (`loadgen stack`'s defaults are the ports
+/// dashboards/prometheus/targets names). Port 0 picks a free port.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     pub prometheus_port: u16,
@@ -27,17 +28,6 @@ pub struct StackOptions {
     pub node_ports: [(u16, u16); 2],
     /// The load generator's `--metrics-addr`, for Prometheus to scrape.
     pub loadgen_metrics: SocketAddr,
-}
-
-impl Default for StackOptions {
-    /// The ports dashboards/prometheus/targets names.
-    fn default() -> Self {
-        Self {
-            prometheus_port: 9090,
-            node_ports: [(50051, 8081), (50052, 8082)],
-            loadgen_metrics: SocketAddr::from(([127, 0, 0, 1], 9464)),
-        }
-    }
 }
 
 pub struct Stack {
