@@ -49,9 +49,9 @@ impl Stack {
             0 => free_port()?,
             port => port,
         };
-        let prometheus = Prometheus::start(dir, port)?;
+        let mut prometheus = Prometheus::start(dir, port)?;
         let prometheus_url = format!("http://127.0.0.1:{port}");
-        wait_ready(&prometheus_url, &prometheus.dir).await?;
+        wait_ready(&prometheus_url, &mut prometheus).await?;
         Ok(Self {
             nodes,
             prometheus_url,
@@ -82,17 +82,22 @@ impl Stack {
     }
 }
 
-async fn wait_ready(url: &str, dir: &Path) -> anyhow::Result<()> {
+/// Waits for Prometheus to answer /-/ready. Its log goes into the error, since the working
+/// folder that holds it is removed when the stack is dropped.
+async fn wait_ready(url: &str, prometheus: &mut Prometheus) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if get_text(&format!("{url}/-/ready")).await.is_ok() {
             return Ok(());
         }
+        if let Ok(Some(status)) = prometheus.child.try_wait() {
+            anyhow::bail!("Prometheus exited ({status}):\n{}", prometheus.log_tail());
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!(
-        "Prometheus did not become ready in 30 s; its log: {}",
-        dir.join("prometheus.log").display()
+        "Prometheus did not become ready in 30 s:\n{}",
+        prometheus.log_tail()
     )
 }
 
@@ -126,6 +131,13 @@ impl Prometheus {
                  (Debian's package; scripts/test installs it)",
             )?;
         Ok(Self { child, dir })
+    }
+
+    /// The last lines Prometheus logged (where it says why it stopped: a port in use, ...).
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
     }
 }
 
