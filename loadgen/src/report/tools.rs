@@ -25,12 +25,13 @@ pub struct ToolRow {
     pub denied: Option<u64>,
 }
 
+/// Each other tool's file in a run's folder, and how to read it.
+type Parse = fn(&Value) -> anyhow::Result<ToolRow>;
+const TOOLS: [(&str, Parse); 2] = [(K6_FILE, from_k6), (GOOSE_FILE, from_goose)];
+
 /// Checks that each file reads as its tool's results, then copies it into `dir`.
 pub fn import(dir: &Path, k6: Option<&Path>, goose: Option<&Path>) -> anyhow::Result<()> {
-    type Parse = fn(&Value) -> anyhow::Result<ToolRow>;
-    let files: [(Option<&Path>, &str, Parse); 2] =
-        [(k6, K6_FILE, from_k6), (goose, GOOSE_FILE, from_goose)];
-    for (source, name, parse) in files {
+    for (source, (name, parse)) in [k6, goose].into_iter().zip(TOOLS) {
         let Some(source) = source else { continue };
         let json = read_json(source)?;
         parse(&json).with_context(|| format!("{} is not a {name}", source.display()))?;
@@ -63,9 +64,7 @@ pub fn rows(dir: &Path, summary: &Summary) -> anyhow::Result<Vec<ToolRow>> {
         loadgen("loadgen (from intended send)", &summary.latency_ms.all),
         loadgen("loadgen (uncorrected)", &summary.latency_ms.uncorrected),
     ];
-    type Parse = fn(&Value) -> anyhow::Result<ToolRow>;
-    let files: [(&str, Parse); 2] = [(K6_FILE, from_k6), (GOOSE_FILE, from_goose)];
-    for (name, parse) in files {
+    for (name, parse) in TOOLS {
         let path = dir.join(name);
         if path.exists() {
             rows.push(parse(&read_json(&path)?).with_context(|| format!("reading {name}"))?);
