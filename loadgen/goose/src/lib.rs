@@ -2,7 +2,8 @@
 //!
 //! - `steady`: each user spreads requests over `SLUICE_KEYS` keys (`SLUICE_DISTRIBUTION`, the
 //!   same key space and distributions as `loadgen`);
-//! - `abuser`: every request uses one hot key (`SLUICE_ABUSER_KEY`), so most are denied;
+//! - `abuser`: every request uses one hot key (`<SLUICE_KEY_PREFIX>abuser`), so most are
+//!   denied;
 //! - `mixed`: nine steady requests to one abusive one.
 //!
 //! A 429 is the limiter working, so it counts as a success (Goose's status-code table keeps

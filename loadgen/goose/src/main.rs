@@ -1,4 +1,4 @@
-//! `sluice-goose`: Goose's own command line (`--host`, `--users`, `--hatch-rate`, `--run-time`,
+//! `sluice-goose`: Goose's own command line (`--host`, `--users`, `--increase-rate`, `--run-time`,
 //! `--scenarios`, `--report-file`, ...) with Sluice's scenarios; see `sluice_goose`.
 
 use goose::prelude::*;

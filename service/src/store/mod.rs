@@ -35,10 +35,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A short, bounded label for metrics.
     /// Every [`StoreError::kind`].
     pub const KINDS: [&'static str; 3] = ["unavailable", "timeout", "circuit_open"];
 
+    /// A short, bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         Self::KINDS[match self {
             StoreError::Unavailable(_) => 0,
