@@ -325,7 +325,7 @@ async fn http_exchange(
     result
 }
 
-/// A whole response body and its trailers. A small body arrives as one frame and is
+/// A whole HTTP/1.1 response body and its trailers. A small body arrives as one frame and is
 /// returned as it came, with no copy; `collect` would queue it first.
 pub async fn read_body(
     mut body: hyper::body::Incoming,

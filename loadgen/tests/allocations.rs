@@ -1,7 +1,7 @@
 //! What one request costs in heap allocations. The generator's own bookkeeping (picking a key,
 //! recording latencies and outcomes, the ledger, its Prometheus metrics) must allocate nothing
-//! per request; the whole client path is then only what hyper's HTTP/2 and HTTP/1.1 clients
-//! allocate for each request, counted here and held to a bound so a regression shows.
+//! per request; the whole client path is then only what the `h2` (gRPC) and hyper HTTP/1.1
+//! clients allocate for each request, counted here and held to a bound so a regression shows.
 //!
 //! Allocations are counted per thread: the generator runs on this test's thread (a
 //! current-thread runtime), the service on threads of its own.
@@ -140,7 +140,7 @@ fn allocations_per_request(target: &Endpoint, call: Call) -> f64 {
 }
 
 #[test]
-fn a_request_allocates_only_what_hypers_client_does() {
+fn a_request_allocates_only_what_its_http_client_does() {
     let service = std::thread::spawn(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -161,14 +161,14 @@ fn a_request_allocates_only_what_hypers_client_does() {
     let (_runtime, _node, (grpc, http)) = service.join().unwrap();
     let grpc: Endpoint = format!("grpc://{grpc}").parse().unwrap();
     let http: Endpoint = format!("http://{http}").parse().unwrap();
-    // Measured with hyper 1.12 / h2 0.4 / http 1.5: 15 per gRPC call; 6 per HTTP /healthz and
-    // 14 per HTTP /check, whose RateLimit response headers have names hyper copies. Every one
-    // is inside hyper (header maps, HPACK strings, its per-request tasks and response channel;
-    // `heaptrack` on a loadgen run shows the sites). The bound leaves room for a minor hyper
-    // change, not for an allocation of ours per request.
+    // Measured with h2 0.4.20 / hyper 1.12 / http 1.5: 8 per gRPC call (the request's,
+    // response's and trailers' header maps, HPACK strings; 15 when it went through hyper's
+    // HTTP/2 client, which adds a task and a channel per request); 6 per HTTP /healthz and 14
+    // per HTTP /check, whose RateLimit response headers have names hyper copies. The bounds
+    // leave room for a minor dependency change, not for an allocation of ours per request.
     let limits = [
-        (&grpc, Call::Check, 17.0),
-        (&grpc, Call::Health, 17.0),
+        (&grpc, Call::Check, 10.0),
+        (&grpc, Call::Health, 10.0),
         (&http, Call::Check, 17.0),
         (&http, Call::Health, 17.0),
     ];
