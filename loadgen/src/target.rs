@@ -1,11 +1,11 @@
 //! One service address and the clients that talk to it: gRPC over a few HTTP/2 connections
 //! (one connection multiplexes only so far), or HTTP/1.1 over one connection per worker.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, pin::Pin, str::FromStr, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper::{Method, Request, Uri, header::HeaderValue};
 use hyper_util::rt::TokioIo;
 use prost::Message as _;
@@ -276,16 +276,21 @@ pub enum TargetClient {
     Http {
         authority: String,
         host: HeaderValue,
-        connection: Option<SendRequest<Empty<Bytes>>>,
+        connection: Option<HttpConnection>,
     },
 }
 
-/// The worker's connection, dialed if it has none or the last one closed.
-async fn http_connection<'a>(
-    slot: &'a mut Option<SendRequest<Empty<Bytes>>>,
-    authority: &str,
-) -> Result<&'a mut SendRequest<Empty<Bytes>>, ErrorKind> {
-    if slot.as_ref().is_none_or(SendRequest::is_closed) {
+/// A keep-alive HTTP/1.1 connection, driven by the worker that owns it: its hyper connection
+/// future is polled inside each exchange instead of in a task of its own, so a request and its
+/// response wake no other task (`strace -c` of 40,000 requests at 10,000/s: 819 futex calls,
+/// against 7,159 with the connection in a spawned task).
+pub struct HttpConnection {
+    sender: SendRequest<Empty<Bytes>>,
+    connection: Pin<Box<Connection<TokioIo<TcpStream>, Empty<Bytes>>>>,
+}
+
+impl HttpConnection {
+    async fn dial(authority: &str) -> Result<Self, ErrorKind> {
         let stream = TcpStream::connect(authority)
             .await
             .map_err(|_| ErrorKind::Refused)?;
@@ -293,32 +298,49 @@ async fn http_connection<'a>(
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ErrorKind::Unavailable)?;
-        tokio::spawn(connection);
-        *slot = Some(sender);
+        Ok(Self {
+            sender,
+            connection: Box::pin(connection),
+        })
     }
-    let sender = slot.as_mut().expect("dialed above");
-    sender.ready().await.map_err(|_| ErrorKind::Unavailable)?;
-    Ok(sender)
+
+    /// Sends `request` and returns the status and body.
+    async fn exchange(
+        &mut self,
+        request: Request<Empty<Bytes>>,
+    ) -> Result<(u16, Bytes), ErrorKind> {
+        let Self { sender, connection } = self;
+        let exchange = async {
+            sender.ready().await.map_err(|_| ErrorKind::Unavailable)?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|_| ErrorKind::Unavailable)?;
+            let status = response.status().as_u16();
+            let (body, _) = read_body(response.into_body()).await?;
+            Ok((status, body))
+        };
+        tokio::select! {
+            biased;
+            result = exchange => result,
+            // The connection future ends only when the connection does: this exchange is lost.
+            _ = connection.as_mut() => Err(ErrorKind::Unavailable),
+        }
+    }
 }
 
-/// Sends `request` on the worker's connection and returns the status and body; a failed
-/// connection is dropped so the next request redials.
+/// Sends `request` on the worker's connection, dialed if it has none, and returns the status
+/// and body; a failed connection is dropped so the next request redials.
 async fn http_exchange(
-    slot: &mut Option<SendRequest<Empty<Bytes>>>,
+    slot: &mut Option<HttpConnection>,
     authority: &str,
     request: Request<Empty<Bytes>>,
 ) -> Result<(u16, Bytes), ErrorKind> {
-    let sender = http_connection(slot, authority).await?;
-    let result = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|_| ErrorKind::Unavailable)?;
-        let status = response.status().as_u16();
-        let (body, _) = read_body(response.into_body()).await?;
-        Ok((status, body))
-    }
-    .await;
+    let connection = match slot {
+        Some(connection) => connection,
+        None => slot.insert(HttpConnection::dial(authority).await?),
+    };
+    let result = connection.exchange(request).await;
     if result.is_err() {
         *slot = None;
     }
@@ -327,7 +349,7 @@ async fn http_exchange(
 
 /// A whole HTTP/1.1 response body and its trailers. A small body arrives as one frame and is
 /// returned as it came, with no copy; `collect` would queue it first.
-pub async fn read_body(
+async fn read_body(
     mut body: hyper::body::Incoming,
 ) -> Result<(Bytes, Option<hyper::HeaderMap>), ErrorKind> {
     let mut data: Option<Bytes> = None;
@@ -401,16 +423,13 @@ impl TargetClient {
             }
             Protocol::Http => {
                 let authority = endpoint.authority().to_owned();
-                let mut connection = None;
-                http_connection(&mut connection, &authority)
-                    .await
-                    .map_err(|kind| {
-                        anyhow::anyhow!("cannot connect to {endpoint}: {}", kind.label())
-                    })?;
+                let connection = HttpConnection::dial(&authority).await.map_err(|kind| {
+                    anyhow::anyhow!("cannot connect to {endpoint}: {}", kind.label())
+                })?;
                 Ok(TargetClient::Http {
                     host: HeaderValue::from_str(&authority)?,
                     authority,
-                    connection,
+                    connection: Some(connection),
                 })
             }
         }
