@@ -143,8 +143,8 @@ impl<F: Future + Unpin> Future for Batched<F> {
 }
 
 /// A stream's whole body and its trailers, giving back the flow-control window as data is
-/// read (or the connection stalls once 64 KiB of responses were never released). A small body
-/// arrives as one frame and is returned as it came, with no copy.
+/// read (h2 would otherwise hold it until the stream is dropped). A small body arrives as one
+/// frame and is returned as it came, with no copy.
 async fn read_stream(mut body: h2::RecvStream) -> Result<(Bytes, Option<HeaderMap>), ErrorKind> {
     let mut data: Option<Bytes> = None;
     while let Some(chunk) = body.data().await {
