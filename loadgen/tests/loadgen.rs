@@ -495,6 +495,55 @@ async fn clients_redial_after_the_service_restarts() {
     second.stop().await.unwrap();
 }
 
+/// A keep-alive HTTP connection the server closed while it sat idle (an idle timeout, a
+/// restart between requests) is redialed before the next request, which then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_connection_closed_while_idle_is_redialed_without_an_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint: Endpoint = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    // Answers one request per connection, then closes it although the client asked to keep it.
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut request = Vec::new();
+            let mut buffer = [0; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buffer).await.unwrap() {
+                    // `connect`'s own connection, dropped unused.
+                    0 => break,
+                    read => request.extend_from_slice(&buffer[..read]),
+                }
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+        }
+    });
+    let mut client = loadgen::target::TargetClient::connect(&endpoint, 1)
+        .await
+        .unwrap()
+        .for_worker(0);
+    let requests = loadgen::target::Requests::new(["k"], "", 1).unwrap();
+    for _ in 0..3 {
+        let answer = client
+            .call(loadgen::target::Call::Health, &requests, 0)
+            .await
+            .expect("a request after an idle close fails");
+        assert!(answer.allowed);
+        // Time for the server's close to arrive before the next request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `connect` dialed once to check the target; each request then needed its own connection.
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
 #[test]
 fn bad_flags_name_the_flag_and_the_fix() {
     let binary = env!("CARGO_BIN_EXE_loadgen");
