@@ -1,6 +1,6 @@
-//! What a run measured. Each worker records into its own [`Recorder`] (behind a lock only
-//! snapshots contend for); the timeline is merged once per interval; the per-key ledger is
-//! shared atomics.
+//! What a run measured. Workers record into a few [`Recorder`]s, two per core, each behind a
+//! lock its workers rarely meet at; the timeline is merged once per interval; the per-key
+//! ledger is shared atomics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
