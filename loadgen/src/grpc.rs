@@ -20,7 +20,7 @@ use hyper::{
 };
 use tokio::net::TcpStream;
 
-use crate::target::ErrorKind;
+use crate::target::{ErrorKind, append_chunk};
 
 pub const CHECK: &str = "/sluice.v1.RateLimiter/Check";
 pub const RESET: &str = "/sluice.v1.RateLimiter/Reset";
@@ -150,10 +150,7 @@ async fn read_stream(mut body: h2::RecvStream) -> Result<(Bytes, Option<HeaderMa
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|_| ErrorKind::Unavailable)?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        data = Some(match data.take() {
-            None => chunk,
-            Some(head) => [head, chunk].concat().into(),
-        });
+        data = Some(append_chunk(data.take(), chunk));
     }
     let trailers = body.trailers().await.map_err(|_| ErrorKind::Unavailable)?;
     Ok((data.unwrap_or_default(), trailers))

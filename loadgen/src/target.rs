@@ -389,15 +389,21 @@ async fn read_body(
         let frame = frame.map_err(|_| ErrorKind::Unavailable)?;
         match frame.into_data() {
             Ok(chunk) => {
-                data = Some(match data.take() {
-                    None => chunk,
-                    Some(head) => [head, chunk].concat().into(),
-                });
+                data = Some(append_chunk(data.take(), chunk));
             }
             Err(frame) => trailers = frame.into_trailers().ok(),
         }
     }
     Ok((data.unwrap_or_default(), trailers))
+}
+
+/// `chunk` after the body read so far. The first chunk is kept as it came, with no copy: a
+/// small body arrives whole in one.
+pub fn append_chunk(body: Option<Bytes>, chunk: Bytes) -> Bytes {
+    match body {
+        None => chunk,
+        Some(head) => [head, chunk].concat().into(),
+    }
 }
 
 /// An HTTP request with no body; `host` is shared, not copied.
