@@ -1,159 +1,778 @@
-//! gRPC unary calls over one HTTP/2 connection, framed by hand on the `h2` crate. A load
-//! generator's request is known before the run, so it is encoded once and sent as shared bytes;
-//! tonic's client would encode it again per call into a fresh 8 KiB buffer and give its response
-//! decoder another. hyper's HTTP/2 client, under tonic or alone, spawns a task per request to
-//! drive its response and moves that future onto the heap (measured: memmove under tokio's
-//! task spawn led the profile at the generator's ceiling); here the worker awaits its own
-//! stream, so a call costs what h2 itself costs.
+//! Unary gRPC calls on the generator's own HTTP/2 client: one socket, one task that reads and
+//! writes it, and workers that each own one stream at a time. A general client (h2, under
+//! hyper and tonic) builds a header map, a request and per-stream bookkeeping for every call;
+//! measured at the generator's ceiling, that protocol work was ~40% of its CPU, taken from the
+//! service on the same cores. Here a call's HEADERS are encoded once per method, a worker
+//! appends its two frames to a shared buffer and waits on a slot, and the connection task
+//! writes every queued request in one syscall and answers each stream's slot as frames arrive.
+//!
+//! Scope, by design: cleartext HTTP/2 (prior knowledge, as gRPC uses it), request messages up to
+//! one frame (16 KiB), responses up to [`STREAM_WINDOW`]; no server push. Everything else a
+//! server may send (SETTINGS, PING, GOAWAY, RST_STREAM, WINDOW_UPDATE, CONTINUATION, padding,
+//! an HPACK dynamic table) is honoured.
 
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use hyper::{
-    HeaderMap, Method, Request, StatusCode, Uri,
-    header::{CONTENT_TYPE, HeaderValue, TE},
-    http::uri::{Authority, PathAndQuery, Scheme},
-};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::hpack;
 use crate::target::{ErrorKind, append_chunk};
 
 pub const CHECK: &str = "/sluice.v1.RateLimiter/Check";
 pub const RESET: &str = "/sluice.v1.RateLimiter/Reset";
 pub const HEALTH: &str = "/grpc.health.v1.Health/Check";
 
-/// One HTTP/2 connection; clones share it (calls multiplex as streams).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+// Frame types and flags (RFC 9113 section 6).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+const CANCEL: u32 = 0x8;
+
+const SETTINGS_HEADER_TABLE_SIZE: u16 = 0x1;
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
+
+/// The most one response may carry: gRPC's default maximum message. Streams' windows are never
+/// raised, so a larger answer stalls until the request's timeout.
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 1 << 30;
+/// Every HTTP/2 peer accepts frames this large; we never advertise more.
+const MAX_FRAME_SIZE: usize = 16_384;
+const HEADER_TABLE_SIZE: usize = 4096;
+const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+const READ_BUFFER: usize = 64 * 1024;
+/// Reads handled in one turn before the connection lets other tasks run.
+const READS_PER_TURN: usize = 16;
+
+/// One HTTP/2 connection; clones share it (calls multiplex as streams). The connection closes
+/// when the last clone is dropped.
 #[derive(Clone)]
 pub struct Connection {
-    sender: h2::client::SendRequest<Bytes>,
-    /// Set when the connection's task ends: h2's sender only learns it on its next call.
-    closed: Arc<AtomicBool>,
-    authority: Authority,
+    handle: Arc<Handle>,
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+    authority: String,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock();
+        state.abandoned = true;
+        state.request_write();
+    }
+}
+
+/// A call's request HEADERS block, encoded once for its connection's authority.
+#[derive(Clone)]
+pub struct RequestHead {
+    block: Bytes,
+}
+
+struct Shared {
+    /// No new stream may start: the connection ended, the server is going away, or stream ids
+    /// ran out. Read before every call, so it is kept outside the lock.
+    unusable: AtomicBool,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Frames queued for the connection task to write.
+    outgoing: Vec<u8>,
+    connection_task: Option<Waker>,
+    /// The connection task has been woken for `outgoing` and has not taken it yet.
+    write_requested: bool,
+    streams: HashMap<u32, Stream>,
+    next_stream_id: u32,
+    /// Bytes of DATA the server's connection window still accepts.
+    send_window: i64,
+    peer: PeerSettings,
+    settings_received: bool,
+    /// Callers waiting for send window, a stream slot under the server's limit, or its SETTINGS.
+    waiting: Vec<Waker>,
+    /// The server sent GOAWAY: streams in flight may finish, no new one may start.
+    going_away: bool,
+    ended: bool,
+    abandoned: bool,
+}
+
+struct PeerSettings {
+    max_streams: usize,
+    initial_window: usize,
+    max_frame: usize,
+}
+
+#[derive(Default)]
+struct Stream {
+    waker: Option<Waker>,
+    headers_seen: bool,
+    body: Option<Bytes>,
+    result: Option<Result<Bytes, ErrorKind>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectionError {
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("HTTP/2 protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("response headers: {0}")]
+    Hpack(#[from] hpack::Error),
 }
 
 impl Connection {
+    /// Dials `authority`, sends the preface and waits for the server's SETTINGS, so the first
+    /// calls already respect its limits.
     pub async fn connect(authority: &str) -> anyhow::Result<Self> {
-        let authority: Authority = authority.parse()?;
-        let stream = TcpStream::connect(authority.as_str()).await?;
-        stream.set_nodelay(true)?;
-        let (sender, connection) = h2::client::handshake(stream).await?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let on_close = Arc::clone(&closed);
-        tokio::spawn(async move {
-            if let Err(error) = (Batched {
-                inner: connection,
-                deferred: false,
-            })
-            .await
-            {
-                tracing::debug!(%error, "gRPC connection ended");
-            }
-            on_close.store(true, Ordering::Release);
+        anyhow::ensure!(
+            authority.len() <= 255,
+            "target authority `{authority}` is longer than 255 bytes"
+        );
+        let mut socket = TcpStream::connect(authority).await?;
+        socket.set_nodelay(true)?;
+        let mut hello = Vec::with_capacity(PREFACE.len() + 9 + 18 + 9 + 4);
+        hello.extend_from_slice(PREFACE);
+        put_frame_header(&mut hello, 18, SETTINGS, 0, 0);
+        for (id, value) in [
+            (SETTINGS_ENABLE_PUSH, 0),
+            (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+            (SETTINGS_HEADER_TABLE_SIZE, HEADER_TABLE_SIZE as u32),
+        ] {
+            hello.put_u16(id);
+            hello.put_u32(value);
+        }
+        put_frame_header(&mut hello, 4, WINDOW_UPDATE, 0, 0);
+        hello.put_u32(CONNECTION_WINDOW - 65_535);
+        socket.write_all(&hello).await?;
+
+        let shared = Arc::new(Shared {
+            unusable: AtomicBool::new(false),
+            state: Mutex::new(State {
+                outgoing: Vec::with_capacity(READ_BUFFER),
+                connection_task: None,
+                write_requested: false,
+                streams: HashMap::new(),
+                next_stream_id: 1,
+                send_window: 65_535,
+                peer: PeerSettings {
+                    max_streams: usize::MAX,
+                    initial_window: 65_535,
+                    max_frame: MAX_FRAME_SIZE,
+                },
+                settings_received: false,
+                waiting: Vec::new(),
+                going_away: false,
+                ended: false,
+                abandoned: false,
+            }),
         });
+        tokio::spawn(ConnectionTask::new(socket, Arc::clone(&shared)).run());
+        let settings = poll_fn(|cx| {
+            let mut state = shared.state.lock();
+            if state.settings_received {
+                Poll::Ready(Ok(()))
+            } else if state.ended {
+                Poll::Ready(Err(anyhow::anyhow!(
+                    "{authority} closed the connection without HTTP/2 SETTINGS: is it a gRPC endpoint?"
+                )))
+            } else {
+                state.waiting.push(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), settings)
+            .await
+            .map_err(|_| anyhow::anyhow!("{authority} sent no HTTP/2 SETTINGS within 10 s"))??;
         Ok(Self {
-            sender,
-            closed,
-            authority,
+            handle: Arc::new(Handle {
+                shared,
+                authority: authority.to_owned(),
+            }),
         })
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.handle.shared.unusable.load(Ordering::Acquire)
     }
 
     pub fn authority(&self) -> &str {
-        self.authority.as_str()
+        &self.handle.authority
     }
 
-    /// The full URI of `path` on this connection; built once, cloned per call without copying.
-    pub fn uri(&self, path: &'static str) -> Uri {
-        Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(PathAndQuery::from_static(path))
-            .build()
-            .expect("scheme, authority and a static path make a URI")
+    /// The request HEADERS of a call to `path` on this connection.
+    pub fn request_head(&self, path: &'static str) -> RequestHead {
+        RequestHead {
+            block: hpack::encode_grpc_request(path, &self.handle.authority).into(),
+        }
     }
 
-    /// Sends one framed message (see [`frame`]) to `uri` and returns the response message,
-    /// unframed.
-    pub async fn unary(&mut self, uri: &Uri, message: Bytes) -> Result<Bytes, ErrorKind> {
-        let mut request = Request::new(());
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri.clone();
-        let headers = request.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert(TE, HeaderValue::from_static("trailers"));
-        poll_fn(|cx| self.sender.poll_ready(cx))
-            .await
-            .map_err(|_| ErrorKind::Unavailable)?;
-        let (response, mut send) = self
-            .sender
-            .send_request(request, false)
-            .map_err(|_| ErrorKind::Unavailable)?;
-        // The message is far below the stream's initial window: h2 queues it whole.
-        send.send_data(message, true)
-            .map_err(|_| ErrorKind::Unavailable)?;
-        let response = response.await.map_err(|_| ErrorKind::Unavailable)?;
-        if response.status() != StatusCode::OK {
-            return Err(ErrorKind::Unavailable);
-        }
-        // A trailers-only response carries its status in the headers: an error, no message.
-        if let Some(status) = response.headers().get("grpc-status") {
-            status_result(status)?;
-            return Err(ErrorKind::Other);
-        }
-        let (message, trailers) = read_stream(response.into_body()).await?;
-        let status = trailers
-            .as_ref()
-            .and_then(|trailers| trailers.get("grpc-status"))
-            .map_or(Err(ErrorKind::Unavailable), status_result);
-        status?;
-        unframe(message)
+    /// Sends one framed message (see [`frame`]) and returns the response message, unframed.
+    /// Dropping the future cancels the stream.
+    pub async fn unary(&self, head: &RequestHead, message: &[u8]) -> Result<Bytes, ErrorKind> {
+        let shared = &self.handle.shared;
+        let id = poll_fn(|cx| shared.open_stream(cx, head, message)).await?;
+        let mut stream = OpenStream {
+            shared,
+            id,
+            answered: false,
+        };
+        poll_fn(|cx| stream.poll_answer(cx)).await
     }
 }
 
-/// Defers each wake-up of a connection by one turn of the scheduler. A worker that queues a
-/// request wakes its connection, and tokio runs a task woken that way next (its LIFO slot):
-/// the connection would write each request on its own, one `writev` per call (measured: 0.67
-/// per request, against h2load's 0.06). Deferred behind the other ready workers, it writes
-/// every request they queued in one go.
-struct Batched<F> {
-    inner: F,
-    deferred: bool,
-}
-
-impl<F: Future + Unpin> Future for Batched<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        if !self.deferred {
-            self.deferred = true;
-            // A task that wakes itself while polled goes to the back of the run queue.
-            cx.waker().wake_by_ref();
+impl Shared {
+    fn open_stream(
+        &self,
+        cx: &mut Context<'_>,
+        head: &RequestHead,
+        message: &[u8],
+    ) -> Poll<Result<u32, ErrorKind>> {
+        let mut state = self.state.lock();
+        if state.ended || self.unusable.load(Ordering::Acquire) {
+            return Poll::Ready(Err(ErrorKind::Unavailable));
+        }
+        if message.len() > state.peer.initial_window.min(state.peer.max_frame) {
+            return Poll::Ready(Err(ErrorKind::Other));
+        }
+        if state.streams.len() >= state.peer.max_streams || state.send_window < message.len() as i64
+        {
+            state.waiting.push(cx.waker().clone());
             return Poll::Pending;
         }
-        self.deferred = false;
-        Pin::new(&mut self.inner).poll(cx)
+        let id = state.next_stream_id;
+        if id > MAX_STREAM_ID {
+            self.unusable.store(true, Ordering::Release);
+            return Poll::Ready(Err(ErrorKind::Unavailable));
+        }
+        state.next_stream_id += 2;
+        state.send_window -= message.len() as i64;
+        let outgoing = &mut state.outgoing;
+        put_frame_header(outgoing, head.block.len(), HEADERS, END_HEADERS, id);
+        outgoing.extend_from_slice(&head.block);
+        put_frame_header(outgoing, message.len(), DATA, END_STREAM, id);
+        outgoing.extend_from_slice(message);
+        state.streams.insert(id, Stream::default());
+        state.request_write();
+        Poll::Ready(Ok(id))
     }
 }
 
-/// A stream's whole body and its trailers, giving back the flow-control window as data is
-/// read (h2 would otherwise hold it until the stream is dropped). A small body arrives as one
-/// frame and is returned as it came, with no copy.
-async fn read_stream(mut body: h2::RecvStream) -> Result<(Bytes, Option<HeaderMap>), ErrorKind> {
-    let mut data: Option<Bytes> = None;
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|_| ErrorKind::Unavailable)?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        data = Some(append_chunk(data.take(), chunk));
+impl State {
+    /// Wakes the connection task to write `outgoing`, once per batch.
+    fn request_write(&mut self) {
+        if !self.write_requested {
+            self.write_requested = true;
+            if let Some(task) = &self.connection_task {
+                task.wake_by_ref();
+            }
+        }
     }
-    let trailers = body.trailers().await.map_err(|_| ErrorKind::Unavailable)?;
-    Ok((data.unwrap_or_default(), trailers))
+
+    /// Gives stream `id` its answer, unless it has one or is gone (its caller gave up).
+    fn answer(&mut self, id: u32, result: Result<Bytes, ErrorKind>, woken: &mut Vec<Waker>) {
+        if let Some(stream) = self.streams.get_mut(&id)
+            && stream.result.is_none()
+        {
+            stream.result = Some(result);
+            woken.extend(stream.waker.take());
+        }
+    }
+
+    fn wake_waiting(&mut self, woken: &mut Vec<Waker>) {
+        woken.append(&mut self.waiting);
+    }
+}
+
+/// A caller's stream until its answer is taken; dropped before that, it cancels the stream.
+struct OpenStream<'a> {
+    shared: &'a Shared,
+    id: u32,
+    answered: bool,
+}
+
+impl OpenStream<'_> {
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, ErrorKind>> {
+        let mut state = self.shared.state.lock();
+        let Some(stream) = state.streams.get_mut(&self.id) else {
+            return Poll::Ready(Err(ErrorKind::Unavailable));
+        };
+        if let Some(result) = stream.result.take() {
+            state.streams.remove(&self.id);
+            self.answered = true;
+            // A stream slot freed: a caller held back by the server's limit may go.
+            for waker in state.waiting.drain(..) {
+                waker.wake();
+            }
+            return Poll::Ready(result);
+        }
+        if !stream
+            .waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            stream.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let mut state = self.shared.state.lock();
+        let unfinished = state
+            .streams
+            .remove(&self.id)
+            .is_some_and(|stream| stream.result.is_none());
+        if unfinished && !state.ended {
+            put_frame_header(&mut state.outgoing, 4, RST_STREAM, 0, self.id);
+            state.outgoing.put_u32(CANCEL);
+            state.request_write();
+        }
+        for waker in state.waiting.drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Owns the socket: reads and dispatches the server's frames, writes what callers queued.
+struct ConnectionTask {
+    socket: TcpStream,
+    shared: Arc<Shared>,
+    read_buffer: BytesMut,
+    /// What is being written, taken whole from `State::outgoing`, and how much of it is out.
+    writing: Vec<u8>,
+    written: usize,
+    /// The write was put off by one scheduler turn (see `poll_write`).
+    deferred: bool,
+    reader: FrameReader,
+    /// Callers to wake once the lock is released.
+    woken: Vec<Waker>,
+}
+
+/// The receiving side's protocol state.
+struct FrameReader {
+    decoder: hpack::Decoder,
+    /// A header block continued in CONTINUATION frames: its stream and END_STREAM flag.
+    continuation: Option<(u32, bool)>,
+    header_block: Vec<u8>,
+    /// DATA received since the last connection WINDOW_UPDATE we sent.
+    unacknowledged: usize,
+}
+
+impl ConnectionTask {
+    fn new(socket: TcpStream, shared: Arc<Shared>) -> Self {
+        Self {
+            socket,
+            shared,
+            read_buffer: BytesMut::with_capacity(READ_BUFFER),
+            writing: Vec::with_capacity(READ_BUFFER),
+            written: 0,
+            deferred: false,
+            reader: FrameReader {
+                decoder: hpack::Decoder::new(HEADER_TABLE_SIZE),
+                continuation: None,
+                header_block: Vec::new(),
+                unacknowledged: 0,
+            },
+            woken: Vec::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        let result = poll_fn(|cx| self.poll(cx)).await;
+        if let Err(error) = &result {
+            tracing::debug!(%error, "gRPC connection ended");
+        }
+        self.shared.unusable.store(true, Ordering::Release);
+        let mut state = self.shared.state.lock();
+        state.ended = true;
+        let unanswered: Vec<u32> = state.streams.keys().copied().collect();
+        for id in unanswered {
+            state.answer(id, Err(ErrorKind::Unavailable), &mut self.woken);
+        }
+        state.wake_waiting(&mut self.woken);
+        drop(state);
+        self.woken.drain(..).for_each(Waker::wake);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        {
+            let mut state = self.shared.state.lock();
+            if !state
+                .connection_task
+                .as_ref()
+                .is_some_and(|task| task.will_wake(cx.waker()))
+            {
+                state.connection_task = Some(cx.waker().clone());
+            }
+            if state.abandoned && state.streams.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        if let Poll::Ready(result) = self.poll_read(cx) {
+            return Poll::Ready(result);
+        }
+        self.poll_write(cx)
+    }
+
+    /// Reads and handles frames until the socket has no more; Pending when it is drained.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        for _ in 0..READS_PER_TURN {
+            if self.read_buffer.capacity() - self.read_buffer.len() < MAX_FRAME_SIZE {
+                self.read_buffer.reserve(READ_BUFFER);
+            }
+            match self.socket.try_read_buf(&mut self.read_buffer) {
+                Ok(0) => return Poll::Ready(Err(ConnectionError::Closed)),
+                Ok(_) => self.handle_frames()?,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    match self.socket.poll_read_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(ready) => ready?,
+                    }
+                }
+                Err(error) => return Poll::Ready(Err(error.into())),
+            }
+        }
+        // More to read: let other tasks run first, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Handles every whole frame in the read buffer under one lock.
+    fn handle_frames(&mut self) -> Result<(), ConnectionError> {
+        let mut state = self.shared.state.lock();
+        let result = loop {
+            let Some(header) = self.read_buffer.get(..9) else {
+                break Ok(());
+            };
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let (kind, flags) = (header[3], header[4]);
+            let stream =
+                u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & MAX_STREAM_ID;
+            if length > MAX_FRAME_SIZE {
+                break Err(ConnectionError::Protocol(
+                    "a frame larger than SETTINGS_MAX_FRAME_SIZE",
+                ));
+            }
+            if self.read_buffer.len() < 9 + length {
+                break Ok(());
+            }
+            let handled = if kind == DATA {
+                let frame = self.read_buffer.split_to(9 + length).freeze();
+                self.reader
+                    .data(&mut state, flags, stream, frame.slice(9..), &mut self.woken)
+            } else {
+                let handled = self.reader.frame(
+                    &mut state,
+                    kind,
+                    flags,
+                    stream,
+                    &self.read_buffer[9..9 + length],
+                    &mut self.woken,
+                );
+                bytes::Buf::advance(&mut self.read_buffer, 9 + length);
+                handled
+            };
+            if let Err(error) = handled {
+                break Err(error);
+            }
+        };
+        if state.going_away {
+            self.shared.unusable.store(true, Ordering::Release);
+        }
+        drop(state);
+        self.woken.drain(..).for_each(Waker::wake);
+        result
+    }
+
+    /// Writes what callers queued. The write waits one scheduler turn after a caller's wake-up:
+    /// tokio runs a task woken by the running one next, so without it the connection would
+    /// write each request alone (measured on h2: 0.67 `writev` per call, against h2load's 0.06);
+    /// deferred behind the other ready workers, it writes all their requests at once.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnectionError>> {
+        loop {
+            if self.written == self.writing.len() {
+                let mut state = self.shared.state.lock();
+                if state.outgoing.is_empty() {
+                    state.write_requested = false;
+                    return Poll::Pending;
+                }
+                if !self.deferred {
+                    self.deferred = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                self.deferred = false;
+                self.writing.clear();
+                self.written = 0;
+                std::mem::swap(&mut self.writing, &mut state.outgoing);
+                state.write_requested = false;
+            }
+            match self.socket.try_write(&self.writing[self.written..]) {
+                Ok(written) => self.written += written,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    match self.socket.poll_write_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(ready) => ready?,
+                    }
+                }
+                Err(error) => return Poll::Ready(Err(error.into())),
+            }
+        }
+    }
+}
+
+impl FrameReader {
+    fn data(
+        &mut self,
+        state: &mut State,
+        flags: u8,
+        id: u32,
+        payload: Bytes,
+        woken: &mut Vec<Waker>,
+    ) -> Result<(), ConnectionError> {
+        if id == 0 {
+            return Err(ConnectionError::Protocol("DATA on stream 0"));
+        }
+        // Flow control counts the whole payload, padding included.
+        self.unacknowledged += payload.len();
+        if self.unacknowledged >= CONNECTION_WINDOW as usize / 2 {
+            put_frame_header(&mut state.outgoing, 4, WINDOW_UPDATE, 0, 0);
+            state.outgoing.put_u32(self.unacknowledged as u32);
+            state.write_requested = true;
+            self.unacknowledged = 0;
+        }
+        let range = unpadded(flags, &payload)?;
+        let Some(stream) = state.streams.get_mut(&id) else {
+            return Ok(());
+        };
+        if stream.result.is_some() {
+            return Ok(());
+        }
+        if !stream.headers_seen || flags & END_STREAM != 0 {
+            // DATA before the response headers, or a body with no trailers: no gRPC status.
+            state.answer(id, Err(ErrorKind::Unavailable), woken);
+            return Ok(());
+        }
+        stream.body = Some(append_chunk(stream.body.take(), payload.slice(range)));
+        Ok(())
+    }
+
+    fn frame(
+        &mut self,
+        state: &mut State,
+        kind: u8,
+        flags: u8,
+        id: u32,
+        payload: &[u8],
+        woken: &mut Vec<Waker>,
+    ) -> Result<(), ConnectionError> {
+        if self.continuation.is_some() && kind != CONTINUATION {
+            return Err(ConnectionError::Protocol("a header block was interrupted"));
+        }
+        match kind {
+            HEADERS => {
+                let mut range = unpadded(flags, payload)?;
+                if flags & PRIORITY != 0 {
+                    if range.len() < 5 {
+                        return Err(ConnectionError::Protocol("HEADERS too short for PRIORITY"));
+                    }
+                    range.start += 5;
+                }
+                let end_stream = flags & END_STREAM != 0;
+                if flags & END_HEADERS != 0 {
+                    let head = read_head(&mut self.decoder, &payload[range])?;
+                    on_head(state, id, end_stream, head, woken);
+                } else {
+                    self.header_block.clear();
+                    self.header_block.extend_from_slice(&payload[range]);
+                    self.continuation = Some((id, end_stream));
+                }
+            }
+            CONTINUATION => {
+                let Some((continued, end_stream)) = self.continuation else {
+                    return Err(ConnectionError::Protocol("CONTINUATION without HEADERS"));
+                };
+                if continued != id {
+                    return Err(ConnectionError::Protocol("CONTINUATION on another stream"));
+                }
+                self.header_block.extend_from_slice(payload);
+                if flags & END_HEADERS != 0 {
+                    self.continuation = None;
+                    let head = read_head(&mut self.decoder, &self.header_block)?;
+                    on_head(state, id, end_stream, head, woken);
+                }
+            }
+            RST_STREAM => state.answer(id, Err(ErrorKind::Unavailable), woken),
+            SETTINGS if flags & ACK == 0 => {
+                if !payload.len().is_multiple_of(6) {
+                    return Err(ConnectionError::Protocol(
+                        "SETTINGS length not a multiple of 6",
+                    ));
+                }
+                for setting in payload.chunks_exact(6) {
+                    let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]])
+                        as usize;
+                    match u16::from_be_bytes([setting[0], setting[1]]) {
+                        SETTINGS_MAX_CONCURRENT_STREAMS => state.peer.max_streams = value,
+                        SETTINGS_INITIAL_WINDOW_SIZE => state.peer.initial_window = value,
+                        SETTINGS_MAX_FRAME_SIZE => state.peer.max_frame = value,
+                        // Our encoder never indexes, so the server's table size does not matter.
+                        _ => {}
+                    }
+                }
+                put_frame_header(&mut state.outgoing, 0, SETTINGS, ACK, 0);
+                state.write_requested = true;
+                state.settings_received = true;
+                state.wake_waiting(woken);
+            }
+            PING if flags & ACK == 0 => {
+                if payload.len() != 8 {
+                    return Err(ConnectionError::Protocol("PING payload not 8 bytes"));
+                }
+                put_frame_header(&mut state.outgoing, 8, PING, ACK, 0);
+                state.outgoing.extend_from_slice(payload);
+                state.write_requested = true;
+            }
+            GOAWAY => {
+                let Some(last) = payload.get(..4) else {
+                    return Err(ConnectionError::Protocol("GOAWAY too short"));
+                };
+                let last = u32::from_be_bytes([last[0], last[1], last[2], last[3]]) & MAX_STREAM_ID;
+                // Streams after `last` were never processed; the ones before finish normally.
+                let refused: Vec<u32> = state
+                    .streams
+                    .keys()
+                    .copied()
+                    .filter(|&id| id > last)
+                    .collect();
+                for id in refused {
+                    state.answer(id, Err(ErrorKind::Unavailable), woken);
+                }
+                state.going_away = true;
+            }
+            WINDOW_UPDATE if id == 0 => {
+                let Some(increment) = payload.get(..4) else {
+                    return Err(ConnectionError::Protocol("WINDOW_UPDATE too short"));
+                };
+                let increment =
+                    u32::from_be_bytes([increment[0], increment[1], increment[2], increment[3]])
+                        & MAX_STREAM_ID;
+                state.send_window += i64::from(increment);
+                state.wake_waiting(woken);
+            }
+            PUSH_PROMISE => {
+                return Err(ConnectionError::Protocol(
+                    "PUSH_PROMISE although push is disabled",
+                ));
+            }
+            // PRIORITY, stream WINDOW_UPDATE (a request is one frame within the initial
+            // window), acknowledgements, unknown types.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// What a response header block says about its call.
+struct Head {
+    ok: bool,
+    grpc_status: Option<Result<(), ErrorKind>>,
+}
+
+fn read_head(decoder: &mut hpack::Decoder, block: &[u8]) -> Result<Head, hpack::Error> {
+    let mut head = Head {
+        ok: false,
+        grpc_status: None,
+    };
+    decoder.decode(block, |name, value| match name {
+        b":status" => head.ok = value == b"200",
+        b"grpc-status" => head.grpc_status = Some(status_result(value)),
+        _ => {}
+    })?;
+    Ok(head)
+}
+
+/// Applies a stream's response headers (the first block) or trailers (the second).
+fn on_head(state: &mut State, id: u32, end_stream: bool, head: Head, woken: &mut Vec<Waker>) {
+    let Some(stream) = state.streams.get_mut(&id) else {
+        return;
+    };
+    if stream.result.is_some() {
+        return;
+    }
+    let result = if !stream.headers_seen {
+        stream.headers_seen = true;
+        if !head.ok {
+            Some(Err(ErrorKind::Unavailable))
+        } else if end_stream {
+            // Trailers-only: a status and no message, so an error even when the status is OK.
+            Some(match head.grpc_status {
+                None => Err(ErrorKind::Unavailable),
+                Some(status) => status.and(Err(ErrorKind::Other)),
+            })
+        } else {
+            None
+        }
+    } else {
+        Some(match head.grpc_status {
+            None => Err(ErrorKind::Unavailable),
+            Some(status) => status.and_then(|()| unframe(stream.body.take().unwrap_or_default())),
+        })
+    };
+    if let Some(result) = result {
+        state.answer(id, result, woken);
+    }
+}
+
+/// The part of a padded frame's payload that is data (RFC 9113 6.1).
+fn unpadded(flags: u8, payload: &[u8]) -> Result<std::ops::Range<usize>, ConnectionError> {
+    if flags & PADDED == 0 {
+        return Ok(0..payload.len());
+    }
+    match payload.first() {
+        Some(&padding) if (padding as usize) < payload.len() => {
+            Ok(1..payload.len() - padding as usize)
+        }
+        _ => Err(ConnectionError::Protocol("padding longer than the frame")),
+    }
+}
+
+fn put_frame_header(buffer: &mut Vec<u8>, length: usize, kind: u8, flags: u8, stream: u32) {
+    buffer.extend_from_slice(&(length as u32).to_be_bytes()[1..]);
+    buffer.push(kind);
+    buffer.push(flags);
+    buffer.extend_from_slice(&stream.to_be_bytes());
 }
 
 /// `message` as one gRPC length-prefixed message: no compression, a 4-byte big-endian length.
@@ -181,8 +800,8 @@ fn unframe(mut framed: Bytes) -> Result<Bytes, ErrorKind> {
 }
 
 /// A `grpc-status` value as the call's result.
-fn status_result(status: &HeaderValue) -> Result<(), ErrorKind> {
-    match status.as_bytes() {
+fn status_result(status: &[u8]) -> Result<(), ErrorKind> {
+    match status {
         b"0" => Ok(()),
         // CANCELLED, DEADLINE_EXCEEDED
         b"1" | b"4" => Err(ErrorKind::Timeout),
@@ -221,7 +840,7 @@ mod tests {
 
     #[test]
     fn grpc_status_codes_map_to_error_kinds() {
-        let code = |text: &'static str| status_result(&HeaderValue::from_static(text));
+        let code = |text: &str| status_result(text.as_bytes());
         assert_eq!(code("0"), Ok(()));
         assert_eq!(code("4"), Err(ErrorKind::Timeout));
         assert_eq!(code("3"), Err(ErrorKind::InvalidArgument));

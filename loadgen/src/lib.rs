@@ -9,6 +9,7 @@ pub mod compare;
 pub mod demo;
 pub mod engine;
 pub mod grpc;
+mod hpack;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;

@@ -223,31 +223,31 @@ impl Requests {
 #[derive(Clone)]
 pub struct GrpcClient {
     connection: grpc::Connection,
-    check: Uri,
-    health: Uri,
-    reset: Uri,
+    check: grpc::RequestHead,
+    health: grpc::RequestHead,
+    reset: grpc::RequestHead,
 }
 
 impl GrpcClient {
     async fn connect(authority: &str) -> anyhow::Result<Self> {
         let connection = grpc::Connection::connect(authority).await?;
         Ok(Self {
-            check: connection.uri(grpc::CHECK),
-            health: connection.uri(grpc::HEALTH),
-            reset: connection.uri(grpc::RESET),
+            check: connection.request_head(grpc::CHECK),
+            health: connection.request_head(grpc::HEALTH),
+            reset: connection.request_head(grpc::RESET),
             connection,
         })
     }
 
     /// Redials when the connection closed (the service restarted, the network dropped it);
     /// the error of a failed dial is the request's.
-    async fn reconnect_if_closed(&mut self) -> Result<&mut grpc::Connection, ErrorKind> {
+    async fn reconnect_if_closed(&mut self) -> Result<(), ErrorKind> {
         if self.connection.is_closed() {
             self.connection = grpc::Connection::connect(self.connection.authority())
                 .await
                 .map_err(|_| ErrorKind::Refused)?;
         }
-        Ok(&mut self.connection)
+        Ok(())
     }
 }
 
@@ -537,13 +537,9 @@ impl TargetClient {
         let serving = match self {
             TargetClient::Grpc(clients) => {
                 let client = &mut clients[0];
-                let uri = client.health.clone();
                 // An empty HealthCheckRequest (every service) is an empty message.
-                let message = client
-                    .reconnect_if_closed()
-                    .await?
-                    .unary(&uri, Bytes::from_static(&[0; 5]))
-                    .await?;
+                client.reconnect_if_closed().await?;
+                let message = client.connection.unary(&client.health, &[0; 5]).await?;
                 let response =
                     HealthCheckResponse::decode(message).map_err(|_| ErrorKind::Other)?;
                 response.status() == ServingStatus::Serving
@@ -576,11 +572,10 @@ impl TargetClient {
         match self {
             TargetClient::Grpc(clients) => {
                 let client = &mut clients[0];
-                let uri = client.check.clone();
+                client.reconnect_if_closed().await?;
                 let message = client
-                    .reconnect_if_closed()
-                    .await?
-                    .unary(&uri, prepared.grpc_check.clone())
+                    .connection
+                    .unary(&client.check, &prepared.grpc_check)
                     .await?;
                 let answer = CheckAnswer::decode(message).map_err(|_| ErrorKind::Other)?;
                 Ok(Answer {
@@ -635,16 +630,15 @@ impl TargetClient {
         match self {
             TargetClient::Grpc(clients) => {
                 let client = &mut clients[0];
-                let uri = client.reset.clone();
                 let request = grpc::frame(&ResetRequest {
                     key: key.to_owned(),
                     resource: resource.to_owned(),
                 });
-                client
-                    .reconnect_if_closed()
-                    .await
-                    .map_err(|kind| anyhow::anyhow!("reset of {key}: {}", kind.label()))?
-                    .unary(&uri, request)
+                let reset = async {
+                    client.reconnect_if_closed().await?;
+                    client.connection.unary(&client.reset, &request).await
+                };
+                reset
                     .await
                     .map_err(|kind| anyhow::anyhow!("reset of {key}: {}", kind.label()))?;
             }

@@ -1,0 +1,273 @@
+//! loadgen's own HTTP/2 client against a real HTTP/2 server (the h2 crate's, which tonic's
+//! servers run on), scripted to do what the Sluice service never does on its happy path:
+//! limit concurrent streams, answer slowly, answer in many frames, fail, go away.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hyper::{HeaderMap, Response, StatusCode};
+use loadgen::grpc::Connection;
+use loadgen::target::ErrorKind;
+use tokio::net::TcpListener;
+
+/// What the scripted server does with a request, chosen by its path.
+async fn answer(
+    request: hyper::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    in_flight: Arc<AtomicUsize>,
+    most_in_flight: Arc<AtomicUsize>,
+) -> Result<(), h2::Error> {
+    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    most_in_flight.fetch_max(now, Ordering::SeqCst);
+    let path = request.uri().path().to_owned();
+    let mut body = request.into_body();
+    let mut message = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        message.extend_from_slice(&chunk);
+    }
+    let trailers = |status: &'static str| {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", status.parse().unwrap());
+        trailers
+    };
+    let ok = || {
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap()
+    };
+    match path.as_str() {
+        "/test/Echo" => {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut send = respond.send_response(ok(), false)?;
+            send.send_data(message.freeze(), false)?;
+            send.send_trailers(trailers("0"))?;
+        }
+        "/test/Large" => {
+            // 200 KiB in one gRPC message: h2 splits it into 16 KiB DATA frames.
+            let size = 200 * 1024;
+            let mut framed = BytesMut::new();
+            framed.extend_from_slice(&[0]);
+            framed.extend_from_slice(&(size as u32).to_be_bytes());
+            framed.resize(5 + size, 7);
+            let mut send = respond.send_response(ok(), false)?;
+            send.send_data(framed.freeze(), false)?;
+            send.send_trailers(trailers("0"))?;
+        }
+        "/test/InvalidArgument" => {
+            // Trailers-only: the status in the response headers, END_STREAM on them.
+            let mut response = ok();
+            response
+                .headers_mut()
+                .insert("grpc-status", "3".parse().unwrap());
+            respond.send_response(response, true)?;
+        }
+        "/test/UnavailableTrailer" => {
+            let mut send = respond.send_response(ok(), false)?;
+            send.send_data(message.freeze(), false)?;
+            send.send_trailers(trailers("14"))?;
+        }
+        "/test/NoTrailers" => {
+            let mut send = respond.send_response(ok(), false)?;
+            send.send_data(message.freeze(), true)?;
+        }
+        "/test/NotFound" => {
+            let response = Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .body(())
+                .unwrap();
+            respond.send_response(response, true)?;
+        }
+        "/test/Stall" => {
+            // Never answers; the client's cancellation resets the stream.
+            let reason = std::future::poll_fn(|cx| respond.poll_reset(cx)).await?;
+            assert_eq!(reason, h2::Reason::CANCEL);
+        }
+        _ => respond.send_reset(h2::Reason::REFUSED_STREAM),
+    }
+    in_flight.fetch_sub(1, Ordering::SeqCst);
+    Ok(())
+}
+
+struct Server {
+    address: String,
+    most_in_flight: Arc<AtomicUsize>,
+    shutdown: tokio::sync::mpsc::Sender<()>,
+}
+
+/// An h2 server on a free loopback port, one connection at a time, at most `max_streams`
+/// concurrent streams each. A message on `shutdown` sends GOAWAY on the current connection.
+async fn serve(max_streams: u32) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let most_in_flight = Arc::new(AtomicUsize::new(0));
+    let (shutdown, mut shutdown_requests) = tokio::sync::mpsc::channel::<()>(1);
+    let most = Arc::clone(&most_in_flight);
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::Builder::new()
+                .max_concurrent_streams(max_streams)
+                .handshake::<_, Bytes>(socket)
+                .await
+                .unwrap();
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            loop {
+                tokio::select! {
+                    accepted = connection.accept() => match accepted {
+                        Some(Ok((request, respond))) => {
+                            let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
+                            tokio::spawn(answer(request, respond, in_flight, most));
+                        }
+                        _ => break,
+                    },
+                    Some(()) = shutdown_requests.recv() => connection.graceful_shutdown(),
+                }
+            }
+        }
+    });
+    Server {
+        address,
+        most_in_flight,
+        shutdown,
+    }
+}
+
+fn message(text: &str) -> Vec<u8> {
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(text.len() as u32).to_be_bytes());
+    framed.extend_from_slice(text.as_bytes());
+    framed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_servers_stream_limit_wait_and_each_gets_its_own_answer() {
+    let server = serve(2).await;
+    let connection = Connection::connect(&server.address).await.unwrap();
+    let echo = connection.request_head("/test/Echo");
+    // Collected first, so all calls are in flight before any is awaited.
+    let calls: Vec<_> = (0..24)
+        .map(|i| {
+            let (connection, echo) = (connection.clone(), echo.clone());
+            tokio::spawn(async move {
+                let answer = connection
+                    .unary(&echo, &message(&format!("call {i}")))
+                    .await;
+                (i, answer)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (i, answer) = call.await.unwrap();
+        assert_eq!(answer, Ok(Bytes::from(format!("call {i}"))));
+    }
+    assert_eq!(
+        server.most_in_flight.load(Ordering::SeqCst),
+        2,
+        "the client must keep to the server's SETTINGS_MAX_CONCURRENT_STREAMS, and use it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_arrives_whole_and_errors_map_to_their_kinds() {
+    let server = serve(100).await;
+    let connection = Connection::connect(&server.address).await.unwrap();
+    let call = |path: &'static str| {
+        let head = connection.request_head(path);
+        let connection = connection.clone();
+        async move { connection.unary(&head, &message("x")).await }
+    };
+    let large = call("/test/Large").await.unwrap();
+    assert_eq!(large.len(), 200 * 1024);
+    assert!(large.iter().all(|&byte| byte == 7));
+    assert_eq!(
+        call("/test/InvalidArgument").await,
+        Err(ErrorKind::InvalidArgument)
+    );
+    assert_eq!(
+        call("/test/UnavailableTrailer").await,
+        Err(ErrorKind::Unavailable)
+    );
+    assert_eq!(call("/test/NoTrailers").await, Err(ErrorKind::Unavailable));
+    assert_eq!(call("/test/NotFound").await, Err(ErrorKind::Unavailable));
+    assert_eq!(call("/test/Refused").await, Err(ErrorKind::Unavailable));
+    // None of those broke the connection.
+    assert!(!connection.is_closed());
+    assert_eq!(call("/test/Echo").await, Ok(Bytes::from("x")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_call_cancels_its_stream_and_the_connection_goes_on() {
+    let server = serve(1).await;
+    let connection = Connection::connect(&server.address).await.unwrap();
+    let stall = connection.request_head("/test/Stall");
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(100),
+        connection.unary(&stall, &message("")),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the stalled call must still be waiting");
+    // With one stream allowed, this call only starts once the stalled stream was reset (the
+    // server asserts the reason is CANCEL) and the server counted it finished.
+    let echo = connection.request_head("/test/Echo");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        connection.unary(&echo, &message("after")),
+    )
+    .await
+    .expect("the next call must not wait for the abandoned one");
+    assert_eq!(answer, Ok(Bytes::from("after")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_marks_the_connection_closed_so_callers_redial() {
+    let server = serve(100).await;
+    let connection = Connection::connect(&server.address).await.unwrap();
+    let echo = connection.request_head("/test/Echo");
+    assert_eq!(
+        connection.unary(&echo, &message("before")).await,
+        Ok(Bytes::from("before"))
+    );
+    server.shutdown.send(()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !connection.is_closed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GOAWAY did not close the connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        connection.unary(&echo, &message("after")).await,
+        Err(ErrorKind::Unavailable)
+    );
+    let redialed = Connection::connect(connection.authority()).await.unwrap();
+    assert_eq!(
+        redialed.unary(&echo, &message("again")).await,
+        Ok(Bytes::from("again"))
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_http2_is_a_clear_connect_error() {
+    // An HTTP/1.1-only server answers the preface with an error and closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut buffer = [0; 64];
+        let _ = socket.read(&mut buffer).await;
+        let _ = socket
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await;
+    });
+    let error = Connection::connect(&address).await.err().expect("an error");
+    let text = error.to_string();
+    assert!(text.contains("without HTTP/2 SETTINGS"), "{text}");
+}
