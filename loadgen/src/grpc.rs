@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::hpack;
@@ -451,16 +452,18 @@ impl ConnectionTask {
             if self.read_buffer.capacity() - self.read_buffer.len() < MAX_FRAME_SIZE {
                 self.read_buffer.reserve(READ_BUFFER);
             }
-            match self.socket.try_read_buf(&mut self.read_buffer) {
-                Ok(0) => return Poll::Ready(Err(ConnectionError::Closed)),
-                Ok(_) => self.handle_frames()?,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    match self.socket.poll_read_ready(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(ready) => ready?,
-                    }
-                }
-                Err(error) => return Poll::Ready(Err(error.into())),
+            // tokio's poll_read (under poll_read_buf) takes a short read as proof the socket
+            // is drained, so it does not ask again only to be told EAGAIN (try_read would:
+            // measured 0.10 failed recvfrom per call).
+            match tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.socket),
+                cx,
+                &mut self.read_buffer,
+            ) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(ConnectionError::Closed)),
+                Poll::Ready(Ok(_)) => self.handle_frames()?,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             }
         }
         // More to read: let other tasks run first, then come back.
@@ -538,15 +541,10 @@ impl ConnectionTask {
                 std::mem::swap(&mut self.writing, &mut state.outgoing);
                 state.write_requested = false;
             }
-            match self.socket.try_write(&self.writing[self.written..]) {
-                Ok(written) => self.written += written,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    match self.socket.poll_write_ready(cx) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(ready) => ready?,
-                    }
-                }
-                Err(error) => return Poll::Ready(Err(error.into())),
+            match Pin::new(&mut self.socket).poll_write(cx, &self.writing[self.written..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(written)) => self.written += written,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error.into())),
             }
         }
     }
