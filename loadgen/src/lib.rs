@@ -10,6 +10,7 @@ pub mod demo;
 pub mod engine;
 pub mod grpc;
 mod hpack;
+mod http1;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
