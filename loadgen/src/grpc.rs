@@ -7,7 +7,7 @@
 //! writes every queued request in one syscall and answers each stream's slot as frames arrive.
 //!
 //! Scope, by design: cleartext HTTP/2 (prior knowledge, as gRPC uses it), request messages up to
-//! one frame (16 KiB), responses up to [`STREAM_WINDOW`]; no server push. Everything else a
+//! one frame (16 KiB), responses up to 4 MiB (`STREAM_WINDOW`); no server push. Everything else a
 //! server may send (SETTINGS, PING, GOAWAY, RST_STREAM, WINDOW_UPDATE, CONTINUATION, padding,
 //! an HPACK dynamic table) is honoured.
 
