@@ -26,7 +26,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::hpack;
-use crate::target::{ErrorKind, append_chunk};
+use crate::target::ErrorKind;
 
 pub const CHECK: &str = "/sluice.v1.RateLimiter/Check";
 pub const RESET: &str = "/sluice.v1.RateLimiter/Reset";
@@ -750,6 +750,15 @@ fn on_head(state: &mut State, id: u32, end_stream: bool, head: Head, woken: &mut
     };
     if let Some(result) = result {
         state.answer(id, result, woken);
+    }
+}
+
+/// `chunk` after the body read so far. The first chunk is kept as it came, with no copy: a
+/// small body arrives whole in one.
+fn append_chunk(body: Option<Bytes>, chunk: Bytes) -> Bytes {
+    match body {
+        None => chunk,
+        Some(head) => [head, chunk].concat().into(),
     }
 }
 

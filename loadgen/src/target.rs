@@ -165,8 +165,8 @@ pub enum Call {
 }
 
 /// Every request a run sends, built before it starts: per key, the framed gRPC Check and the
-/// HTTP API-key header; one HTTP check path. Sending then shares these bytes (a reference
-/// count) and encodes, formats or copies nothing.
+/// HTTP API-key header; one HTTP check request line. Sending then encodes and formats nothing:
+/// it copies these bytes into its connection's reused write buffer.
 pub struct Requests {
     /// `POST /check?resource=..&cost=.. HTTP/1.1\r\n`: the request line of an HTTP check.
     http_check: Bytes,
@@ -297,15 +297,6 @@ async fn http_exchange(
         *slot = None;
     }
     result.map(|response| (response.status, response.body))
-}
-
-/// `chunk` after the body read so far. The first chunk is kept as it came, with no copy: a
-/// small body arrives whole in one.
-pub fn append_chunk(body: Option<Bytes>, chunk: Bytes) -> Bytes {
-    match body {
-        None => chunk,
-        Some(head) => [head, chunk].concat().into(),
-    }
 }
 
 /// `METHOD TARGET HTTP/1.1\r\n`, once `target` is checked to be a valid request target.
