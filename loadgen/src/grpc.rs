@@ -158,14 +158,14 @@ impl Connection {
         );
         let mut socket = TcpStream::connect(authority).await?;
         socket.set_nodelay(true)?;
-        let mut hello = Vec::with_capacity(PREFACE.len() + 9 + 18 + 9 + 4);
-        hello.extend_from_slice(PREFACE);
-        put_frame_header(&mut hello, 18, SETTINGS, 0, 0);
-        for (id, value) in [
+        let settings = [
             (SETTINGS_ENABLE_PUSH, 0),
             (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
             (SETTINGS_HEADER_TABLE_SIZE, HEADER_TABLE_SIZE as u32),
-        ] {
+        ];
+        let mut hello = PREFACE.to_vec();
+        put_frame_header(&mut hello, settings.len() * 6, SETTINGS, 0, 0);
+        for (id, value) in settings {
             hello.put_u16(id);
             hello.put_u32(value);
         }
@@ -256,7 +256,8 @@ impl Shared {
         message: &[u8],
     ) -> Poll<Result<u32, ErrorKind>> {
         let mut state = self.state.lock();
-        if state.ended || self.unusable.load(Ordering::Acquire) {
+        // Set before `ended`, so it covers a connection that ended too.
+        if self.unusable.load(Ordering::Acquire) {
             return Poll::Ready(Err(ErrorKind::Unavailable));
         }
         if message.len() > state.peer.initial_window.min(state.peer.max_frame) {
@@ -480,8 +481,7 @@ impl ConnectionTask {
             };
             let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
             let (kind, flags) = (header[3], header[4]);
-            let stream =
-                u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & MAX_STREAM_ID;
+            let stream = u31(&header[5..]).expect("a frame header has nine bytes");
             if length > MAX_FRAME_SIZE {
                 break Err(ConnectionError::Protocol(
                     "a frame larger than SETTINGS_MAX_FRAME_SIZE",
@@ -663,10 +663,7 @@ impl FrameReader {
                 state.write_requested = true;
             }
             GOAWAY => {
-                let Some(last) = payload.get(..4) else {
-                    return Err(ConnectionError::Protocol("GOAWAY too short"));
-                };
-                let last = u32::from_be_bytes([last[0], last[1], last[2], last[3]]) & MAX_STREAM_ID;
+                let last = u31(payload).ok_or(ConnectionError::Protocol("GOAWAY too short"))?;
                 // Streams after `last` were never processed; the ones before finish normally.
                 let refused: Vec<u32> = state
                     .streams
@@ -680,12 +677,8 @@ impl FrameReader {
                 state.going_away = true;
             }
             WINDOW_UPDATE if id == 0 => {
-                let Some(increment) = payload.get(..4) else {
-                    return Err(ConnectionError::Protocol("WINDOW_UPDATE too short"));
-                };
                 let increment =
-                    u32::from_be_bytes([increment[0], increment[1], increment[2], increment[3]])
-                        & MAX_STREAM_ID;
+                    u31(payload).ok_or(ConnectionError::Protocol("WINDOW_UPDATE too short"))?;
                 state.send_window += i64::from(increment);
                 state.wake_waiting(woken);
             }
@@ -775,6 +768,13 @@ fn unpadded(flags: u8, payload: &[u8]) -> Result<std::ops::Range<usize>, Connect
     }
 }
 
+/// A 31-bit field at the start of `bytes` (a stream id, a window increment): four bytes,
+/// big-endian, the reserved high bit dropped. `None` when there are fewer than four.
+fn u31(bytes: &[u8]) -> Option<u32> {
+    let field: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    Some(u32::from_be_bytes(field) & MAX_STREAM_ID)
+}
+
 fn put_frame_header(buffer: &mut Vec<u8>, length: usize, kind: u8, flags: u8, stream: u32) {
     buffer.extend_from_slice(&(length as u32).to_be_bytes()[1..]);
     buffer.push(kind);
@@ -843,6 +843,13 @@ mod tests {
         let mut compressed = framed.to_vec();
         compressed[0] = 1;
         assert_eq!(unframe(compressed.into()), Err(ErrorKind::Other));
+    }
+
+    #[test]
+    fn thirty_one_bit_fields_drop_the_reserved_bit_and_need_four_bytes() {
+        assert_eq!(u31(&[0x80, 0, 0, 3, 0xff]), Some(3));
+        assert_eq!(u31(&[0x7f, 0xff, 0xff, 0xff]), Some(MAX_STREAM_ID));
+        assert_eq!(u31(&[0, 0, 1]), None);
     }
 
     #[test]

@@ -306,9 +306,17 @@ fn request_line(method: &str, target: &str) -> Result<Bytes, hyper::http::uri::I
 }
 
 const HEALTH_LINE: &[u8] = b"GET /healthz HTTP/1.1\r\n";
-const API_KEY: &[u8] = b"x-api-key: ";
-/// After the last header of a POST with no body.
-const EMPTY_POST_END: &[u8] = b"\r\ncontent-length: 0\r\n\r\n";
+
+/// The parts of a POST with no body that carries `key` as its API key (check and reset).
+fn keyed_post<'a>(line: &'a [u8], host: &'a [u8], key: &'a [u8]) -> [&'a [u8]; 5] {
+    [
+        line,
+        host,
+        b"x-api-key: ",
+        key,
+        b"\r\ncontent-length: 0\r\n\r\n",
+    ]
+}
 
 fn duration_us(duration: Option<prost_types::Duration>) -> u64 {
     duration.map_or(0, |d| {
@@ -490,13 +498,7 @@ impl TargetClient {
                 host,
                 connection,
             } => {
-                let request = [
-                    &requests.http_check[..],
-                    host,
-                    API_KEY,
-                    prepared.api_key.as_bytes(),
-                    EMPTY_POST_END,
-                ];
+                let request = keyed_post(&requests.http_check, host, prepared.api_key.as_bytes());
                 let (status, body) = http_exchange(connection, authority, &request).await?;
                 match status {
                     200 | 429 => {}
@@ -545,13 +547,7 @@ impl TargetClient {
             } => {
                 let line = request_line("POST", &format!("/reset?resource={resource}"))?;
                 let key_value = HeaderValue::from_str(key)?;
-                let request = [
-                    &line[..],
-                    host,
-                    API_KEY,
-                    key_value.as_bytes(),
-                    EMPTY_POST_END,
-                ];
+                let request = keyed_post(&line, host, key_value.as_bytes());
                 let (status, _) = http_exchange(connection, authority, &request)
                     .await
                     .map_err(|kind| anyhow::anyhow!("reset of {key}: {}", kind.label()))?;
