@@ -3,7 +3,7 @@
 //! when the program is missing the error says how to install it.
 
 use std::{
-    io,
+    io::{self, Read, Write},
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
@@ -24,6 +24,26 @@ pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A cluster node listens on its port and on port + 10000 (the cluster bus), so both must be
+/// free, and the port at most 55535: redis-server refuses a higher one.
+fn free_cluster_port() -> io::Result<u16> {
+    for _ in 0..100 {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        if port <= 55_535 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no loopback port at most 55535 with its cluster bus port (+10000) free in 100 tries",
+    ))
+}
+
+/// Attempts to start a server before giving up: a port picked free can be taken by another
+/// process before redis-server binds it.
+const START_ATTEMPTS: usize = 5;
+
 /// One redis-server process; killed when dropped.
 pub struct LocalRedis {
     pub port: u16,
@@ -38,17 +58,32 @@ impl LocalRedis {
     }
 
     pub fn start_with(extra_args: &[&str]) -> io::Result<Self> {
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let mut server = Self {
-            port,
-            dir,
-            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            child: None,
-        };
-        server.spawn()?;
-        Ok(server)
+        Self::start_on(free_port, extra_args)
+    }
+
+    /// Starts on a port from `pick_port`, on another one when redis-server exits at once (its
+    /// port was taken meanwhile).
+    fn start_on(pick_port: fn() -> io::Result<u16>, extra_args: &[&str]) -> io::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            let port = pick_port()?;
+            let dir =
+                std::env::temp_dir().join(format!("sluice-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let mut server = Self {
+                port,
+                dir,
+                extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
+                child: None,
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(err) if err.kind() == io::ErrorKind::AddrInUse && attempt < START_ATTEMPTS => {
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     pub fn url(&self) -> String {
@@ -87,11 +122,43 @@ impl LocalRedis {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    fn wait_until_answering(&self) -> io::Result<()> {
+    /// One PING on a socket with timeouts: whatever else holds the port (a listener that never
+    /// answers) is a no, not a hang.
+    fn answers_ping(&self) -> bool {
+        let timeout = Duration::from_millis(200);
+        let ping = || -> io::Result<bool> {
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+            let mut stream = std::net::TcpStream::connect_timeout(&address, timeout)?;
+            stream.set_read_timeout(Some(timeout))?;
+            stream.set_write_timeout(Some(timeout))?;
+            stream.write_all(b"PING\r\n")?;
+            let mut reply = [0; 7];
+            stream.read_exact(&mut reply)?;
+            Ok(&reply == b"+PONG\r\n")
+        };
+        ping().unwrap_or(false)
+    }
+
+    fn wait_until_answering(&mut self) -> io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.cli(&["PING"])?.trim() == "PONG" {
+            if self.answers_ping() {
                 return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .map(Child::try_wait)
+                .transpose()?
+                .flatten()
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "redis-server on port {} exited before answering ({status}): was the port taken?",
+                        self.port
+                    ),
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -164,12 +231,10 @@ impl LocalRedisCluster {
     pub fn start() -> io::Result<Self> {
         let nodes = (0..3)
             .map(|_| {
-                LocalRedis::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
+                LocalRedis::start_on(
+                    free_cluster_port,
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                )
             })
             .collect::<io::Result<Vec<_>>>()?;
         let addresses: Vec<String> = nodes
@@ -209,5 +274,48 @@ impl LocalRedisCluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(LocalRedis::url).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+
+    use super::*;
+
+    static TAKEN: AtomicU16 = AtomicU16::new(0);
+    static PICKS: AtomicUsize = AtomicUsize::new(0);
+
+    /// The taken port first, as if another process grabbed it after it was picked; then free ones.
+    fn taken_then_free() -> io::Result<u16> {
+        match PICKS.fetch_add(1, Ordering::SeqCst) {
+            0 => Ok(TAKEN.load(Ordering::SeqCst)),
+            _ => free_port(),
+        }
+    }
+
+    #[test]
+    fn a_server_whose_port_was_taken_starts_on_another() {
+        let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = holder.local_addr().unwrap().port();
+        TAKEN.store(taken, Ordering::SeqCst);
+        let server =
+            LocalRedis::start_on(taken_then_free, &[]).unwrap_or_else(|err| panic!("{err}"));
+        assert_ne!(server.port, taken);
+        assert_eq!(
+            PICKS.load(Ordering::SeqCst),
+            2,
+            "one retry after the taken port"
+        );
+        assert_eq!(server.cli(&["PING"]).unwrap().trim(), "PONG");
+    }
+
+    #[test]
+    fn cluster_ports_leave_room_for_a_free_bus_port() {
+        for _ in 0..200 {
+            let port = free_cluster_port().unwrap();
+            assert!(port <= 55_535, "{port}");
+            assert!(TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok());
+        }
     }
 }
