@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
@@ -213,26 +214,33 @@ fn spawn_upkeep(
 
 /// Runs until SIGINT or SIGTERM, then drains: what the `ratelimiter` binary does.
 pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    // Handlers go in before the listeners open: a SIGTERM that arrives as soon as the node
+    // says it listens (a rollout, a test) must drain it, not kill it with the default action.
+    let signal = shutdown_signal().context("installing the SIGINT and SIGTERM handlers")?;
     let server = start(config).await?;
-    shutdown_signal().await;
+    signal.await;
     info!("shutdown signal received");
     server.stop().await?;
     info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Installs the handlers now; the future completes on the first SIGINT or SIGTERM.
+fn shutdown_signal() -> std::io::Result<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(Box::pin(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }))
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
+    Ok(Box::pin(async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))
 }
