@@ -339,6 +339,37 @@ struct HttpAnswer<'a> {
     algorithm: Option<&'a str>,
     #[serde(default)]
     reason: Option<&'a str>,
+    /// Read only to be skipped without allocating: see [`SkippedList`].
+    #[serde(default)]
+    #[allow(dead_code, reason = "present so serde skips it element by element")]
+    limits: Option<SkippedList>,
+}
+
+/// A JSON array skipped one element at a time. serde_json skips an unknown nested value (an
+/// array of objects, such as Sluice's `limits`) by pushing the enclosing frames onto a scratch
+/// buffer that a fresh deserializer allocates, once per response; skipping each element on its
+/// own never nests, so nothing is allocated.
+#[derive(Debug, Clone, Copy, Default)]
+struct SkippedList;
+
+impl<'de> Deserialize<'de> for SkippedList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Elements;
+        impl<'de> serde::de::Visitor<'de> for Elements {
+            type Value = SkippedList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut elements: A,
+            ) -> Result<SkippedList, A::Error> {
+                while elements.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(SkippedList)
+            }
+        }
+        deserializer.deserialize_seq(Elements)
+    }
 }
 
 impl TargetClient {
