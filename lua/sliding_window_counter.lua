@@ -1,66 +1,61 @@
 -- Sliding window counter, mirroring service/src/algorithm/sliding_window_counter.rs.
 -- Weights are integers in whole milliseconds; configuration keeps limit x window_ms below 2^51,
 -- so every product here is an exact double.
--- KEYS[1]  hash {start_us, current, previous}
--- ARGV     now_us ("" = Redis TIME; see prelude.lua), cost (0 = peek), limit, window_ms
--- Returns  {allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never)}
-local key = KEYS[1]
-local now = now_us(ARGV[1])
-local cost = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local w = tonumber(ARGV[4])
-local window_us = w * 1000
-
-local stored = redis.call('HMGET', key, 'start_us', 'current', 'previous')
-local start = tonumber(stored[1] or '0')
-local current = tonumber(stored[2] or '0')
-local previous = tonumber(stored[3] or '0')
-local this_window = now - math.fmod(now, window_us)
-if this_window > start then
-  if this_window - start == window_us then previous = current else previous = 0 end
-  current = 0
-  start = this_window
-end
-local elapsed_ms = math.min(math.floor(math.max(now - start, 0) / 1000), w - 1)
-local budget = limit * w
-local function weighted(p, e, c) return p * (w - e) + c * w end
-local allowed = weighted(previous, elapsed_ms, current) + cost * w <= budget
-if allowed then current = current + cost end
-local used = weighted(previous, elapsed_ms, current)
-local remaining = math.floor(math.max(budget - used, 0) / w)
-
-local reset = 0
-if current > 0 then
-  reset = math.max(start + 2 * window_us - now, 0)
-elseif previous > 0 then
-  reset = math.max(start + window_us - now, 0)
-end
-
-local retry = 0
-if not allowed then
-  if cost > limit then
-    retry = -1
-  else
-    local function first_fitting_ms(weight, base)
-      local room = limit - (base + cost)
-      if room < 0 then return nil end
-      if weight == 0 then return 0 end
-      return math.max(w - math.floor(room * w / weight), 0)
-    end
-    local at
-    local ms = first_fitting_ms(previous, current)
-    if ms and ms < w then
-      at = start + ms * 1000
-    else
-      at = start + window_us + (first_fitting_ms(current, 0) or w) * 1000
-    end
-    retry = math.max(at - now, 0)
+-- keys[1]  hash {start_us, current, previous}
+-- p1, p2   limit, window_ms
+algorithms.swc = function(keys, now, cost, limit, w)
+  local key = keys[1]
+  local window_us = w * 1000
+  local stored = redis.call('HMGET', key, 'start_us', 'current', 'previous')
+  local start = tonumber(stored[1] or '0')
+  local current = tonumber(stored[2] or '0')
+  local previous = tonumber(stored[3] or '0')
+  local this_window = now - math.fmod(now, window_us)
+  if this_window > start then
+    if this_window - start == window_us then previous = current else previous = 0 end
+    current = 0
+    start = this_window
   end
-end
-if cost > 0 then
+  local elapsed_ms = math.min(math.floor(math.max(now - start, 0) / 1000), w - 1)
+  local budget = limit * w
+  local function weighted(p, e, c) return p * (w - e) + c * w end
+  local allowed = weighted(previous, elapsed_ms, current) + cost * w <= budget
+  if allowed then current = current + cost end
+  local used = weighted(previous, elapsed_ms, current)
+  local remaining = math.floor(math.max(budget - used, 0) / w)
+
+  local reset = 0
+  if current > 0 then
+    reset = math.max(start + 2 * window_us - now, 0)
+  elseif previous > 0 then
+    reset = math.max(start + window_us - now, 0)
+  end
+
+  local retry = 0
+  if not allowed then
+    if cost > limit then
+      retry = -1
+    else
+      local function first_fitting_ms(weight, base)
+        local room = limit - (base + cost)
+        if room < 0 then return nil end
+        if weight == 0 then return 0 end
+        return math.max(w - math.floor(room * w / weight), 0)
+      end
+      local at
+      local ms = first_fitting_ms(previous, current)
+      if ms and ms < w then
+        at = start + ms * 1000
+      else
+        at = start + window_us + (first_fitting_ms(current, 0) or w) * 1000
+      end
+      retry = math.max(at - now, 0)
+    end
+  end
   -- Written on denials too, so a rolled window is what the next check starts from.
-  redis.call('HSET', key, 'start_us', string.format('%.17g', start),
-    'current', string.format('%.17g', current), 'previous', string.format('%.17g', previous))
-  redis.call('PEXPIRE', key, ttl_ms(reset))
+  local function write()
+    redis.call('HSET', key, 'start_us', num(start), 'current', num(current), 'previous', num(previous))
+    redis.call('PEXPIRE', key, ttl_ms(reset))
+  end
+  return {allowed and 1 or 0, remaining, reset, retry}, write
 end
-return {allowed and 1 or 0, remaining, reset, retry}

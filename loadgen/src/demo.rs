@@ -24,6 +24,13 @@ const RULES: &str = r#"
 algorithm = "token_bucket"
 capacity = 50
 refill_per_second = 20
+
+# A limit on trial: shadow mode lets every request through and counts what it would deny.
+[rules.trial]
+algorithm = "token_bucket"
+capacity = 5
+refill_per_second = 1
+shadow = true
 "#;
 
 #[derive(Debug, Clone)]

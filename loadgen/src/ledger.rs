@@ -120,22 +120,22 @@ pub fn check(result: &RunResult) -> LedgerReport {
     report
 }
 
-/// Sums every sample of metric `name` in a Prometheus text page, or only those whose labels
-/// include `label="value"` when `label` is given.
-pub fn metric_sum(metrics_text: &str, name: &str, label: Option<(&str, &str)>) -> f64 {
+/// Sums the samples of metric `name` in a Prometheus text page whose labels include every
+/// `label="value"` of `labels` (every sample when `labels` is empty).
+pub fn metric_sum(metrics_text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metrics_text
         .lines()
         .filter_map(|line| {
             let rest = line.strip_prefix(name)?;
-            let (labels, value) = if let Some(labeled) = rest.strip_prefix('{') {
+            let (found, value) = if let Some(labeled) = rest.strip_prefix('{') {
                 labeled.split_once("} ")?
             } else {
                 ("", rest.strip_prefix(' ')?)
             };
-            let wanted = label.is_none_or(|(key, expected)| {
-                labels.split(',').any(|pair| {
+            let wanted = labels.iter().all(|(key, expected)| {
+                found.split(',').any(|pair| {
                     pair.split_once('=')
-                        .is_some_and(|(k, v)| k == key && v.trim_matches('"') == expected)
+                        .is_some_and(|(k, v)| k == *key && v.trim_matches('"') == *expected)
                 })
             });
             wanted.then(|| value.trim().parse::<f64>().unwrap_or(0.0))
@@ -143,16 +143,24 @@ pub fn metric_sum(metrics_text: &str, name: &str, label: Option<(&str, &str)>) -
         .sum()
 }
 
-/// Sums `sluice_decisions_total` by outcome from a Prometheus text page: (allowed, denied).
-pub fn decision_counts(metrics_text: &str) -> (u64, u64) {
+/// Sums `sluice_decisions_total` of `resource` by outcome from a Prometheus text page:
+/// (let through, denied). Let through counts shadowed denials too: the client was allowed. A
+/// resource without a rule of its own is counted under the default rule's label, `*`.
+pub fn decision_counts(metrics_text: &str, resource: &str) -> (u64, u64) {
+    let name = "sluice_decisions_total";
+    let has_own_rule = metrics_text.contains(&format!("resource=\"{resource}\""));
+    let label = if has_own_rule { resource } else { "*" };
     let outcome = |value| {
         metric_sum(
             metrics_text,
-            "sluice_decisions_total",
-            Some(("outcome", value)),
+            name,
+            &[("outcome", value), ("resource", label)],
         ) as u64
     };
-    (outcome("allowed"), outcome("denied"))
+    (
+        outcome("allowed") + outcome("shadow_denied"),
+        outcome("denied"),
+    )
 }
 
 /// The body of a GET (a /metrics page, a readiness probe); an error unless 2xx.
@@ -171,11 +179,11 @@ pub async fn get_text(url: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// Scrapes each `/metrics` URL and adds up the decision counters.
-pub async fn scrape_decisions(urls: &[String]) -> anyhow::Result<(u64, u64)> {
+/// Scrapes each `/metrics` URL and adds up the decision counters of `resource`.
+pub async fn scrape_decisions(urls: &[String], resource: &str) -> anyhow::Result<(u64, u64)> {
     let (mut allowed, mut denied) = (0, 0);
     for url in urls {
-        let (a, d) = decision_counts(&get_text(url).await?);
+        let (a, d) = decision_counts(&get_text(url).await?, resource);
         allowed += a;
         denied += d;
     }
@@ -226,21 +234,28 @@ mod tests {
     }
 
     #[test]
-    fn decision_counters_are_summed_across_resources() {
+    fn decision_counters_are_read_for_the_run_resource() {
         let text = "# HELP x\nsluice_decisions_total{outcome=\"allowed\",resource=\"a\"} 5\n\
                     sluice_decisions_total{outcome=\"denied\",resource=\"a\"} 2\n\
+                    sluice_decisions_total{outcome=\"shadow_denied\",resource=\"a\"} 3\n\
                     sluice_decisions_total{outcome=\"allowed\",resource=\"*\"} 7\n\
                     sluice_decisions_total_other 100\n";
-        assert_eq!(decision_counts(text), (12, 2));
         assert_eq!(
-            metric_sum(text, "sluice_decisions_total_other", None),
-            100.0
+            decision_counts(text, "a"),
+            (8, 2),
+            "shadowed denials were let through"
         );
+        assert_eq!(
+            decision_counts(text, "unruled"),
+            (7, 0),
+            "a resource without a rule of its own falls under the default rule"
+        );
+        assert_eq!(metric_sum(text, "sluice_decisions_total_other", &[]), 100.0);
         assert_eq!(
             metric_sum(
                 "sluice_fallback_active 1\nsluice_fallback_active_x 5\n",
                 "sluice_fallback_active",
-                None
+                &[]
             ),
             1.0
         );

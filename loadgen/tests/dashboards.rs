@@ -270,10 +270,26 @@ async fn every_panel_and_rule_returns_data_from_a_live_run() {
         service_metrics: stack.nodes.metrics.clone(),
     };
     let out_dir = session.out_dir.clone();
+    // Beside it, one key over a shadowed trial limit (5 at once, 1/s): its would-be denials feed
+    // the shadow-denied panel.
+    let mut trial = RunConfig::new(vec![config.targets[0].clone()]);
+    trial.model = LoadModel::Open {
+        schedule: Schedule::constant(20.0),
+        workers: 2,
+    };
+    trial.duration = Some(Duration::from_secs(18));
+    trial.keys = 1;
+    trial.resource = "trial".into();
+    let trial = tokio::spawn(loadgen::engine::run(trial));
     let run = tokio::spawn(async move { run_session(config, &session).await });
     tokio::time::sleep(Duration::from_secs(15)).await;
     let at = unix_now();
     let outcome = run.await.unwrap().unwrap();
+    let trial = trial.await.unwrap().unwrap();
+    assert_eq!(
+        trial.recorder.counts.denied, 0,
+        "a shadowed rule denies nothing"
+    );
     let _ = std::fs::remove_dir_all(out_dir);
     assert!(
         !outcome.ledger_failed(),

@@ -86,7 +86,7 @@ fn thresholds_ok(summary: &Value) -> Vec<(String, bool)> {
 async fn script_against_two_nodes(script: &str, targets: impl Fn(&DemoNodes) -> String) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let nodes = DemoNodes::start(true).await.unwrap();
-    let before = scrape_decisions(&nodes.metrics).await.unwrap();
+    let before = scrape_decisions(&nodes.metrics, "api").await.unwrap();
     let vars = [
         ("TARGETS", targets(&nodes)),
         ("RATE", "300".to_owned()),
@@ -100,7 +100,7 @@ async fn script_against_two_nodes(script: &str, targets: impl Fn(&DemoNodes) -> 
         script.trim_end_matches(".js").trim_start_matches("k6/"),
         &vars,
     );
-    let after = scrape_decisions(&nodes.metrics).await.unwrap();
+    let after = scrape_decisions(&nodes.metrics, "api").await.unwrap();
     nodes.stop().await.unwrap();
 
     assert_eq!(run.status, 0, "k6 {script} failed:\n{}", run.text);

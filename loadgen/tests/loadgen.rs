@@ -423,7 +423,7 @@ async fn health_calls_and_the_generators_own_metrics() {
         .sum();
     assert_eq!(counted, 400, "{scraped}");
     assert!(scraped.contains("loadgen_request_duration_seconds_bucket"));
-    let decisions = sluice_decisions(&node).await;
+    let decisions = sluice_decisions(&node, "default").await;
     assert_eq!(decisions, 0, "health probes make no rate-limit decisions");
     node.stop().await.unwrap();
 }
@@ -446,11 +446,12 @@ async fn reqwest_get(url: &str) -> String {
     .unwrap()
 }
 
-async fn sluice_decisions(node: &RunningServer) -> u64 {
-    let (allowed, denied) =
-        loadgen::ledger::scrape_decisions(&[format!("http://{}/metrics", node.http_addr)])
-            .await
-            .unwrap();
+/// Decisions the node made on `resource`.
+async fn sluice_decisions(node: &RunningServer, resource: &str) -> u64 {
+    let url = format!("http://{}/metrics", node.http_addr);
+    let (allowed, denied) = loadgen::ledger::scrape_decisions(&[url], resource)
+        .await
+        .unwrap();
     allowed + denied
 }
 

@@ -10,6 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::{
     algorithm::{
         Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+        stacked::Limit,
     },
     clock::Clock,
     config::MemoryConfig,
@@ -54,16 +55,35 @@ fn store() -> MemoryStore {
 fn memory_store(c: &mut Criterion) {
     let mut group = c.benchmark_group("memory_store");
     for algorithm in algorithms() {
-        group.bench_function(format!("existing_key/{}", algorithm.name()), |b| {
+        let limits = Limit::alone(algorithm);
+        group.bench_function(format!("existing_key/{}", limits[0].name), |b| {
             let store = store();
             let key = BucketKey {
                 resource: "api",
                 key: "client-42",
             };
-            store.check_now(key, &algorithm, 1);
-            b.iter(|| black_box(store.check_now(black_box(key), &algorithm, 1)));
+            store.check_now(key, &limits, 1);
+            b.iter(|| black_box(store.check_now(black_box(key), &limits, 1)));
         });
     }
+    // A rule stacking two limits (the aim: at most 1.5x the one-limit token bucket above).
+    let stacked = [
+        Limit::new("burst", algorithms().remove(0)),
+        Limit::new(
+            "daily",
+            Algorithm::FixedWindow(FixedWindow::new(1_000_000_000, 86_400_000_000)),
+        ),
+    ];
+    group.bench_function("existing_key/stacked_token_bucket_and_fixed_window", |b| {
+        let store = store();
+        let key = BucketKey {
+            resource: "api",
+            key: "client-42",
+        };
+        store.check_now(key, &stacked, 1);
+        b.iter(|| black_box(store.check_now(black_box(key), &stacked, 1)));
+    });
+    let limits = Arc::new(Limit::alone(algorithms().remove(0)));
     let algorithm = Arc::new(algorithms().remove(0));
     // Time per decision per thread while two threads decide at once: equal to the one-thread
     // figure when the store scales, higher when they contend.
@@ -77,7 +97,7 @@ fn memory_store(c: &mut Criterion) {
                 let start = Instant::now();
                 let workers: Vec<_> = (0..2)
                     .map(|thread| {
-                        let (store, algorithm) = (store.clone(), algorithm.clone());
+                        let (store, limits) = (store.clone(), limits.clone());
                         thread::spawn(move || {
                             let key = if hot {
                                 "hot"
@@ -91,7 +111,7 @@ fn memory_store(c: &mut Criterion) {
                                 key,
                             };
                             for _ in 0..iters {
-                                black_box(store.check_now(key, &algorithm, 1));
+                                black_box(store.check_now(key, &*limits, 1));
                             }
                         })
                     })

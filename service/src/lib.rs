@@ -8,6 +8,7 @@ pub mod algorithm;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod decision_log;
 pub mod limiter;
 pub mod local_redis;
 pub mod metrics;

@@ -2,12 +2,16 @@
 //! store, and counts the outcome. gRPC, HTTP (and later Envoy RLS) are thin adapters over it.
 
 use crate::{
-    algorithm::{Algorithm, Decision},
+    algorithm::{
+        Decision,
+        stacked::{Decisions, Limit},
+    },
     clock::Clock,
     config::{
         BackendConfig, Config, FailureMode, MemoryConfig, RedisConfig, RequestLimits,
         rule_config::MAX_RESOURCE_BYTES,
     },
+    decision_log::{LINES_PER_SECOND, LogBudget, key_hash},
     metrics::{Metrics, RuleMetrics},
     rules::{DEFAULT_RESOURCE, Rule, RuleSet},
     store::{BucketKey, MemoryStore, Store, StoreError},
@@ -36,6 +40,8 @@ pub enum Readiness {
 pub enum Outcome {
     Allowed,
     Denied,
+    /// The rule is in shadow mode and would have denied: the caller may go ahead.
+    ShadowDenied,
 }
 
 impl Outcome {
@@ -43,7 +49,13 @@ impl Outcome {
         match self {
             Outcome::Allowed => "allowed",
             Outcome::Denied => "denied",
+            Outcome::ShadowDenied => "shadow_denied",
         }
+    }
+
+    /// Whether the caller may proceed.
+    pub fn proceeds(self) -> bool {
+        self != Outcome::Denied
     }
 }
 
@@ -51,7 +63,12 @@ impl Outcome {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Verdict<'a> {
     pub outcome: Outcome,
+    /// The deciding limit's answer, which is the request's: see [`Decisions::deciding`].
     pub decision: Decision,
+    /// Every limit's answer, in the rule's order.
+    pub decisions: Decisions,
+    /// The index of the deciding limit in the rule's limits.
+    pub deciding: usize,
     pub rule: &'a Rule,
     /// The resource decided for (the request's, or [`DEFAULT_RESOURCE`]).
     pub resource: &'a str,
@@ -59,10 +76,20 @@ pub struct Verdict<'a> {
     pub reason: Option<&'static str>,
 }
 
-impl Verdict<'_> {
-    /// The window `limit` is restored over, for `RateLimit-Policy`.
+impl<'a> Verdict<'a> {
+    /// The limit that decided.
+    pub fn limit(&self) -> &'a Limit {
+        &self.rule.limits[self.deciding]
+    }
+
+    /// The window the deciding limit is restored over, for `RateLimit-Policy`.
     pub fn policy_window_us(&self) -> u64 {
-        self.rule.algorithm.policy_window_us()
+        self.limit().algorithm.policy_window_us()
+    }
+
+    /// Each limit with its answer, in the rule's order.
+    pub fn limits(&self) -> impl Iterator<Item = (&'a Limit, &Decision)> {
+        self.rule.limits.iter().zip(self.decisions.as_slice())
     }
 }
 
@@ -124,12 +151,12 @@ pub struct FailurePolicy {
     pub local: Option<LocalFallback>,
 }
 
-/// This node's memory, holding each rule scaled to its share of the limit.
+/// This node's memory, holding each rule's limits scaled to its share.
 #[derive(Debug)]
 pub struct LocalFallback {
     pub store: MemoryStore,
     /// Indexed by rule id.
-    pub algorithms: Vec<Algorithm>,
+    pub limits: Vec<Vec<Limit>>,
 }
 
 impl FailurePolicy {
@@ -151,10 +178,20 @@ impl FailurePolicy {
             default_mode: config.failure_mode,
             local: Some(LocalFallback {
                 store: MemoryStore::new(&memory, Clock::system()),
-                algorithms: rules
+                limits: rules
                     .rules()
                     .iter()
-                    .map(|rule| rule.algorithm.scaled(config.fallback_share))
+                    .map(|rule| {
+                        rule.limits
+                            .iter()
+                            .map(|limit| {
+                                Limit::new(
+                                    limit.name.clone(),
+                                    limit.algorithm.scaled(config.fallback_share),
+                                )
+                            })
+                            .collect()
+                    })
                     .collect(),
             }),
         }
@@ -169,6 +206,8 @@ pub struct Limiter<S> {
     store: S,
     metrics: Metrics,
     failure: FailurePolicy,
+    /// Bounds the lines logged about shadowed denials.
+    shadow_log: LogBudget,
 }
 
 impl<S: Store> Limiter<S> {
@@ -191,6 +230,7 @@ impl<S: Store> Limiter<S> {
             store,
             metrics,
             failure,
+            shadow_log: LogBudget::new(LINES_PER_SECOND),
         }
     }
 
@@ -221,7 +261,7 @@ impl<S: Store> Limiter<S> {
     ) -> Result<Verdict<'a>, LimiterError> {
         let (rule, resource) = self.resolve(request.key, request.resource)?;
         let cost = request.cost.unwrap_or(1);
-        let limit = rule.algorithm.limit();
+        let limit = rule.max_cost();
         if cost == 0 {
             return Err(RequestError::ZeroCost.into());
         }
@@ -237,20 +277,59 @@ impl<S: Store> Limiter<S> {
             resource,
             key: request.key,
         };
-        let decision = match self.store.check(bucket, &rule.algorithm, cost).await {
-            Ok(decision) => {
+        let decisions = match self.store.check(bucket, &rule.limits, cost).await {
+            Ok(decisions) => {
                 self.metrics.set_fallback_active(false);
-                decision
+                decisions
             }
             Err(err) => return self.decide_without_store(rule, bucket, cost, err),
         };
-        Ok(Verdict {
-            outcome: self.count(rule, &decision),
+        Ok(self.verdict(rule, bucket, decisions, None))
+    }
+
+    /// The verdict of `decisions`, counted under its rule. A shadowed rule's denial becomes
+    /// `ShadowDenied`: the caller proceeds, and the limits stay uncharged exactly as an enforced
+    /// denial leaves them, so the shadow count is what enforcing the rule would deny.
+    fn verdict<'a>(
+        &self,
+        rule: &'a Rule,
+        bucket: BucketKey<'a>,
+        decisions: Decisions,
+        reason: Option<&'static str>,
+    ) -> Verdict<'a> {
+        let deciding = decisions.deciding();
+        let decision = decisions.as_slice()[deciding];
+        let outcome = match (decision.allowed, rule.shadow) {
+            (true, _) => Outcome::Allowed,
+            (false, false) => Outcome::Denied,
+            (false, true) => {
+                self.log_shadow_denial(rule, &rule.limits[deciding], bucket);
+                Outcome::ShadowDenied
+            }
+        };
+        self.count(rule, &decision, outcome);
+        Verdict {
+            outcome,
             decision,
+            decisions,
+            deciding,
             rule,
-            resource,
-            reason: None,
-        })
+            resource: bucket.resource,
+            reason,
+        }
+    }
+
+    fn log_shadow_denial(&self, rule: &Rule, limit: &Limit, bucket: BucketKey<'_>) {
+        if let Some(suppressed) = self.shadow_log.admit() {
+            tracing::info!(
+                rule = %rule.name,
+                resource = bucket.resource,
+                limit = %limit.name,
+                key_hash = %key_hash(bucket.key),
+                suppressed,
+                "shadow mode: would have denied"
+            );
+        }
     }
 
     /// The rule's failure mode answers when the store could not.
@@ -265,56 +344,53 @@ impl<S: Store> Limiter<S> {
         tracing::debug!(rule = %rule.name, error = %err, mode = mode.label(), "store failed");
         self.metrics.set_fallback_active(true);
         self.metrics.fallback_decision(mode.label());
-        let limit = rule.algorithm.limit();
-        let (decision, reason) = match (mode, &self.failure.local) {
+        // Without the store every limit answers alike: open, closed, or this node's share.
+        let every_limit = |answer: &dyn Fn(u64) -> Decision| {
+            let mut decisions = Decisions::default();
+            for limit in &rule.limits {
+                decisions.push(answer(limit.algorithm.limit()));
+            }
+            decisions
+        };
+        let (decisions, reason) = match (mode, &self.failure.local) {
             (FailureMode::Allow, _) => (
-                Decision {
+                every_limit(&|limit| Decision {
                     allowed: true,
                     limit,
                     remaining: limit - cost,
                     reset_after_us: 0,
                     retry_after_us: 0,
-                },
+                }),
                 "store unavailable; failing open",
             ),
             (FailureMode::Local, Some(local)) => (
-                local
-                    .store
-                    .check_now(bucket, &local.algorithms[rule.id], cost),
+                local.store.check_now(bucket, &local.limits[rule.id], cost),
                 "store unavailable; decided on this node's share of the limit",
             ),
             (FailureMode::Deny | FailureMode::Local, _) => (
-                Decision {
+                every_limit(&|limit| Decision {
                     allowed: false,
                     limit,
                     remaining: 0,
                     reset_after_us: 0,
                     retry_after_us: STORE_DOWN_RETRY_US,
-                },
+                }),
                 "store unavailable",
             ),
         };
-        Ok(Verdict {
-            outcome: self.count(rule, &decision),
-            decision,
-            rule,
-            resource: bucket.resource,
-            reason: Some(reason),
-        })
+        Ok(self.verdict(rule, bucket, decisions, Some(reason)))
     }
 
-    /// Counts a decision under its rule and names its outcome.
-    fn count(&self, rule: &Rule, decision: &Decision) -> Outcome {
+    /// Counts a decision's outcome under its rule.
+    fn count(&self, rule: &Rule, decision: &Decision, outcome: Outcome) {
         let counters = &self.rule_metrics[rule.id];
         counters
             .remaining_ratio
             .observe(decision.remaining as f64 / decision.limit as f64);
-        if decision.allowed {
-            counters.allowed.inc();
-            Outcome::Allowed
-        } else {
-            counters.denied.inc();
-            Outcome::Denied
+        match outcome {
+            Outcome::Allowed => counters.allowed.inc(),
+            Outcome::Denied => counters.denied.inc(),
+            Outcome::ShadowDenied => counters.shadow_denied.inc(),
         }
     }
 
@@ -333,10 +409,12 @@ impl<S: Store> Limiter<S> {
         resource: &'a str,
     ) -> Result<Verdict<'a>, LimiterError> {
         let (rule, resource) = self.resolve(key, resource)?;
-        let decision = self
+        let decisions = self
             .store
-            .peek(BucketKey { resource, key }, &rule.algorithm)
+            .peek(BucketKey { resource, key }, &rule.limits)
             .await?;
+        let deciding = decisions.deciding();
+        let decision = decisions.as_slice()[deciding];
         Ok(Verdict {
             outcome: if decision.remaining > 0 {
                 Outcome::Allowed
@@ -344,6 +422,8 @@ impl<S: Store> Limiter<S> {
                 Outcome::Denied
             },
             decision,
+            decisions,
+            deciding,
             rule,
             resource,
             reason: None,
@@ -352,8 +432,11 @@ impl<S: Store> Limiter<S> {
 
     /// Forgets the key's state; true when it had any.
     pub async fn reset(&self, key: &str, resource: &str) -> Result<bool, LimiterError> {
-        let (_, resource) = self.resolve(key, resource)?;
-        Ok(self.store.reset(BucketKey { resource, key }).await?)
+        let (rule, resource) = self.resolve(key, resource)?;
+        Ok(self
+            .store
+            .reset(BucketKey { resource, key }, &rule.limits)
+            .await?)
     }
 
     pub fn store(&self) -> &S {

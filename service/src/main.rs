@@ -37,6 +37,10 @@ struct Args {
     /// Longest accepted client key in bytes (limits.max_key_bytes).
     #[arg(long, env = "SLUICE_MAX_KEY_BYTES")]
     max_key_bytes: Option<u64>,
+    /// Answer every rule in shadow mode: deny nothing, count and log would-be denials
+    /// (server.shadow).
+    #[arg(long, env = "SLUICE_SHADOW")]
+    shadow: bool,
     /// Validate the configuration, print a summary and exit.
     #[arg(long)]
     check_config: bool,
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         max_keys: args.max_keys,
         max_key_bytes: args.max_key_bytes,
         shards: args.shards,
+        shadow: args.shadow.then_some(true),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -69,12 +74,26 @@ fn main() -> ExitCode {
     if args.check_config {
         println!("config is valid: {} rule(s)", config.rules.rules().len());
         for rule in config.rules.rules() {
+            let describe = |limit: &sluice::algorithm::stacked::Limit| {
+                format!(
+                    "{} limit {}",
+                    limit.algorithm.name(),
+                    limit.algorithm.limit()
+                )
+            };
+            let limits: Vec<String> = match rule.limits.as_slice() {
+                [only] => vec![describe(only)],
+                stacked => stacked
+                    .iter()
+                    .map(|limit| format!("{}: {}", limit.name, describe(limit)))
+                    .collect(),
+            };
             println!(
-                "  {} (resource {}): {} limit {}",
+                "  {} (resource {}): {}{}",
                 rule.name,
                 rule.resource_label,
-                rule.algorithm.name(),
-                rule.algorithm.limit()
+                limits.join(", "),
+                if rule.shadow { " (shadow)" } else { "" }
             );
         }
         return ExitCode::SUCCESS;

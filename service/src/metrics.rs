@@ -39,6 +39,7 @@ pub struct Metrics {
 pub struct RuleMetrics {
     pub allowed: IntCounter,
     pub denied: IntCounter,
+    pub shadow_denied: IntCounter,
     pub remaining_ratio: Histogram,
 }
 
@@ -220,6 +221,9 @@ impl Metrics {
         RuleMetrics {
             allowed: self.decisions.with_label_values(&[resource, "allowed"]),
             denied: self.decisions.with_label_values(&[resource, "denied"]),
+            shadow_denied: self
+                .decisions
+                .with_label_values(&[resource, "shadow_denied"]),
             remaining_ratio: self.remaining_ratio.with_label_values(&[resource]),
         }
     }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::{algorithm::Algorithm, config::FailureMode};
+use crate::{algorithm::stacked::Limit, config::FailureMode};
 
 /// The resource a request names when it names none.
 pub const DEFAULT_RESOURCE: &str = "default";
@@ -10,7 +10,8 @@ pub const DEFAULT_RESOURCE: &str = "default";
 /// The metrics label of rules that apply to any resource without its own rule.
 pub const ANY_RESOURCE_LABEL: &str = "*";
 
-/// A named limit.
+/// A named policy: one or more limits decided together (all or nothing), and what to do when
+/// the store fails.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     /// Dense index within its [`RuleSet`], so per-rule data (metrics) lives in a plain Vec.
@@ -19,9 +20,24 @@ pub struct Rule {
     /// The configured resource this rule belongs to, or [`ANY_RESOURCE_LABEL`] for the default
     /// rule. Bounded by configuration, so it is safe as a metrics label.
     pub resource_label: String,
-    pub algorithm: Algorithm,
+    /// At least one, at most [`crate::algorithm::stacked::MAX_LIMITS`], names unique in the
+    /// rule. A rule written in the one-limit form has one limit named like the rule.
+    pub limits: Vec<Limit>,
     /// When set, replaces the store's default failure mode for this rule.
     pub failure_mode: Option<FailureMode>,
+    /// Shadow mode: a denial is answered as allowed (`shadow_denied`), counted and logged.
+    pub shadow: bool,
+}
+
+impl Rule {
+    /// The most one request may cost: the smallest of the limits. More could never be allowed.
+    pub fn max_cost(&self) -> u64 {
+        self.limits
+            .iter()
+            .map(|limit| limit.algorithm.limit())
+            .min()
+            .unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,6 +69,13 @@ impl RuleSet {
 
     pub fn has_default(&self) -> bool {
         self.default.is_some()
+    }
+
+    /// Puts every rule in shadow mode (the node-wide switch).
+    pub(crate) fn shadow_all(&mut self) {
+        for rule in &mut self.rules {
+            rule.shadow = true;
+        }
     }
 
     pub(crate) fn push(&mut self, mut rule: Rule) -> usize {

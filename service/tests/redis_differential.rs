@@ -1,5 +1,6 @@
-//! The Lua scripts against the pure Rust algorithms: the same random requests at the same
-//! timestamps must give identical decisions (allowed, remaining, reset-after, retry-after).
+//! The Lua script against the pure Rust algorithms and their stacking: the same random rules
+//! of one to three limits, and the same random requests at the same timestamps, must give
+//! identical decisions for every limit (allowed, remaining, reset-after, retry-after).
 
 mod common;
 
@@ -7,6 +8,7 @@ use proptest::{prelude::*, test_runner::TestRunner};
 use sluice::{
     algorithm::{
         Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+        stacked::{self, Limit},
     },
     clock::Clock,
     metrics::Metrics,
@@ -35,6 +37,17 @@ fn algorithm_strategy() -> impl Strategy<Value = Algorithm> {
     ]
 }
 
+/// One to three limits, named l0, l1, ...
+fn limits_strategy() -> impl Strategy<Value = Vec<Limit>> {
+    proptest::collection::vec(algorithm_strategy(), 1..=3).prop_map(|algorithms| {
+        algorithms
+            .into_iter()
+            .enumerate()
+            .map(|(index, algorithm)| Limit::new(format!("l{index}"), algorithm))
+            .collect()
+    })
+}
+
 /// (gap before the request in us, cost; 0 = a peek)
 fn requests() -> impl Strategy<Value = Vec<(u64, u64)>> {
     let gap = prop_oneof![Just(0u64), 0..2_000u64, 0..1_500_000u64];
@@ -61,46 +74,43 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
     });
     let case = std::sync::atomic::AtomicU64::new(0);
     runner
-        .run(
-            &(algorithm_strategy(), requests()),
-            |(algorithm, requests)| {
-                let key = format!(
-                    "case-{}",
-                    case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                );
-                let bucket = BucketKey {
-                    resource: "diff",
-                    key: &key,
+        .run(&(limits_strategy(), requests()), |(limits, requests)| {
+            let key = format!(
+                "case-{}",
+                case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let bucket = BucketKey {
+                resource: "diff",
+                key: &key,
+            };
+            let mut now = clock.now_us();
+            let mut states = stacked::fresh_states(&limits, now);
+            for (index, &(gap, cost)) in requests.iter().enumerate() {
+                clock.advance_us(gap);
+                now += gap;
+                let (expected, actual) = if cost == 0 {
+                    (
+                        stacked::peek(&limits, &states, now),
+                        runtime.block_on(store.peek(bucket, &limits)).unwrap(),
+                    )
+                } else {
+                    (
+                        stacked::check(&limits, &mut states, cost, now),
+                        runtime
+                            .block_on(store.check(bucket, &limits, cost))
+                            .unwrap(),
+                    )
                 };
-                let mut now = clock.now_us();
-                let mut state = algorithm.fresh_state(now);
-                for (index, &(gap, cost)) in requests.iter().enumerate() {
-                    clock.advance_us(gap);
-                    now += gap;
-                    let (expected, actual) = if cost == 0 {
-                        (
-                            algorithm.peek(&state, now),
-                            runtime.block_on(store.peek(bucket, &algorithm)).unwrap(),
-                        )
-                    } else {
-                        (
-                            algorithm.check(&mut state, cost, now),
-                            runtime
-                                .block_on(store.check(bucket, &algorithm, cost))
-                                .unwrap(),
-                        )
-                    };
-                    prop_assert_eq!(
-                        expected,
-                        actual,
-                        "request {} (cost {}) of {:?}",
-                        index,
-                        cost,
-                        algorithm
-                    );
-                }
-                Ok(())
-            },
-        )
+                prop_assert_eq!(
+                    expected,
+                    actual,
+                    "request {} (cost {}) of {:?}",
+                    index,
+                    cost,
+                    limits
+                );
+            }
+            Ok(())
+        })
         .unwrap();
 }

@@ -8,7 +8,9 @@ use common::redis::{LocalRedis, LocalRedisCluster};
 
 use sluice::{
     algorithm::{
-        Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+        Algorithm, Decision, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog,
+        TokenBucket,
+        stacked::{self, Decisions, Limit},
     },
     clock::Clock,
     config::MemoryConfig,
@@ -56,7 +58,7 @@ async fn redis_store(urls: Vec<String>, cluster: bool) -> RedisStore {
     RedisStore::connect(&config, Metrics::new().redis())
         .await
         .expect("connects to the test redis")
-        .pin_time(Clock::manual(1_700_000_000_000_000))
+        .pin_time(Clock::manual(START_US))
 }
 
 async fn redis() -> Redis<LocalRedis> {
@@ -81,11 +83,11 @@ async fn memory() -> Memory {
         max_keys: 100_000,
         sweep_interval: std::time::Duration::from_secs(1),
     };
-    Memory(MemoryStore::new(
-        &config,
-        Clock::manual(1_700_000_000_000_000),
-    ))
+    Memory(MemoryStore::new(&config, Clock::manual(START_US)))
 }
+
+/// Where every harness's clock starts.
+const START_US: u64 = 1_700_000_000_000_000;
 
 /// Every algorithm with a limit of 3.
 fn algorithms() -> Vec<Algorithm> {
@@ -100,6 +102,44 @@ fn algorithms() -> Vec<Algorithm> {
 
 fn key<'a>(resource: &'a str, key: &'a str) -> BucketKey<'a> {
     BucketKey { resource, key }
+}
+
+/// One request under a rule of one limit.
+async fn check<S: Store>(
+    store: &S,
+    bucket: BucketKey<'_>,
+    algorithm: &Algorithm,
+    cost: u64,
+) -> Decision {
+    let decisions = store
+        .check(bucket, &Limit::alone(algorithm.clone()), cost)
+        .await
+        .unwrap();
+    assert_eq!(decisions.len(), 1);
+    decisions.decision()
+}
+
+async fn peek<S: Store>(store: &S, bucket: BucketKey<'_>, algorithm: &Algorithm) -> Decision {
+    store
+        .peek(bucket, &Limit::alone(algorithm.clone()))
+        .await
+        .unwrap()
+        .decision()
+}
+
+/// A burst of 2 (refilled at 1/s) and 3 per minute, stacked.
+fn burst_and_minute() -> Vec<Limit> {
+    vec![
+        Limit::new("burst", Algorithm::TokenBucket(TokenBucket::new(2, 1.0))),
+        Limit::new(
+            "minute",
+            Algorithm::SlidingWindowLog(SlidingWindowLog::new(3, 60_000_000)),
+        ),
+    ]
+}
+
+fn remaining(decisions: &Decisions) -> Vec<u64> {
+    decisions.as_slice().iter().map(|d| d.remaining).collect()
 }
 
 macro_rules! contract {
@@ -136,6 +176,21 @@ macro_rules! contract {
             async fn concurrent_storm_admits_exactly_capacity() {
                 contract_storm(Arc::new(super::$backend().await)).await;
             }
+
+            #[tokio::test]
+            async fn stacked_limits_charge_all_or_nothing() {
+                contract_stacked(&super::$backend().await).await;
+            }
+
+            #[tokio::test]
+            async fn stacked_limits_decide_exactly_like_the_pure_model() {
+                contract_stacked_model(&super::$backend().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn stacked_storm_admits_exactly_the_tightest_bound() {
+                contract_stacked_storm(Arc::new(super::$backend().await)).await;
+            }
         }
     )*};
 }
@@ -147,12 +202,12 @@ async fn contract_spends_the_limit<H: Harness>(harness: &H) {
         let store = harness.store();
         let bucket = key("spend", algorithm.name());
         for expected_remaining in [2, 1, 0] {
-            let decision = store.check(bucket, &algorithm, 1).await.unwrap();
+            let decision = check(store, bucket, &algorithm, 1).await;
             assert!(decision.allowed, "{algorithm:?}");
             assert_eq!(decision.remaining, expected_remaining, "{algorithm:?}");
             assert_eq!(decision.limit, 3);
         }
-        let denied = store.check(bucket, &algorithm, 1).await.unwrap();
+        let denied = check(store, bucket, &algorithm, 1).await;
         assert!(!denied.allowed, "{algorithm:?}");
         assert!(
             denied.retry_after_us > 0 && denied.reset_after_us > 0,
@@ -160,12 +215,12 @@ async fn contract_spends_the_limit<H: Harness>(harness: &H) {
         );
         harness.advance_us(denied.retry_after_us - 1);
         assert!(
-            !store.check(bucket, &algorithm, 1).await.unwrap().allowed,
+            !check(store, bucket, &algorithm, 1).await.allowed,
             "{algorithm:?} early"
         );
         harness.advance_us(1);
         assert!(
-            store.check(bucket, &algorithm, 1).await.unwrap().allowed,
+            check(store, bucket, &algorithm, 1).await.allowed,
             "{algorithm:?} at retry-after"
         );
     }
@@ -175,18 +230,18 @@ async fn contract_peek<H: Harness>(harness: &H) {
     for algorithm in algorithms() {
         let store = harness.store();
         let bucket = key("peek", algorithm.name());
-        let fresh = store.peek(bucket, &algorithm).await.unwrap();
+        let fresh = peek(store, bucket, &algorithm).await;
         assert_eq!(
             (fresh.remaining, fresh.reset_after_us),
             (3, 0),
             "{algorithm:?}"
         );
-        store.check(bucket, &algorithm, 2).await.unwrap();
+        check(store, bucket, &algorithm, 2).await;
         for _ in 0..3 {
-            let peeked = store.peek(bucket, &algorithm).await.unwrap();
+            let peeked = peek(store, bucket, &algorithm).await;
             assert_eq!(peeked.remaining, 1, "{algorithm:?}");
         }
-        assert!(store.check(bucket, &algorithm, 1).await.unwrap().allowed);
+        assert!(check(store, bucket, &algorithm, 1).await.allowed);
     }
 }
 
@@ -194,17 +249,28 @@ async fn contract_reset<H: Harness>(harness: &H) {
     let store = harness.store();
     let algorithm = &algorithms()[0];
     let (a, b) = (key("reset", "a"), key("reset", "b"));
-    store.check(a, algorithm, 3).await.unwrap();
-    store.check(b, algorithm, 3).await.unwrap();
-    assert!(store.reset(a).await.unwrap());
-    assert!(!store.reset(a).await.unwrap(), "nothing left to reset");
+    check(store, a, algorithm, 3).await;
+    check(store, b, algorithm, 3).await;
+    assert!(
+        store
+            .reset(a, &Limit::alone(algorithm.clone()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .reset(a, &Limit::alone(algorithm.clone()))
+            .await
+            .unwrap(),
+        "nothing left to reset"
+    );
     assert_eq!(
-        store.check(a, algorithm, 3).await.unwrap().remaining,
+        check(store, a, algorithm, 3).await.remaining,
         0,
         "a starts full again"
     );
     assert!(
-        !store.check(b, algorithm, 1).await.unwrap().allowed,
+        !check(store, b, algorithm, 1).await.allowed,
         "b keeps its state"
     );
 }
@@ -226,13 +292,13 @@ async fn contract_isolation<H: Harness>(harness: &H) {
     ];
     for bucket in buckets {
         assert!(
-            store.check(bucket, &algorithm, 1).await.unwrap().allowed,
+            check(store, bucket, &algorithm, 1).await.allowed,
             "{bucket:?} was already spent"
         );
     }
     for bucket in buckets {
         assert!(
-            !store.check(bucket, &algorithm, 1).await.unwrap().allowed,
+            !check(store, bucket, &algorithm, 1).await.allowed,
             "{bucket:?}"
         );
     }
@@ -242,14 +308,16 @@ async fn contract_rule_change<H: Harness>(harness: &H) {
     let store = harness.store();
     let bucket = key("change", "k");
     let before = Algorithm::FixedWindow(FixedWindow::new(2, 60_000_000));
-    store.check(bucket, &before, 2).await.unwrap();
+    check(store, bucket, &before, 2).await;
     let after = Algorithm::SlidingWindowLog(SlidingWindowLog::new(5, 60_000_000));
-    assert_eq!(store.check(bucket, &after, 1).await.unwrap().remaining, 4);
+    assert_eq!(check(store, bucket, &after, 1).await.remaining, 4);
 }
 
 async fn contract_storm<H: Harness>(harness: Arc<H>) {
     let capacity = 1_000;
-    let algorithm = Arc::new(Algorithm::TokenBucket(TokenBucket::new(capacity, 1e-6)));
+    let algorithm = Arc::new(Limit::alone(Algorithm::TokenBucket(TokenBucket::new(
+        capacity, 1e-6,
+    ))));
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let (harness, algorithm) = (harness.clone(), algorithm.clone());
@@ -258,10 +326,10 @@ async fn contract_storm<H: Harness>(harness: Arc<H>) {
                 for _ in 0..200 {
                     if harness
                         .store()
-                        .check(key("storm", "hot"), &algorithm, 1)
+                        .check(key("storm", "hot"), &*algorithm, 1)
                         .await
                         .unwrap()
-                        .allowed
+                        .allowed()
                     {
                         admitted += 1;
                     }
@@ -275,4 +343,138 @@ async fn contract_storm<H: Harness>(harness: Arc<H>) {
         admitted += task.await.unwrap();
     }
     assert_eq!(admitted, capacity, "64 x 200 requests on one key");
+}
+
+async fn contract_stacked<H: Harness>(harness: &H) {
+    let store = harness.store();
+    let limits = burst_and_minute();
+    let bucket = key("stacked", "k");
+    let first = store.check(bucket, &limits, 2).await.unwrap();
+    assert!(first.allowed());
+    assert_eq!(remaining(&first), [0, 1], "both limits charged");
+    let denied = store.check(bucket, &limits, 1).await.unwrap();
+    assert!(!denied.allowed());
+    assert_eq!(denied.deciding(), 0, "the burst denies");
+    assert_eq!(
+        remaining(&denied),
+        [0, 1],
+        "the minute limit was not charged"
+    );
+    assert_eq!(denied.decision().retry_after_us, 1_000_000);
+    harness.advance_us(1_000_000);
+    assert!(store.check(bucket, &limits, 1).await.unwrap().allowed());
+    harness.advance_us(2_000_000);
+    let minute_spent = store.check(bucket, &limits, 1).await.unwrap();
+    assert!(!minute_spent.allowed());
+    assert_eq!(minute_spent.deciding(), 1, "now the minute limit denies");
+    assert_eq!(
+        remaining(&minute_spent),
+        [2, 0],
+        "the burst was not charged"
+    );
+    assert_eq!(
+        minute_spent.decision().retry_after_us,
+        57_000_000,
+        "until the first two leave the minute"
+    );
+    assert_eq!(
+        store.peek(bucket, &limits).await.unwrap().as_slice()[0].remaining,
+        2
+    );
+    assert!(store.reset(bucket, &limits).await.unwrap());
+    assert_eq!(
+        remaining(&store.check(bucket, &limits, 1).await.unwrap()),
+        [1, 2],
+        "reset forgets every limit"
+    );
+}
+
+async fn contract_stacked_model<H: Harness>(harness: &H) {
+    let store = harness.store();
+    let limits = vec![
+        Limit::new("tb", Algorithm::TokenBucket(TokenBucket::new(4, 3.0))),
+        Limit::new("gcra", Algorithm::Gcra(Gcra::new(2.0, 5))),
+        Limit::new("fw", Algorithm::FixedWindow(FixedWindow::new(9, 2_000_000))),
+        Limit::new(
+            "swc",
+            Algorithm::SlidingWindowCounter(SlidingWindowCounter::new(8, 1_500)),
+        ),
+        Limit::new(
+            "swl",
+            Algorithm::SlidingWindowLog(SlidingWindowLog::new(7, 3_000_000)),
+        ),
+    ];
+    let bucket = key("model", "k");
+    let mut now = START_US;
+    let mut states = stacked::fresh_states(&limits, now);
+    // A fixed walk through bursts, pauses and peeks: gaps in us, costs (0 = peek).
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for step in 0..300 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let gap = [0, 0, 137, 90_000, 400_000, 1_300_000][(seed % 6) as usize];
+        let cost = (seed >> 8) % 4;
+        harness.advance_us(gap);
+        now += gap;
+        let (expected, actual) = if cost == 0 {
+            (
+                stacked::peek(&limits, &states, now),
+                store.peek(bucket, &limits).await.unwrap(),
+            )
+        } else {
+            (
+                stacked::check(&limits, &mut states, cost, now),
+                store.check(bucket, &limits, cost).await.unwrap(),
+            )
+        };
+        assert_eq!(actual, expected, "step {step}: cost {cost} after {gap} us");
+    }
+}
+
+async fn contract_stacked_storm<H: Harness>(harness: Arc<H>) {
+    let limits = Arc::new(vec![
+        Limit::new(
+            "burst",
+            Algorithm::TokenBucket(TokenBucket::new(1_000, 1e-6)),
+        ),
+        Limit::new(
+            "hour",
+            Algorithm::SlidingWindowLog(SlidingWindowLog::new(700, 3_600_000_000)),
+        ),
+    ]);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (harness, limits) = (harness.clone(), limits.clone());
+            tokio::spawn(async move {
+                let mut admitted = 0u64;
+                for _ in 0..200 {
+                    let decisions = harness
+                        .store()
+                        .check(key("stacked-storm", "hot"), &limits, 1)
+                        .await
+                        .unwrap();
+                    if decisions.allowed() {
+                        admitted += 1;
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    assert_eq!(admitted, 700, "64 x 200 requests; the tighter limit is 700");
+    let after = harness
+        .store()
+        .peek(key("stacked-storm", "hot"), &limits)
+        .await
+        .unwrap();
+    assert_eq!(
+        remaining(&after),
+        [300, 0],
+        "denials charged nothing: the burst holds what the hour limit refused"
+    );
 }

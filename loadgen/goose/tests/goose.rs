@@ -37,7 +37,7 @@ async fn a_short_run_writes_its_reports_and_matches_the_services_counts() {
     ];
     let configuration = GooseConfiguration::parse_args_default(&args).unwrap();
     let settings = Settings::new(100, Distribution::Uniform, "api", 1, "goose-");
-    let before = scrape_decisions(&nodes.metrics).await.unwrap();
+    let before = scrape_decisions(&nodes.metrics, "api").await.unwrap();
     let metrics = register(
         GooseAttack::initialize_with_config(configuration).unwrap(),
         settings,
@@ -46,7 +46,7 @@ async fn a_short_run_writes_its_reports_and_matches_the_services_counts() {
     .execute()
     .await
     .unwrap();
-    let after = scrape_decisions(&nodes.metrics).await.unwrap();
+    let after = scrape_decisions(&nodes.metrics, "api").await.unwrap();
     nodes.stop().await.unwrap();
 
     for ext in ["json", "html", "md"] {

@@ -67,14 +67,14 @@ impl ServiceCounts {
             metric_sum(
                 metrics_text,
                 "sluice_decisions_total",
-                Some(("outcome", outcome)),
+                &[("outcome", outcome)],
             ) as u64
         };
         Self {
             allowed: decisions("allowed"),
             denied: decisions("denied"),
-            store_errors: metric_sum(metrics_text, "sluice_store_errors_total", None) as u64,
-            fallback_active: metric_sum(metrics_text, "sluice_fallback_active", None) > 0.0,
+            store_errors: metric_sum(metrics_text, "sluice_store_errors_total", &[]) as u64,
+            fallback_active: metric_sum(metrics_text, "sluice_fallback_active", &[]) > 0.0,
         }
     }
 }

@@ -12,6 +12,7 @@ mod fixed_window;
 mod gcra;
 mod sliding_window_counter;
 mod sliding_window_log;
+pub mod stacked;
 mod token_bucket;
 
 pub use fixed_window::{FixedWindow, FixedWindowState};

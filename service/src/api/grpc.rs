@@ -73,14 +73,32 @@ fn decision_of(outcome: Outcome) -> pb::Decision {
     match outcome {
         Outcome::Allowed => pb::Decision::Allowed,
         Outcome::Denied => pb::Decision::Denied,
+        Outcome::ShadowDenied => pb::Decision::ShadowDenied,
     }
+}
+
+/// Every limit of the verdict's rule with its answer.
+fn limit_statuses(verdict: &Verdict<'_>) -> Vec<pb::LimitStatus> {
+    verdict
+        .limits()
+        .map(|(limit, decision)| pb::LimitStatus {
+            name: limit.name.clone(),
+            limit: decision.limit,
+            remaining: decision.remaining,
+            reset_after: Some(duration_from_us(decision.reset_after_us)),
+            retry_after: Some(duration_from_us(decision.retry_after_us)),
+            allowed: decision.allowed,
+            policy_window: Some(duration_from_us(limit.algorithm.policy_window_us())),
+            algorithm: limit.algorithm.name().to_owned(),
+        })
+        .collect()
 }
 
 fn check_response(verdict: &Verdict<'_>) -> pb::CheckResponse {
     let decision = &verdict.decision;
     pb::CheckResponse {
         decision: decision_of(verdict.outcome).into(),
-        allowed: decision.allowed,
+        allowed: verdict.outcome.proceeds(),
         limit: decision.limit,
         remaining: decision.remaining,
         reset_after: Some(duration_from_us(decision.reset_after_us)),
@@ -89,7 +107,9 @@ fn check_response(verdict: &Verdict<'_>) -> pb::CheckResponse {
         resource: verdict.resource.to_owned(),
         policy_window: Some(duration_from_us(verdict.policy_window_us())),
         reason: verdict.reason.unwrap_or_default().to_owned(),
-        algorithm: verdict.rule.algorithm.name().to_owned(),
+        algorithm: verdict.limit().algorithm.name().to_owned(),
+        limits: limit_statuses(verdict),
+        decided_by: verdict.limit().name.clone(),
     }
 }
 
@@ -130,6 +150,7 @@ impl RateLimiter for GrpcApi {
                 rule: verdict.rule.name.clone(),
                 resource: verdict.resource.to_owned(),
                 policy_window: Some(duration_from_us(verdict.policy_window_us())),
+                limits: limit_statuses(&verdict),
             })
         };
         self.timed(&self.status_duration, work).await

@@ -3,6 +3,7 @@
 //! headers, `Retry-After` on 429, and the `X-RateLimit-*` forms gateways still expect.
 
 use std::{
+    fmt::Write as _,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -31,6 +32,9 @@ use crate::{
 
 /// The header carrying the client key.
 pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// On a 200 from a rule in shadow mode: the limit that would have denied the request.
+pub const SHADOW_DENIED_HEADER: &str = "sluice-shadow-denied";
 
 const PROBLEM_JSON: &str = "application/problem+json";
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
@@ -237,25 +241,52 @@ async fn check_inner(
     Ok(verdict_response(&verdict))
 }
 
+/// Every limit of the verdict's rule with its answer, for a JSON body.
+fn limits_json(verdict: &Verdict<'_>) -> Value {
+    verdict
+        .limits()
+        .map(|(limit, decision)| {
+            json!({
+                "name": limit.name,
+                "allowed": decision.allowed,
+                "limit": decision.limit,
+                "remaining": decision.remaining,
+                "reset_after_ms": decision.reset_after_us as f64 / 1e3,
+                "retry_after_ms": decision.retry_after_us as f64 / 1e3,
+                "algorithm": limit.algorithm.name(),
+                "policy_window_ms": limit.algorithm.policy_window_us() as f64 / 1e3,
+            })
+        })
+        .collect()
+}
+
 fn verdict_response(verdict: &Verdict<'_>) -> Response {
     let decision = &verdict.decision;
     let mut body = json!({
         "decision": verdict.outcome.label(),
-        "allowed": decision.allowed,
+        "allowed": verdict.outcome.proceeds(),
         "limit": decision.limit,
         "remaining": decision.remaining,
         "reset_after_ms": decision.reset_after_us as f64 / 1e3,
         "retry_after_ms": decision.retry_after_us as f64 / 1e3,
         "rule": verdict.rule.name,
         "resource": verdict.resource,
-        "algorithm": verdict.rule.algorithm.name(),
+        "algorithm": verdict.limit().algorithm.name(),
         "policy_window_ms": verdict.policy_window_us() as f64 / 1e3,
+        "decided_by": verdict.limit().name,
+        "limits": limits_json(verdict),
     });
     if let (Some(reason), Value::Object(fields)) = (verdict.reason, &mut body) {
         fields.insert("reason".into(), reason.into());
     }
     let denied = verdict.outcome == Outcome::Denied;
     let mut headers = rate_limit_headers(verdict, denied);
+    if verdict.outcome == Outcome::ShadowDenied {
+        headers.insert(
+            HeaderName::from_static(SHADOW_DENIED_HEADER),
+            HeaderValue::from_str(&verdict.limit().name).expect("limit names are validated"),
+        );
+    }
     let (status, content_type) = if denied {
         if let Value::Object(fields) = &mut body {
             fields.insert("type".into(), QUOTA_EXCEEDED.into());
@@ -264,7 +295,12 @@ fn verdict_response(verdict: &Verdict<'_>) -> Response {
                 "Request cannot be satisfied as assigned quota has been exceeded".into(),
             );
             fields.insert("status".into(), 429.into());
-            fields.insert("violated-policies".into(), json!([verdict.rule.name]));
+            let violated: Vec<&str> = verdict
+                .limits()
+                .filter(|(_, decision)| !decision.allowed)
+                .map(|(limit, _)| limit.name.as_str())
+                .collect();
+            fields.insert("violated-policies".into(), json!(violated));
         }
         (StatusCode::TOO_MANY_REQUESTS, PROBLEM_JSON)
     } else {
@@ -279,9 +315,33 @@ fn whole_seconds_up(us: u64) -> u64 {
     us.div_ceil(1_000_000)
 }
 
-/// The RateLimit headers for a verdict. On a denial `t` is the wait until the same request
-/// fits, matching `Retry-After`; otherwise the time until the quota is fully restored.
+/// The RateLimit headers for a verdict: one `RateLimit-Policy` and one `RateLimit` item per
+/// limit (the draft allows a list). A limit's `t` is the wait until the same request fits
+/// under it when it denies (so the deciding limit's matches `Retry-After`), otherwise the time
+/// until it is fully restored. `X-RateLimit-*` and `Retry-After` are the deciding limit's.
 pub fn rate_limit_headers(verdict: &Verdict<'_>, denied: bool) -> HeaderMap {
+    let mut policies = String::new();
+    let mut states = String::new();
+    for (limit, decision) in verdict.limits() {
+        let separator = if policies.is_empty() { "" } else { ", " };
+        let window = whole_seconds_up(limit.algorithm.policy_window_us()).max(1);
+        let t = if decision.allowed {
+            whole_seconds_up(decision.reset_after_us)
+        } else {
+            whole_seconds_up(decision.retry_after_us).max(1)
+        };
+        let name = &limit.name;
+        let _ = write!(
+            policies,
+            "{separator}\"{name}\";q={};w={window}",
+            decision.limit
+        );
+        let _ = write!(
+            states,
+            "{separator}\"{name}\";r={};t={t}",
+            decision.remaining
+        );
+    }
     let Decision {
         limit,
         remaining,
@@ -289,27 +349,25 @@ pub fn rate_limit_headers(verdict: &Verdict<'_>, denied: bool) -> HeaderMap {
         retry_after_us,
         ..
     } = verdict.decision;
-    let name = &verdict.rule.name;
-    let window = whole_seconds_up(verdict.policy_window_us()).max(1);
-    let reset = whole_seconds_up(reset_after_us);
-    let retry = whole_seconds_up(retry_after_us).max(1);
-    let t = if denied { retry } else { reset };
     let mut headers = HeaderMap::new();
     let mut put = |name: &'static str, value: String| {
         let value = HeaderValue::from_str(&value)
             .expect("header values are ASCII digits and validated names");
         headers.insert(HeaderName::from_static(name), value);
     };
-    put(
-        "ratelimit-policy",
-        format!("\"{name}\";q={limit};w={window}"),
-    );
-    put("ratelimit", format!("\"{name}\";r={remaining};t={t}"));
+    put("ratelimit-policy", policies);
+    put("ratelimit", states);
     put("x-ratelimit-limit", limit.to_string());
     put("x-ratelimit-remaining", remaining.to_string());
-    put("x-ratelimit-reset", reset.to_string());
+    put(
+        "x-ratelimit-reset",
+        whole_seconds_up(reset_after_us).to_string(),
+    );
     if denied {
-        put("retry-after", retry.to_string());
+        put(
+            "retry-after",
+            whole_seconds_up(retry_after_us).max(1).to_string(),
+        );
     }
     headers
 }
@@ -343,6 +401,7 @@ async fn status(
             "reset_after_ms": decision.reset_after_us as f64 / 1e3,
             "rule": verdict.rule.name,
             "resource": verdict.resource,
+            "limits": limits_json(&verdict),
         }));
         Ok((rate_limit_headers(&verdict, false), body).into_response())
     };

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     /// How long SIGTERM waits for in-flight requests before closing.
     pub shutdown_grace: Duration,
+    /// Every rule in shadow mode: nothing is denied; would-be denials are counted and logged.
+    pub shadow: bool,
 }
 
 /// Bounds on what a request may carry.
@@ -139,6 +141,8 @@ pub struct Overrides {
     pub max_keys: Option<u64>,
     pub max_key_bytes: Option<u64>,
     pub shards: Option<u64>,
+    /// `Some(true)` puts every rule in shadow mode (`server.shadow`).
+    pub shadow: Option<bool>,
 }
 
 /// One problem found by validation.
@@ -227,6 +231,7 @@ struct RawServer {
     grpc_addr: Option<String>,
     http_addr: Option<String>,
     shutdown_grace: Option<String>,
+    shadow: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -295,6 +300,7 @@ impl RawConfig {
         self.backend.memory.max_keys = overrides.max_keys.or(self.backend.memory.max_keys);
         self.backend.memory.shards = overrides.shards.or(self.backend.memory.shards);
         self.limits.max_key_bytes = overrides.max_key_bytes.or(self.limits.max_key_bytes);
+        self.server.shadow = overrides.shadow.or(self.server.shadow);
     }
 
     fn validate(self) -> Result<Config, ConfigError> {
@@ -302,12 +308,15 @@ impl RawConfig {
         let server = self.server.validate(&mut issues);
         let limits = self.limits.validate(&mut issues);
         let backend = self.backend.validate(&mut issues);
-        let rules = rule_config::build_rule_set(
+        let mut rules = rule_config::build_rule_set(
             self.default_rule,
             self.rules,
             limits.max_key_bytes,
             &mut issues,
         );
+        if server.shadow {
+            rules.shadow_all();
+        }
         if issues.0.is_empty() {
             Ok(Config {
                 server,
@@ -351,6 +360,7 @@ impl RawServer {
             grpc_addr,
             http_addr,
             shutdown_grace,
+            shadow: self.shadow.unwrap_or(false),
         }
     }
 }

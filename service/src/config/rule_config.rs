@@ -8,6 +8,7 @@ use super::{FailureMode, Issues, parse_duration};
 use crate::algorithm::{
     ALGORITHM_NAMES, Algorithm, EXACT_INTEGER_LIMIT, FixedWindow, Gcra, MICROS_PER_SEC,
     SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+    stacked::{Limit, MAX_LIMITS},
 };
 use crate::rules::{ANY_RESOURCE_LABEL, Rule, RuleGroup, RuleSet};
 
@@ -28,6 +29,7 @@ pub const MAX_RESOURCE_BYTES: usize = 128;
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawRule {
     name: Option<String>,
+    // The one-limit form: the algorithm and its parameters on the rule itself.
     algorithm: Option<String>,
     capacity: Option<u64>,
     refill_per_second: Option<f64>,
@@ -35,11 +37,72 @@ pub(super) struct RawRule {
     burst: Option<u64>,
     limit: Option<u64>,
     window: Option<String>,
+    /// The stacked form: `[[rules.<resource>.limits]]`, each with a name and an algorithm.
+    limits: Option<Vec<RawLimit>>,
     /// What the rule answers when the store fails; default `backend.redis.failure_mode`.
     failure_mode: Option<String>,
+    /// Shadow mode: would-be denials are allowed, counted and logged.
+    shadow: Option<bool>,
     /// Only in an `overrides` entry: the client key it applies to.
     key: Option<String>,
     overrides: Vec<RawRule>,
+}
+
+/// An algorithm and its parameters, as written on a rule or a limit.
+#[derive(Debug, Default)]
+struct RawAlgorithm {
+    algorithm: Option<String>,
+    capacity: Option<u64>,
+    refill_per_second: Option<f64>,
+    rate_per_second: Option<f64>,
+    burst: Option<u64>,
+    limit: Option<u64>,
+    window: Option<String>,
+}
+
+impl RawAlgorithm {
+    /// The fields given, by name.
+    fn given(&self) -> [(&'static str, bool); 7] {
+        [
+            ("algorithm", self.algorithm.is_some()),
+            ("capacity", self.capacity.is_some()),
+            ("refill_per_second", self.refill_per_second.is_some()),
+            ("rate_per_second", self.rate_per_second.is_some()),
+            ("burst", self.burst.is_some()),
+            ("limit", self.limit.is_some()),
+            ("window", self.window.is_some()),
+        ]
+    }
+}
+
+/// One entry of a rule's `limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawLimit {
+    name: Option<String>,
+    algorithm: Option<String>,
+    capacity: Option<u64>,
+    refill_per_second: Option<f64>,
+    rate_per_second: Option<f64>,
+    burst: Option<u64>,
+    limit: Option<u64>,
+    window: Option<String>,
+}
+
+/// Moves the algorithm fields out of a rule or a limit (serde's `flatten` cannot be combined
+/// with `deny_unknown_fields`, so each keeps its own copy of the fields).
+macro_rules! take_algorithm {
+    ($raw:expr) => {
+        RawAlgorithm {
+            algorithm: $raw.algorithm.take(),
+            capacity: $raw.capacity.take(),
+            refill_per_second: $raw.refill_per_second.take(),
+            rate_per_second: $raw.rate_per_second.take(),
+            burst: $raw.burst.take(),
+            limit: $raw.limit.take(),
+            window: $raw.window.take(),
+        }
+    };
 }
 
 /// Characters allowed in rule and resource names: safe inside a structured-field string
@@ -211,16 +274,92 @@ fn build_rule(
         }
         mode
     });
-    // A placeholder keeps validating the rest when the algorithm is unusable.
-    let algorithm = build_algorithm(path, raw, issues)
-        .unwrap_or_else(|| Algorithm::FixedWindow(FixedWindow::new(1, MICROS_PER_SEC)));
+    let shadow = raw.shadow.unwrap_or(false);
+    let limits = build_limits(path, &name, raw, issues);
     set.push(Rule {
         id: 0,
         name,
         resource_label: label.to_owned(),
-        algorithm,
+        limits,
         failure_mode,
+        shadow,
     })
+}
+
+/// A stand-in that keeps validating the rest when an algorithm is unusable.
+fn placeholder() -> Algorithm {
+    Algorithm::FixedWindow(FixedWindow::new(1, MICROS_PER_SEC))
+}
+
+/// The rule's limits: its one inline algorithm, or its `limits` entries.
+fn build_limits(path: &str, rule_name: &str, mut raw: RawRule, issues: &mut Issues) -> Vec<Limit> {
+    let inline = take_algorithm!(raw);
+    let Some(entries) = raw.limits else {
+        let algorithm = build_algorithm(path, inline, issues).unwrap_or_else(placeholder);
+        return vec![Limit::new(rule_name, algorithm)];
+    };
+    for (field, given) in inline.given() {
+        if given {
+            issues.add(
+                format!("{path}.{field}"),
+                format!("this rule lists `limits`, which hold its algorithms; move `{field}` into a [[{path}.limits]] entry"),
+            );
+        }
+    }
+    if entries.is_empty() {
+        issues.add(
+            format!("{path}.limits"),
+            format!("empty; add at least one [[{path}.limits]] entry, or remove `limits` and give the algorithm on the rule"),
+        );
+        return vec![Limit::new(rule_name, placeholder())];
+    }
+    if entries.len() > MAX_LIMITS {
+        issues.add(
+            format!("{path}.limits"),
+            format!(
+                "{} limits; a rule stacks at most {MAX_LIMITS}: merge limits or split the resource",
+                entries.len()
+            ),
+        );
+    }
+    let single = entries.len() == 1;
+    let mut names = HashSet::new();
+    let mut limits = Vec::with_capacity(entries.len());
+    for (index, mut entry) in entries.into_iter().enumerate() {
+        let path = format!("{path}.limits[{index}]");
+        let name = match entry.name.take() {
+            Some(name) => {
+                check_name(
+                    issues,
+                    &format!("{path}.name"),
+                    "limit name",
+                    &name,
+                    MAX_NAME_BYTES,
+                );
+                name
+            }
+            None if single => rule_name.to_owned(),
+            None => {
+                issues.add(
+                    format!("{path}.name"),
+                    "missing; name each stacked limit (e.g. \"burst\", \"daily\"): the name appears in headers and answers",
+                );
+                format!("limit-{}", index + 1)
+            }
+        };
+        if !names.insert(name.clone()) {
+            issues.add(
+                format!("{path}.name"),
+                format!(
+                    "limit name `{name}` is used twice in this rule; give each limit its own name"
+                ),
+            );
+        }
+        let algorithm =
+            build_algorithm(&path, take_algorithm!(entry), issues).unwrap_or_else(placeholder);
+        limits.push(Limit::new(name, algorithm));
+    }
+    limits
 }
 
 /// Field names each algorithm takes.
@@ -232,7 +371,7 @@ fn parameters_of(algorithm: &str) -> &'static [&'static str] {
     }
 }
 
-fn build_algorithm(path: &str, raw: RawRule, issues: &mut Issues) -> Option<Algorithm> {
+fn build_algorithm(path: &str, raw: RawAlgorithm, issues: &mut Issues) -> Option<Algorithm> {
     let Some(algorithm) = raw.algorithm.as_deref() else {
         issues.add(
             format!("{path}.algorithm"),

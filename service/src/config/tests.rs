@@ -199,10 +199,16 @@ fn every_algorithm_is_built_with_its_parameters() {
     .unwrap();
     let limit = |resource: &str| {
         let rule = config.rules.resolve(resource, "k").unwrap();
+        assert_eq!(rule.limits.len(), 1);
+        assert_eq!(
+            rule.limits[0].name, rule.name,
+            "the one limit is named like its rule"
+        );
+        let algorithm = &rule.limits[0].algorithm;
         (
-            rule.algorithm.name(),
-            rule.algorithm.limit(),
-            rule.algorithm.policy_window_us(),
+            algorithm.name(),
+            algorithm.limit(),
+            algorithm.policy_window_us(),
         )
     };
     assert_eq!(limit("tb"), ("token_bucket", 10, 20_000_000));
@@ -212,7 +218,7 @@ fn every_algorithm_is_built_with_its_parameters() {
     assert_eq!(limit("swl"), ("sliding_window_log", 9, 60_000_000));
     assert!(config.rules.resolve("other", "k").is_none());
     assert!(matches!(
-        config.rules.resolve("g", "k").unwrap().algorithm,
+        config.rules.resolve("g", "k").unwrap().limits[0].algorithm,
         Algorithm::Gcra(_)
     ));
 }
@@ -276,4 +282,94 @@ fn redis_backend_and_failure_modes() {
             "default_rule.failure_mode",
         ]
     );
+}
+
+#[test]
+fn a_rule_stacks_named_limits_in_order() {
+    let config = parse(
+        r#"
+        [rules.api]
+        [[rules.api.limits]]
+        name = "burst"
+        algorithm = "token_bucket"
+        capacity = 10
+        refill_per_second = 10
+        [[rules.api.limits]]
+        name = "daily"
+        algorithm = "fixed_window"
+        limit = 1000
+        window = "1d"
+        [[rules.api.overrides]]
+        key = "partner"
+        [[rules.api.overrides.limits]]
+        algorithm = "gcra"
+        rate_per_second = 100
+        burst = 200
+        "#,
+    )
+    .unwrap();
+    let rule = config.rules.resolve("api", "k").unwrap();
+    let names: Vec<&str> = rule.limits.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["burst", "daily"]);
+    assert_eq!(
+        rule.max_cost(),
+        10,
+        "the smallest limit bounds a request's cost"
+    );
+    let partner = config.rules.resolve("api", "partner").unwrap();
+    assert_eq!(partner.limits.len(), 1);
+    assert_eq!(
+        partner.limits[0].name, partner.name,
+        "a lone limit may go unnamed"
+    );
+}
+
+#[test]
+fn stacked_limits_are_validated_with_paths_and_fixes() {
+    let cases: [(&str, &[&str]); 5] = [
+        ("[rules.a]\nlimits = []\n", &["rules.a.limits"]),
+        (
+            "[rules.a]\nalgorithm = \"gcra\"\n[[rules.a.limits]]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1s\"\n",
+            &["rules.a.algorithm"],
+        ),
+        (
+            "[[rules.a.limits]]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1s\"\n[[rules.a.limits]]\nname = \"b\"\nalgorithm = \"fixed_window\"\nlimit = 2\nwindow = \"1m\"\n",
+            &["rules.a.limits[0].name"],
+        ),
+        (
+            "[[rules.a.limits]]\nname = \"x\"\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1s\"\n[[rules.a.limits]]\nname = \"x\"\nalgorithm = \"fixed_window\"\nlimit = 2\nwindow = \"1m\"\n",
+            &["rules.a.limits[1].name"],
+        ),
+        (
+            "[[rules.a.limits]]\nname = \"x y\"\nalgorithm = \"gcra\"\nburst = 0\nrate_per_second = 1\n",
+            &["rules.a.limits[0].name", "rules.a.limits[0].burst"],
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(issue_paths(text), expected, "{text}");
+    }
+    let many: String = (0..9)
+        .map(|i| format!("[[rules.a.limits]]\nname = \"l{i}\"\nalgorithm = \"gcra\"\nburst = 1\nrate_per_second = 1\n"))
+        .collect();
+    assert_eq!(issue_paths(&many), ["rules.a.limits"]);
+    let message = parse("[rules.a]\nlimits = []\n").unwrap_err().to_string();
+    assert!(message.contains("[[rules.a.limits]]"), "{message}");
+}
+
+#[test]
+fn shadow_mode_per_rule_and_for_the_whole_node() {
+    let text = "[rules.a]\nalgorithm = \"gcra\"\nrate_per_second = 1\nburst = 1\nshadow = true\n[rules.b]\nalgorithm = \"gcra\"\nrate_per_second = 1\nburst = 1\n";
+    let config = parse(text).unwrap();
+    let shadow =
+        |config: &Config, resource: &str| config.rules.resolve(resource, "k").unwrap().shadow;
+    assert!(shadow(&config, "a") && !shadow(&config, "b"));
+    assert!(!config.server.shadow);
+    let node = parse(&format!("[server]\nshadow = true\n{text}")).unwrap();
+    assert!(node.server.shadow && shadow(&node, "a") && shadow(&node, "b"));
+    let flag = Overrides {
+        shadow: Some(true),
+        ..Overrides::default()
+    };
+    let flagged = Config::parse(text, "test", &flag).unwrap();
+    assert!(shadow(&flagged, "b"), "--shadow wins over the file");
 }

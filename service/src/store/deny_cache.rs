@@ -2,7 +2,8 @@
 //! answered locally until their retry-after instead of costing a Redis round trip each.
 //!
 //! Exact for the requests it answers: a denial at `t` with retry-after `r` means the same or a
-//! larger cost fails until `t + r` (other nodes can only spend more, never less). Smaller costs
+//! larger cost fails until `t + r` (other nodes can only spend more, never less). With stacked
+//! limits `r` is the deciding limit's, and that limit alone keeps denying until then. Smaller costs
 //! still go to the store. A reset on another node is not seen here: such a key stays denied
 //! on this node until its cached retry-after at most.
 
@@ -11,16 +12,17 @@ use std::hash::BuildHasher;
 use hashbrown::HashMap;
 use parking_lot::Mutex;
 
-use crate::algorithm::Decision;
+use crate::algorithm::stacked::Decisions;
 
 const SHARDS: usize = 16;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Denial {
+    at_us: u64,
     until_us: u64,
-    reset_at_us: u64,
     min_cost: u64,
-    remaining: u64,
+    /// Boxed: most keys are never denied, and a stacked rule's answers are a few hundred bytes.
+    decisions: Box<Decisions>,
 }
 
 type Shard = Mutex<HashMap<Box<str>, Denial>>;
@@ -30,15 +32,6 @@ pub struct DenyCache {
     shards: Box<[Shard]>,
     keys_per_shard: usize,
     hasher: foldhash::fast::RandomState,
-}
-
-/// A cached denial: how long until the request may succeed, and until the state is fresh.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CachedDenial {
-    pub retry_after_us: u64,
-    pub reset_after_us: u64,
-    /// What the store reported remaining at the denial (refill since then is not counted).
-    pub remaining: u64,
 }
 
 impl DenyCache {
@@ -51,25 +44,34 @@ impl DenyCache {
         }
     }
 
-    pub fn lookup(&self, key: &str, cost: u64, now_us: u64) -> Option<CachedDenial> {
+    /// The cached denial of `cost` at `now_us`, its waits counted down to `now_us` (what each
+    /// limit reported remaining is kept as it was: refill since then is not counted).
+    pub fn lookup(&self, key: &str, cost: u64, now_us: u64) -> Option<Decisions> {
         if self.keys_per_shard == 0 {
             return None;
         }
         let mut shard = self.shard(key).lock();
-        let denial = *shard.get(key)?;
+        let denial = shard.get(key)?;
         if now_us >= denial.until_us {
             shard.remove(key);
             return None;
         }
-        (cost >= denial.min_cost).then(|| CachedDenial {
-            retry_after_us: denial.until_us - now_us,
-            reset_after_us: denial.reset_at_us.saturating_sub(now_us),
-            remaining: denial.remaining,
-        })
+        if cost < denial.min_cost {
+            return None;
+        }
+        let elapsed = now_us.saturating_sub(denial.at_us);
+        let mut decisions = *denial.decisions;
+        for decision in decisions.as_mut_slice() {
+            decision.reset_after_us = decision.reset_after_us.saturating_sub(elapsed);
+            if !decision.allowed {
+                decision.retry_after_us = decision.retry_after_us.saturating_sub(elapsed).max(1);
+            }
+        }
+        Some(decisions)
     }
 
-    /// Remembers that `cost` was denied at `now_us` with the decision `denied`.
-    pub fn remember(&self, key: &str, cost: u64, now_us: u64, denied: &Decision) {
+    /// Remembers that `cost` was denied at `now_us` with the answers `denied`.
+    pub fn remember(&self, key: &str, cost: u64, now_us: u64, denied: &Decisions) {
         if self.keys_per_shard == 0 {
             return;
         }
@@ -83,10 +85,10 @@ impl DenyCache {
         shard.insert(
             key.into(),
             Denial {
-                until_us: now_us.saturating_add(denied.retry_after_us),
-                reset_at_us: now_us.saturating_add(denied.reset_after_us),
+                at_us: now_us,
+                until_us: now_us.saturating_add(denied.decision().retry_after_us),
                 min_cost: cost,
-                remaining: denied.remaining,
+                decisions: Box::new(*denied),
             },
         );
     }
@@ -111,29 +113,23 @@ impl DenyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithm::Decision;
 
-    fn denial(retry_after_us: u64, reset_after_us: u64, remaining: u64) -> Decision {
-        Decision {
+    fn denial(retry_after_us: u64, reset_after_us: u64, remaining: u64) -> Decisions {
+        Decisions::from_slice(&[Decision {
             allowed: false,
             limit: 10,
             remaining,
             reset_after_us,
             retry_after_us,
-        }
+        }])
     }
 
     #[test]
     fn answers_equal_or_larger_costs_until_retry_after() {
         let cache = DenyCache::new(100);
         cache.remember("k", 3, 1_000, &denial(500, 2_000, 2));
-        assert_eq!(
-            cache.lookup("k", 3, 1_100),
-            Some(CachedDenial {
-                retry_after_us: 400,
-                reset_after_us: 1_900,
-                remaining: 2,
-            })
-        );
+        assert_eq!(cache.lookup("k", 3, 1_100), Some(denial(400, 1_900, 2)));
         assert!(cache.lookup("k", 5, 1_100).is_some());
         assert!(
             cache.lookup("k", 2, 1_100).is_none(),

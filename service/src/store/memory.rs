@@ -12,7 +12,10 @@ use parking_lot::Mutex;
 
 use super::{BucketKey, Store, StoreError};
 use crate::{
-    algorithm::{Algorithm, Decision, State},
+    algorithm::{
+        State,
+        stacked::{self, Decisions, Limit},
+    },
     clock::Clock,
     config::MemoryConfig,
 };
@@ -40,7 +43,7 @@ struct Entry {
     hash: u64,
     resource: Box<str>,
     key: Box<str>,
-    state: State,
+    states: States,
     /// When the state is back to fresh and the entry can be dropped without changing any answer.
     expires_at_us: u64,
 }
@@ -48,6 +51,37 @@ struct Entry {
 impl Entry {
     fn is(&self, key: BucketKey<'_>) -> bool {
         *self.key == *key.key && *self.resource == *key.resource
+    }
+}
+
+/// A key's state under each limit of its rule. Most rules have one limit, kept inline so such
+/// a key costs no second allocation.
+#[derive(Debug)]
+enum States {
+    One(State),
+    Many(Box<[State]>),
+}
+
+impl States {
+    fn fresh(limits: &[Limit], now_us: u64) -> Self {
+        match limits {
+            [limit] => States::One(limit.algorithm.fresh_state(now_us)),
+            _ => States::Many(stacked::fresh_states(limits, now_us).into_boxed_slice()),
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [State] {
+        match self {
+            States::One(state) => std::slice::from_mut(state),
+            States::Many(states) => states,
+        }
+    }
+
+    fn as_slice(&self) -> &[State] {
+        match self {
+            States::One(state) => std::slice::from_ref(state),
+            States::Many(states) => states,
+        }
     }
 }
 
@@ -73,19 +107,24 @@ impl MemoryStore {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    /// The decision for one request, synchronously: the store's whole hot path.
-    pub fn check_now(&self, key: BucketKey<'_>, algorithm: &Algorithm, cost: u64) -> Decision {
+    /// The decisions for one request, synchronously: the store's whole hot path.
+    pub fn check_now(&self, key: BucketKey<'_>, limits: &[Limit], cost: u64) -> Decisions {
         let hash = self.hasher.hash_one(key);
         let now = self.clock.now_us();
         let mut table = self.shard(hash).lock();
         if let Some(entry) = table.find_mut(hash, |entry| entry.is(key)) {
-            let decision = algorithm.check(&mut entry.state, cost, now);
-            entry.expires_at_us = now.saturating_add(decision.reset_after_us);
-            return decision;
+            if entry.states.as_slice().len() != limits.len() {
+                // The rule gained or lost limits: the old states answer nothing about the new ones.
+                entry.states = States::fresh(limits, now);
+            }
+            let decisions = stacked::check(limits, entry.states.as_mut_slice(), cost, now);
+            entry.expires_at_us = now.saturating_add(decisions.reset_after_us());
+            return decisions;
         }
-        let mut state = algorithm.fresh_state(now);
-        let decision = algorithm.check(&mut state, cost, now);
-        if decision.reset_after_us > 0 {
+        let mut states = States::fresh(limits, now);
+        let decisions = stacked::check(limits, states.as_mut_slice(), cost, now);
+        let reset_after_us = decisions.reset_after_us();
+        if reset_after_us > 0 {
             if table.len() >= self.keys_per_shard {
                 self.evict_one(&mut table, now);
             }
@@ -95,22 +134,24 @@ impl MemoryStore {
                     hash,
                     resource: key.resource.into(),
                     key: key.key.into(),
-                    state,
-                    expires_at_us: now.saturating_add(decision.reset_after_us),
+                    states,
+                    expires_at_us: now.saturating_add(reset_after_us),
                 },
                 |entry| entry.hash,
             );
         }
-        decision
+        decisions
     }
 
-    pub fn peek_now(&self, key: BucketKey<'_>, algorithm: &Algorithm) -> Decision {
+    pub fn peek_now(&self, key: BucketKey<'_>, limits: &[Limit]) -> Decisions {
         let hash = self.hasher.hash_one(key);
         let now = self.clock.now_us();
         let table = self.shard(hash).lock();
         match table.find(hash, |entry| entry.is(key)) {
-            Some(entry) => algorithm.peek(&entry.state, now),
-            None => algorithm.peek(&algorithm.fresh_state(now), now),
+            Some(entry) if entry.states.as_slice().len() == limits.len() => {
+                stacked::peek(limits, entry.states.as_slice(), now)
+            }
+            _ => stacked::peek(limits, States::fresh(limits, now).as_slice(), now),
         }
     }
 
@@ -178,21 +219,18 @@ impl Store for MemoryStore {
     async fn check(
         &self,
         key: BucketKey<'_>,
-        algorithm: &Algorithm,
+        limits: &[Limit],
         cost: u64,
-    ) -> Result<Decision, StoreError> {
-        Ok(self.check_now(key, algorithm, cost))
+    ) -> Result<Decisions, StoreError> {
+        Ok(self.check_now(key, limits, cost))
     }
 
-    async fn peek(
-        &self,
-        key: BucketKey<'_>,
-        algorithm: &Algorithm,
-    ) -> Result<Decision, StoreError> {
-        Ok(self.peek_now(key, algorithm))
+    async fn peek(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<Decisions, StoreError> {
+        Ok(self.peek_now(key, limits))
     }
 
-    async fn reset(&self, key: BucketKey<'_>) -> Result<bool, StoreError> {
+    /// Every limit of a key lives in its one entry, so the limits need not be named.
+    async fn reset(&self, key: BucketKey<'_>, _limits: &[Limit]) -> Result<bool, StoreError> {
         Ok(self.reset_now(key))
     }
 
@@ -210,7 +248,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::algorithm::{FixedWindow, TokenBucket};
+    use crate::algorithm::{Algorithm, FixedWindow, TokenBucket};
 
     fn store(shards: usize, max_keys: usize) -> MemoryStore {
         let config = MemoryConfig {
@@ -228,8 +266,8 @@ mod tests {
     #[test]
     fn sweep_drops_only_state_that_is_back_to_fresh() {
         let store = store(4, 1_000);
-        let short = Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000));
-        let long = Algorithm::FixedWindow(FixedWindow::new(5, 60_000_000));
+        let short = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000)));
+        let long = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 60_000_000)));
         store.check_now(bucket("short"), &short, 1);
         store.check_now(bucket("long"), &long, 1);
         assert_eq!(store.len(), 2);
@@ -237,16 +275,59 @@ mod tests {
         assert_eq!(store.sweep_expired(), 1);
         assert_eq!(store.len(), 1);
         assert_eq!(
-            store.peek_now(bucket("long"), &long).remaining,
+            store.peek_now(bucket("long"), &long).decision().remaining,
             4,
             "live state survives"
         );
     }
 
     #[test]
+    fn a_one_limit_key_holds_its_state_inline() {
+        assert_eq!(
+            std::mem::size_of::<States>(),
+            std::mem::size_of::<State>(),
+            "stacking support must not grow the common one-limit entry"
+        );
+    }
+
+    #[test]
+    fn a_stacked_key_keeps_every_limit_in_its_one_entry() {
+        let store = store(4, 1_000);
+        let limits = [
+            Limit::new(
+                "burst",
+                Algorithm::FixedWindow(FixedWindow::new(2, 1_000_000)),
+            ),
+            Limit::new(
+                "hour",
+                Algorithm::FixedWindow(FixedWindow::new(5, 3_600_000_000)),
+            ),
+        ];
+        store.check_now(bucket("k"), &limits, 1);
+        assert_eq!(store.len(), 1);
+        store.clock().advance_us(1_000_000);
+        assert_eq!(store.sweep_expired(), 0, "kept until every limit is fresh");
+        let peeked = store.peek_now(bucket("k"), &limits);
+        assert_eq!(
+            peeked
+                .as_slice()
+                .iter()
+                .map(|d| d.remaining)
+                .collect::<Vec<_>>(),
+            [2, 4]
+        );
+        let one = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(9, 3_600_000_000)));
+        assert_eq!(
+            store.check_now(bucket("k"), &one, 1).decision().remaining,
+            8,
+            "a rule that changed its number of limits starts afresh"
+        );
+    }
+
+    #[test]
     fn requests_that_leave_state_fresh_store_nothing() {
         let store = store(4, 1_000);
-        let algorithm = Algorithm::TokenBucket(TokenBucket::new(5, 1.0));
+        let algorithm = Limit::alone(Algorithm::TokenBucket(TokenBucket::new(5, 1.0)));
         store.peek_now(bucket("a"), &algorithm);
         store.check_now(bucket("b"), &algorithm, 6);
         assert!(store.is_empty());
@@ -255,8 +336,8 @@ mod tests {
     #[test]
     fn max_keys_bounds_memory_and_evicts_the_soonest_expiring() {
         let store = store(1, 4);
-        let soon = Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000));
-        let late = Algorithm::FixedWindow(FixedWindow::new(5, 3_600_000_000));
+        let soon = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000)));
+        let late = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 3_600_000_000)));
         store.check_now(bucket("soon"), &soon, 1);
         for key in ["l1", "l2", "l3"] {
             store.check_now(bucket(key), &late, 1);
@@ -266,11 +347,11 @@ mod tests {
             assert!(store.len() <= 4);
         }
         assert_eq!(
-            store.peek_now(bucket("soon"), &soon).remaining,
+            store.peek_now(bucket("soon"), &soon).decision().remaining,
             5,
             "evicted first"
         );
         assert_eq!(store.evictions(), 3);
-        assert_eq!(store.peek_now(bucket("l6"), &late).remaining, 4);
+        assert_eq!(store.peek_now(bucket("l6"), &late).decision().remaining, 4);
     }
 }

@@ -1,6 +1,6 @@
 //! Where counters live. The [`Store`] trait is the seam between deciding (the limiter, the
-//! pure algorithms) and storage: a store applies an algorithm to one key's state atomically,
-//! with its own notion of `now`. Every store passes the same contract tests
+//! pure algorithms) and storage: a store applies a rule's limits to one key's states
+//! atomically, all or nothing ([`crate::algorithm::stacked`]), with its own notion of `now`. Every store passes the same contract tests
 //! (`tests/store_contract.rs`).
 
 mod breaker;
@@ -13,9 +13,9 @@ use std::future::Future;
 pub use breaker::{Breaker, CircuitState};
 pub use deny_cache::DenyCache;
 pub use memory::MemoryStore;
-pub use redis::{RedisMetrics, RedisStore, TOKEN_BUCKET_SCRIPT, escape_into};
+pub use redis::{DECISION_SCRIPT, RedisMetrics, RedisStore, escape_into};
 
-use crate::algorithm::{Algorithm, Decision};
+use crate::algorithm::stacked::{Decisions, Limit};
 
 /// Identifies one key's state: the client key spending one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,23 +49,28 @@ impl StoreError {
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// Spends `cost` of `key` under `algorithm` if allowed; atomic per key.
+    /// Spends `cost` of `key` under every one of `limits` if all allow, else under none;
+    /// atomic per key. One decision per limit, in order.
     fn check(
         &self,
         key: BucketKey<'_>,
-        algorithm: &Algorithm,
+        limits: &[Limit],
         cost: u64,
-    ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
-    /// Reads what `key`'s state means now without changing it.
+    /// Reads what `key`'s states mean now without changing them.
     fn peek(
         &self,
         key: BucketKey<'_>,
-        algorithm: &Algorithm,
-    ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+        limits: &[Limit],
+    ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
-    /// Forgets `key`'s state; true when there was any.
-    fn reset(&self, key: BucketKey<'_>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Forgets `key`'s state under `limits`; true when there was any.
+    fn reset(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Keys currently held, where the store can tell cheaply.
     fn active_keys(&self) -> Option<u64>;
@@ -94,22 +99,18 @@ impl Store for RedisStore {
     async fn check(
         &self,
         key: BucketKey<'_>,
-        algorithm: &Algorithm,
+        limits: &[Limit],
         cost: u64,
-    ) -> Result<Decision, StoreError> {
-        RedisStore::check(self, key, algorithm, cost).await
+    ) -> Result<Decisions, StoreError> {
+        RedisStore::check(self, key, limits, cost).await
     }
 
-    async fn peek(
-        &self,
-        key: BucketKey<'_>,
-        algorithm: &Algorithm,
-    ) -> Result<Decision, StoreError> {
-        RedisStore::peek(self, key, algorithm).await
+    async fn peek(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<Decisions, StoreError> {
+        RedisStore::peek(self, key, limits).await
     }
 
-    async fn reset(&self, key: BucketKey<'_>) -> Result<bool, StoreError> {
-        RedisStore::reset(self, key).await
+    async fn reset(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
+        RedisStore::reset(self, key, limits).await
     }
 
     fn active_keys(&self) -> Option<u64> {
@@ -125,30 +126,26 @@ impl Store for Backend {
     async fn check(
         &self,
         key: BucketKey<'_>,
-        algorithm: &Algorithm,
+        limits: &[Limit],
         cost: u64,
-    ) -> Result<Decision, StoreError> {
+    ) -> Result<Decisions, StoreError> {
         match self {
-            Backend::Memory(store) => store.check(key, algorithm, cost).await,
-            Backend::Redis(store) => store.check(key, algorithm, cost).await,
+            Backend::Memory(store) => store.check(key, limits, cost).await,
+            Backend::Redis(store) => store.check(key, limits, cost).await,
         }
     }
 
-    async fn peek(
-        &self,
-        key: BucketKey<'_>,
-        algorithm: &Algorithm,
-    ) -> Result<Decision, StoreError> {
+    async fn peek(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<Decisions, StoreError> {
         match self {
-            Backend::Memory(store) => store.peek(key, algorithm).await,
-            Backend::Redis(store) => store.peek(key, algorithm).await,
+            Backend::Memory(store) => store.peek(key, limits).await,
+            Backend::Redis(store) => store.peek(key, limits).await,
         }
     }
 
-    async fn reset(&self, key: BucketKey<'_>) -> Result<bool, StoreError> {
+    async fn reset(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
         match self {
-            Backend::Memory(store) => store.reset(key).await,
-            Backend::Redis(store) => store.reset(key).await,
+            Backend::Memory(store) => store.reset(key, limits).await,
+            Backend::Redis(store) => store.reset(key, limits).await,
         }
     }
 

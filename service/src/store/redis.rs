@@ -1,6 +1,7 @@
-//! The shared store: each key's state lives in Redis and every decision runs as one atomic
-//! Lua script (lua/*.lua mirror the Rust algorithms operation for operation), with time from
-//! Redis `TIME`, so any number of stateless nodes agree exactly.
+//! The shared store: each key's state lives in Redis and every decision, all of a rule's
+//! limits together, runs as one atomic Lua script (lua/*.lua mirror the Rust algorithms and
+//! their stacking operation for operation), with time from Redis `TIME`, so any number of
+//! stateless nodes agree exactly.
 //!
 //! Every call has a deadline; a circuit breaker stops calling a failing Redis for a backoff;
 //! a deny cache answers keys Redis just denied without a round trip.
@@ -25,52 +26,47 @@ use super::{
     deny_cache::DenyCache,
 };
 use crate::{
-    algorithm::{Algorithm, Decision, NEVER},
+    algorithm::{
+        Algorithm, Decision, NEVER,
+        stacked::{Decisions, Limit},
+    },
     clock::Clock,
     config::RedisConfig,
 };
 
-/// A script's full source: the shared prelude, then `lua/<name>.lua`. Compiled in, so the
-/// binary never depends on its working directory.
-macro_rules! script_source {
-    ($name:literal) => {
-        concat!(
-            include_str!("../../../lua/prelude.lua"),
-            include_str!(concat!("../../../lua/", $name, ".lua"))
-        )
-    };
-}
+/// The one decision script exactly as the store runs it (the benchmark loads it too): the
+/// shared prelude, each algorithm's decide function, then `lua/stacked.lua`, which decides a
+/// rule's limits together. Compiled in, so the binary never depends on its working directory.
+pub const DECISION_SCRIPT: &str = concat!(
+    include_str!("../../../lua/prelude.lua"),
+    include_str!("../../../lua/token_bucket.lua"),
+    include_str!("../../../lua/gcra.lua"),
+    include_str!("../../../lua/fixed_window.lua"),
+    include_str!("../../../lua/sliding_window_counter.lua"),
+    include_str!("../../../lua/sliding_window_log.lua"),
+    include_str!("../../../lua/stacked.lua"),
+);
 
-/// The token-bucket script exactly as the store runs it (the benchmark loads it too).
-pub const TOKEN_BUCKET_SCRIPT: &str = script_source!("token_bucket");
-
-struct Scripts {
-    token_bucket: Script,
-    gcra: Script,
-    fixed_window: Script,
-    sliding_window_counter: Script,
-    sliding_window_log: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Self {
-            token_bucket: Script::new(TOKEN_BUCKET_SCRIPT),
-            gcra: Script::new(script_source!("gcra")),
-            fixed_window: Script::new(script_source!("fixed_window")),
-            sliding_window_counter: Script::new(script_source!("sliding_window_counter")),
-            sliding_window_log: Script::new(script_source!("sliding_window_log")),
-        }
+/// The tag naming an algorithm in keys and in the script's arguments.
+fn tag_of(algorithm: &Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::TokenBucket(_) => "tb",
+        Algorithm::Gcra(_) => "gcra",
+        Algorithm::FixedWindow(_) => "fw",
+        Algorithm::SlidingWindowCounter(_) => "swc",
+        Algorithm::SlidingWindowLog(_) => "swl",
     }
+}
 
-    fn all(&self) -> [&Script; 5] {
-        [
-            &self.token_bucket,
-            &self.gcra,
-            &self.fixed_window,
-            &self.sliding_window_counter,
-            &self.sliding_window_log,
-        ]
+/// The two parameters the algorithm's decide function takes, as the script reads them.
+fn parameters_of(algorithm: &Algorithm) -> [String; 2] {
+    match algorithm {
+        // The shortest decimal that round-trips, so Lua computes with the very same double.
+        Algorithm::TokenBucket(a) => [a.capacity().to_string(), a.refill_per_us().to_string()],
+        Algorithm::Gcra(a) => [a.emission_interval_us().to_string(), a.burst().to_string()],
+        Algorithm::FixedWindow(a) => [a.limit().to_string(), a.window_us().to_string()],
+        Algorithm::SlidingWindowCounter(a) => [a.limit().to_string(), a.window_ms().to_string()],
+        Algorithm::SlidingWindowLog(a) => [a.limit().to_string(), a.window_us().to_string()],
     }
 }
 
@@ -131,7 +127,7 @@ pub struct RedisMetrics {
 pub struct RedisStore {
     connection: Connection,
     next: AtomicUsize,
-    scripts: Scripts,
+    script: Script,
     prefix: String,
     deadline: std::time::Duration,
     breaker: Breaker,
@@ -190,7 +186,7 @@ impl RedisStore {
         let store = Self {
             connection,
             next: AtomicUsize::new(0),
-            scripts: Scripts::new(),
+            script: Script::new(DECISION_SCRIPT),
             prefix: config.prefix.clone(),
             deadline: config.deadline,
             breaker: Breaker::new(config.breaker_failures, config.breaker_backoff),
@@ -221,35 +217,52 @@ impl RedisStore {
     async fn load_scripts(&self) -> Result<(), StoreError> {
         match &self.connection {
             Connection::Single(_) => {
-                let mut connection = self.pick();
-                for script in self.scripts.all() {
-                    script
-                        .load_async(&mut connection)
-                        .await
-                        .map_err(unavailable)?;
-                }
+                self.script
+                    .load_async(&mut self.pick())
+                    .await
+                    .map_err(unavailable)?;
             }
-            // A cluster loads each script on the node owning the key, on first use (NOSCRIPT).
+            // A cluster loads the script on the node owning the key, on first use (NOSCRIPT).
             Connection::Cluster(_) => {}
         }
         Ok(())
     }
 
-    /// The Redis key of one algorithm's state for `bucket`: `{prefix}{tag}:{<resource>:<key>}`.
-    /// The braces make a Redis Cluster hash tag, so all of a bucket's keys share a slot; both
-    /// parts are escaped so no pair can produce another pair's key (see [`escape_into`]).
-    pub fn state_key(&self, tag: &str, bucket: BucketKey<'_>) -> String {
+    /// The Redis key of one limit's state for `bucket`:
+    /// `{prefix}{tag}:{<key>}:<resource>:<limit>`. The braces make a Redis Cluster hash tag on
+    /// the client key alone, so every state of one client (all its resources and limits) shares
+    /// a slot and one script can decide them together. Every part is escaped so no triple can
+    /// produce another's key (see [`escape_into`]).
+    pub fn state_key(&self, bucket: BucketKey<'_>, limit: &Limit) -> String {
+        let tag = tag_of(&limit.algorithm);
         let mut key = String::with_capacity(
-            self.prefix.len() + tag.len() + bucket.key.len() + bucket.resource.len() + 8,
+            self.prefix.len()
+                + tag.len()
+                + bucket.key.len()
+                + bucket.resource.len()
+                + limit.name.len()
+                + 8,
         );
         key.push_str(&self.prefix);
         key.push_str(tag);
         key.push_str(":{");
+        escape_into(&mut key, bucket.key);
+        key.push_str("}:");
         escape_into(&mut key, bucket.resource);
         key.push(':');
-        escape_into(&mut key, bucket.key);
-        key.push('}');
+        escape_into(&mut key, &limit.name);
         key
+    }
+
+    /// Every Redis key holding `limit`'s state for `bucket`.
+    fn push_state_keys(&self, keys: &mut Vec<String>, bucket: BucketKey<'_>, limit: &Limit) {
+        let key = self.state_key(bucket, limit);
+        if let Algorithm::SlidingWindowLog(_) = limit.algorithm {
+            keys.push(format!("{key}:total"));
+            keys.insert(keys.len() - 1, key);
+        } else {
+            keys.push(key);
+        }
     }
 
     fn pick(&self) -> Picked {
@@ -306,113 +319,78 @@ impl RedisStore {
     async fn decide(
         &self,
         bucket: BucketKey<'_>,
-        algorithm: &Algorithm,
+        limits: &[Limit],
         cost: u64,
-    ) -> Result<Decision, StoreError> {
-        let (script, tag, params) = match algorithm {
-            Algorithm::TokenBucket(a) => (
-                &self.scripts.token_bucket,
-                "tb",
-                [a.capacity().to_string(), a.refill_per_us().to_string()],
-            ),
-            Algorithm::Gcra(a) => (
-                &self.scripts.gcra,
-                "gcra",
-                [a.emission_interval_us().to_string(), a.burst().to_string()],
-            ),
-            Algorithm::FixedWindow(a) => (
-                &self.scripts.fixed_window,
-                "fw",
-                [a.limit().to_string(), a.window_us().to_string()],
-            ),
-            Algorithm::SlidingWindowCounter(a) => (
-                &self.scripts.sliding_window_counter,
-                "swc",
-                [a.limit().to_string(), a.window_ms().to_string()],
-            ),
-            Algorithm::SlidingWindowLog(a) => (
-                &self.scripts.sliding_window_log,
-                "swl",
-                [a.limit().to_string(), a.window_us().to_string()],
-            ),
-        };
-        let key = self.state_key(tag, bucket);
+    ) -> Result<Decisions, StoreError> {
+        let mut keys = Vec::with_capacity(limits.len() + 1);
+        for limit in limits {
+            self.push_state_keys(&mut keys, bucket, limit);
+        }
+        // The first key names the bucket and its rule's first limit in the deny cache.
         let now = self.clock.now_us();
         if cost > 0
-            && let Some(cached) = self.deny_cache.lookup(&key, cost, now)
+            && let Some(cached) = self.deny_cache.lookup(&keys[0], cost, now)
         {
             self.metrics.deny_cache_hits.inc();
-            return Ok(Decision {
-                allowed: false,
-                limit: algorithm.limit(),
-                remaining: cached.remaining,
-                reset_after_us: cached.reset_after_us,
-                retry_after_us: cached.retry_after_us,
-            });
+            return Ok(cached);
         }
-        let mut invocation = script.prepare_invoke();
-        invocation.key(&key);
-        if let Algorithm::SlidingWindowLog(_) = algorithm {
-            invocation.key(format!("{key}:total"));
+        let mut invocation = self.script.prepare_invoke();
+        for key in &keys {
+            invocation.key(key);
         }
         let pinned = if self.pinned_time {
             now.to_string()
         } else {
             String::new()
         };
-        invocation
-            .arg(pinned)
-            .arg(cost)
-            .arg(&params[0])
-            .arg(&params[1]);
+        invocation.arg(pinned).arg(cost);
+        for limit in limits {
+            let [first, second] = parameters_of(&limit.algorithm);
+            invocation
+                .arg(tag_of(&limit.algorithm))
+                .arg(first)
+                .arg(second);
+        }
         self.metrics.script_calls.inc();
-        let (allowed, remaining, reset_after_us, retry_after_us): (u8, u64, u64, i64) = self
+        let reply: Vec<i64> = self
             .run(async |connection| invocation.invoke_async(connection).await)
             .await?;
-        let retry_after_us = u64::try_from(retry_after_us).unwrap_or(NEVER);
-        let decision = Decision {
-            allowed: allowed == 1,
-            limit: algorithm.limit(),
-            remaining,
-            reset_after_us,
-            retry_after_us,
-        };
-        if !decision.allowed && retry_after_us != NEVER {
-            self.deny_cache.remember(&key, cost, now, &decision);
+        let decisions = decisions_of(&reply, limits)?;
+        if !decisions.allowed() && decisions.decision().retry_after_us != NEVER {
+            self.deny_cache.remember(&keys[0], cost, now, &decisions);
         }
-        Ok(decision)
+        Ok(decisions)
     }
 
     pub async fn check(
         &self,
         bucket: BucketKey<'_>,
-        algorithm: &Algorithm,
+        limits: &[Limit],
         cost: u64,
-    ) -> Result<Decision, StoreError> {
-        self.decide(bucket, algorithm, cost).await
+    ) -> Result<Decisions, StoreError> {
+        self.decide(bucket, limits, cost).await
     }
 
     pub async fn peek(
         &self,
         bucket: BucketKey<'_>,
-        algorithm: &Algorithm,
-    ) -> Result<Decision, StoreError> {
-        self.decide(bucket, algorithm, 0).await
+        limits: &[Limit],
+    ) -> Result<Decisions, StoreError> {
+        self.decide(bucket, limits, 0).await
     }
 
-    pub async fn reset(&self, bucket: BucketKey<'_>) -> Result<bool, StoreError> {
-        let keys: Vec<String> = ["tb", "gcra", "fw", "swc", "swl"]
-            .iter()
-            .map(|tag| self.state_key(tag, bucket))
-            .collect();
-        for key in &keys {
-            self.deny_cache.forget(key);
+    pub async fn reset(&self, bucket: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
+        let mut keys = Vec::with_capacity(limits.len() + 1);
+        for limit in limits {
+            self.push_state_keys(&mut keys, bucket, limit);
+        }
+        if let Some(first) = keys.first() {
+            self.deny_cache.forget(first);
         }
         let mut command = redis::cmd("DEL");
         for key in &keys {
             command.arg(key);
         }
-        command.arg(format!("{}:total", keys[4]));
         let removed: u64 = self
             .run(async |connection| command.query_async(connection).await)
             .await?;
@@ -452,6 +430,29 @@ impl RedisStore {
             .await
             .map_err(unavailable)
     }
+}
+
+/// The script's flat reply (four numbers per limit) as decisions.
+fn decisions_of(reply: &[i64], limits: &[Limit]) -> Result<Decisions, StoreError> {
+    if reply.len() != limits.len() * 4 {
+        return Err(StoreError::Unavailable(format!(
+            "decision script answered {} numbers for {} limits; is another version of it loaded?",
+            reply.len(),
+            limits.len()
+        )));
+    }
+    let mut decisions = Decisions::default();
+    for (fields, limit) in reply.chunks_exact(4).zip(limits) {
+        let whole = |value: i64| u64::try_from(value).unwrap_or(0);
+        decisions.push(Decision {
+            allowed: fields[0] == 1,
+            limit: limit.algorithm.limit(),
+            remaining: whole(fields[1]),
+            reset_after_us: whole(fields[2]),
+            retry_after_us: u64::try_from(fields[3]).unwrap_or(NEVER),
+        });
+    }
+    Ok(decisions)
 }
 
 /// Appends `part` with every byte outside `A-Z a-z 0-9 _ - . /` written as `%XX`, so the result

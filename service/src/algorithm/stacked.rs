@@ -1,0 +1,390 @@
+//! Stacked limits: a rule's several limits decided together, all or nothing.
+//!
+//! A request is allowed only if every limit allows it, and then every limit is charged; if any
+//! limit denies, none is charged. Like the algorithms this is pure arithmetic over the key's
+//! states and an explicit `now` (the store supplies both under the key's one lock, and
+//! `lua/stacked.lua` mirrors it inside one Redis script).
+//!
+//! Retry-after of a denial is the longest retry-after among the denying limits. It is honest:
+//! a limit that allows now still allows later if nothing is spent, and each denying limit allows
+//! at its own retry-after, so at the longest one every limit allows. It is tight: one
+//! microsecond earlier the limit that set it still denies.
+
+use super::{Algorithm, Decision, State};
+
+/// The most limits one rule may stack (configuration enforces it), so a decision's per-limit
+/// answers fit in a fixed array and a check allocates nothing.
+pub const MAX_LIMITS: usize = 8;
+
+/// One limit of a rule: a short name (for headers, responses and storage keys) and its algorithm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    pub name: String,
+    pub algorithm: Algorithm,
+}
+
+impl Limit {
+    pub fn new(name: impl Into<String>, algorithm: Algorithm) -> Self {
+        Self {
+            name: name.into(),
+            algorithm,
+        }
+    }
+
+    /// A rule of one limit, named after its algorithm (tests and benchmarks).
+    pub fn alone(algorithm: Algorithm) -> [Limit; 1] {
+        [Limit::new(algorithm.name(), algorithm)]
+    }
+}
+
+/// Every limit's answer to one request, in the rule's order, and which of them decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decisions {
+    len: usize,
+    items: [Decision; MAX_LIMITS],
+}
+
+const EMPTY: Decision = Decision {
+    allowed: true,
+    limit: 0,
+    remaining: 0,
+    reset_after_us: 0,
+    retry_after_us: 0,
+};
+
+impl Default for Decisions {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            items: [EMPTY; MAX_LIMITS],
+        }
+    }
+}
+
+impl Decisions {
+    /// One decision per limit, in order. Panics past [`MAX_LIMITS`].
+    pub fn from_slice(decisions: &[Decision]) -> Self {
+        let mut all = Self::default();
+        for decision in decisions {
+            all.push(*decision);
+        }
+        all
+    }
+
+    pub fn push(&mut self, decision: Decision) {
+        self.items[self.len] = decision;
+        self.len += 1;
+    }
+
+    pub fn as_slice(&self) -> &[Decision] {
+        &self.items[..self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [Decision] {
+        &mut self.items[..self.len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when every limit allowed.
+    pub fn allowed(&self) -> bool {
+        self.as_slice().iter().all(|decision| decision.allowed)
+    }
+
+    /// The index of the limit that decided: when denied, the denying limit with the longest
+    /// retry-after; when allowed, the limit with the least remaining. Ties go to the first.
+    pub fn deciding(&self) -> usize {
+        let decisions = self.as_slice();
+        let denied = decisions
+            .iter()
+            .enumerate()
+            .filter(|(_, decision)| !decision.allowed)
+            .fold(
+                None,
+                |best: Option<(usize, u64)>, (index, decision)| match best {
+                    Some((_, retry)) if retry >= decision.retry_after_us => best,
+                    _ => Some((index, decision.retry_after_us)),
+                },
+            );
+        if let Some((index, _)) = denied {
+            return index;
+        }
+        decisions
+            .iter()
+            .enumerate()
+            .fold((0, u64::MAX), |(best, least), (index, decision)| {
+                if decision.remaining < least {
+                    (index, decision.remaining)
+                } else {
+                    (best, least)
+                }
+            })
+            .0
+    }
+
+    /// The deciding limit's answer: the whole request's answer (allowed only if all allowed).
+    pub fn decision(&self) -> Decision {
+        self.items[self.deciding()]
+    }
+
+    /// Microseconds until every limit's state is back to fresh.
+    pub fn reset_after_us(&self) -> u64 {
+        self.as_slice()
+            .iter()
+            .map(|decision| decision.reset_after_us)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Fresh states for `limits`, in order.
+pub fn fresh_states(limits: &[Limit], now_us: u64) -> Vec<State> {
+    limits
+        .iter()
+        .map(|limit| limit.algorithm.fresh_state(now_us))
+        .collect()
+}
+
+/// Decides `cost` at `now_us` against every limit, updating `states` (one per limit, in
+/// order): all charged when all allow, none charged otherwise. A `cost` of 0 is a query.
+///
+/// On a denial every state is still brought forward to `now_us` exactly as a lone algorithm's
+/// denial does (a token bucket keeps its refill), so each retry-after is computed from the
+/// state the retry will start from.
+pub fn check(limits: &[Limit], states: &mut [State], cost: u64, now_us: u64) -> Decisions {
+    debug_assert_eq!(limits.len(), states.len());
+    debug_assert!(limits.len() <= MAX_LIMITS);
+    let mut decisions = Decisions::default();
+    if let ([limit], [state]) = (limits, &mut *states) {
+        decisions.push(limit.algorithm.check(state, cost, now_us));
+        return decisions;
+    }
+    let mut trials: [Option<State>; MAX_LIMITS] = Default::default();
+    for ((limit, state), trial) in limits.iter().zip(states.iter()).zip(&mut trials) {
+        let mut charged = state.clone();
+        decisions.push(limit.algorithm.check(&mut charged, cost, now_us));
+        *trial = Some(charged);
+    }
+    let allowed = decisions.allowed();
+    for (((limit, state), trial), decision) in limits
+        .iter()
+        .zip(states.iter_mut())
+        .zip(trials)
+        .zip(decisions.as_mut_slice())
+    {
+        match trial {
+            // A denying limit's trial charged nothing; an allowing one's stands if all allowed.
+            Some(trial) if allowed || !decision.allowed => *state = trial,
+            // Allowed here, but another limit denied: charge nothing and report what is left.
+            _ => *decision = limit.algorithm.check(state, 0, now_us),
+        }
+    }
+    decisions
+}
+
+/// What the key's states mean at `now_us`, changing nothing.
+pub fn peek(limits: &[Limit], states: &[State], now_us: u64) -> Decisions {
+    let mut decisions = Decisions::default();
+    for (limit, state) in limits.iter().zip(states) {
+        decisions.push(limit.algorithm.peek(state, now_us));
+    }
+    decisions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::testkit::{Request, assert_interval_bound, sequences};
+    use crate::algorithm::{
+        FixedWindow, Gcra, NEVER, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+    };
+    use proptest::prelude::*;
+
+    fn limit(name: &str, algorithm: Algorithm) -> Limit {
+        Limit::new(name, algorithm)
+    }
+
+    /// 2 per second, and 5 per minute.
+    fn burst_and_minute() -> Vec<Limit> {
+        vec![
+            limit("burst", Algorithm::TokenBucket(TokenBucket::new(2, 2.0))),
+            limit(
+                "minute",
+                Algorithm::FixedWindow(FixedWindow::new(5, 60_000_000)),
+            ),
+        ]
+    }
+
+    #[test]
+    fn allowed_only_when_every_limit_allows_and_then_charges_every_limit() {
+        let limits = burst_and_minute();
+        let mut states = fresh_states(&limits, 0);
+        let first = check(&limits, &mut states, 1, 0);
+        assert!(first.allowed());
+        assert_eq!(
+            first
+                .as_slice()
+                .iter()
+                .map(|d| d.remaining)
+                .collect::<Vec<_>>(),
+            [1, 4]
+        );
+        assert_eq!(first.deciding(), 0, "least remaining decides an allowance");
+        assert!(check(&limits, &mut states, 1, 0).allowed());
+        let denied = check(&limits, &mut states, 1, 0);
+        assert!(!denied.allowed());
+        assert_eq!(denied.deciding(), 0);
+        assert_eq!(
+            denied.as_slice()[1].remaining,
+            3,
+            "the minute limit was not charged for the denial"
+        );
+        assert!(denied.as_slice()[1].allowed, "the minute limit had room");
+    }
+
+    #[test]
+    fn the_tighter_limit_over_time_decides_and_its_retry_after_is_reported() {
+        let limits = burst_and_minute();
+        let mut states = fresh_states(&limits, 0);
+        let mut now = 0;
+        for _ in 0..5 {
+            assert!(check(&limits, &mut states, 1, now).allowed());
+            now += 1_000_000;
+        }
+        let denied = check(&limits, &mut states, 1, now);
+        assert!(!denied.allowed());
+        assert_eq!(denied.deciding(), 1, "the minute limit is spent");
+        assert_eq!(denied.decision().retry_after_us, 60_000_000 - now);
+        assert_eq!(
+            denied.as_slice()[0].remaining,
+            2,
+            "burst full again, and not charged for the denial"
+        );
+    }
+
+    #[test]
+    fn the_longest_denying_retry_after_decides() {
+        let limits = vec![
+            limit("a", Algorithm::Gcra(Gcra::new(1.0, 1))),
+            limit("b", Algorithm::Gcra(Gcra::new(0.25, 1))),
+            limit("c", Algorithm::Gcra(Gcra::new(0.5, 1))),
+        ];
+        let mut states = fresh_states(&limits, 0);
+        assert!(check(&limits, &mut states, 1, 0).allowed());
+        let denied = check(&limits, &mut states, 1, 0);
+        assert_eq!(denied.deciding(), 1);
+        assert_eq!(denied.decision().retry_after_us, 4_000_000);
+        assert!(!check(&limits, &mut states, 1, 3_999_999).allowed());
+        assert!(check(&limits, &mut states, 1, 4_000_000).allowed());
+    }
+
+    #[test]
+    fn a_query_charges_nothing() {
+        let limits = burst_and_minute();
+        let mut states = fresh_states(&limits, 0);
+        check(&limits, &mut states, 1, 0);
+        let before = states.clone();
+        let query = check(&limits, &mut states, 0, 0);
+        assert!(query.allowed());
+        assert_eq!(query, peek(&limits, &before, 0));
+    }
+
+    fn stacks() -> impl Strategy<Value = Vec<Limit>> {
+        let one = prop_oneof![
+            (1u64..6, 1u64..4_000).prop_map(|(capacity, refill_milli)| Algorithm::TokenBucket(
+                TokenBucket::new(capacity, refill_milli as f64 / 1000.0)
+            )),
+            (1u64..6, 1u64..4_000).prop_map(|(burst, rate_milli)| Algorithm::Gcra(Gcra::new(
+                rate_milli as f64 / 1000.0,
+                burst
+            ))),
+            (1u64..12, 1u64..3_000)
+                .prop_map(|(limit, ms)| Algorithm::FixedWindow(FixedWindow::new(limit, ms * 1000))),
+            (1u64..12, 1u64..3_000).prop_map(|(limit, ms)| Algorithm::SlidingWindowLog(
+                SlidingWindowLog::new(limit, ms * 1000)
+            )),
+            (1u64..12, 1u64..3_000).prop_map(|(limit, ms)| Algorithm::SlidingWindowCounter(
+                SlidingWindowCounter::new(limit, ms)
+            )),
+        ];
+        proptest::collection::vec(one, 1..=4).prop_map(|algorithms| {
+            algorithms
+                .into_iter()
+                .enumerate()
+                .map(|(index, algorithm)| limit(&format!("l{index}"), algorithm))
+                .collect()
+        })
+    }
+
+    /// The admitted (time, cost) pairs; checks every denial's retry-after honest and tight,
+    /// and that a denial charged nothing.
+    fn run(limits: &[Limit], requests: &[Request]) -> Vec<(u64, u64)> {
+        let mut now = 1_000_000_000_000u64;
+        let mut states = fresh_states(limits, now);
+        let max_cost = limits.iter().map(|l| l.algorithm.limit()).min().unwrap();
+        let mut admitted = Vec::new();
+        for request in requests {
+            now += request.gap_us;
+            let cost = request.cost.min(max_cost);
+            let before = peek(limits, &states, now);
+            let decisions = check(limits, &mut states, cost, now);
+            if decisions.allowed() {
+                admitted.push((now, cost));
+                continue;
+            }
+            assert_eq!(
+                peek(limits, &states, now),
+                before,
+                "a denial charged something"
+            );
+            let retry = decisions.decision().retry_after_us;
+            assert!(retry > 0 && retry != NEVER, "{decisions:?}");
+            let mut later = states.clone();
+            assert!(
+                check(limits, &mut later, cost, now + retry).allowed(),
+                "denied again at its own retry-after: {decisions:?}"
+            );
+            let mut earlier = states.clone();
+            assert!(
+                !check(limits, &mut earlier, cost, now + retry - 1).allowed(),
+                "retry-after later than needed: {decisions:?}"
+            );
+        }
+        admitted
+    }
+
+    proptest! {
+        #[test]
+        fn every_limit_keeps_its_own_bound_and_retry_after_is_honest_and_tight(
+            limits in stacks(),
+            requests in sequences(6, 2_000_000),
+        ) {
+            let admitted = run(&limits, &requests);
+            for limit in &limits {
+                match &limit.algorithm {
+                    Algorithm::TokenBucket(a) => assert_interval_bound(&admitted, |span| {
+                        a.capacity() as f64 + a.refill_per_second() * span as f64 / 1e6
+                            + requests.len() as f64 * crate::algorithm::token_bucket::TOKEN_EPSILON
+                    }),
+                    Algorithm::Gcra(a) => assert_interval_bound(&admitted, |span| {
+                        a.burst() as f64 + span as f64 / a.emission_interval_us() as f64
+                    }),
+                    Algorithm::FixedWindow(a) => crate::algorithm::testkit::assert_aligned_window_bound(
+                        &admitted, a.window_us(), a.limit(),
+                    ),
+                    Algorithm::SlidingWindowLog(a) => assert_interval_bound(&admitted, |span| {
+                        if span < a.window_us() { a.limit() as f64 } else { f64::INFINITY }
+                    }),
+                    // Approximate by design; its own tests bound it.
+                    Algorithm::SlidingWindowCounter(_) => {}
+                }
+            }
+        }
+    }
+}
