@@ -1,17 +1,32 @@
 -- A rule's limits decided together, all or nothing, mirroring
 -- service/src/algorithm/stacked.rs: allowed only if every limit allows, and then every limit
--- is charged; if any denies, none is. One script call, so it is atomic, and every key shares
--- the client key's hash tag, so it runs on Redis Cluster too.
--- KEYS     each limit's state keys, in order (KEY_COUNT[tag] each, default one)
+-- is charged; if any denies, none is. Under a ban policy a banned key is answered from its ban
+-- (limits read, not charged) and a denial counts as an offence that may start a ban. One script
+-- call, so it is atomic; every key shares the client key's hash tag, so it runs on Redis Cluster.
+-- KEYS     each limit's state keys, in order (KEY_COUNT[tag] each, default one); then, with a
+--          ban policy, the ban state key
 -- ARGV     now_us ("" = Redis TIME; see prelude.lua), cost (0 = peek: compute, write nothing),
---          then per limit: algorithm tag (tb, gcra, fw, swc, swl), first and second parameter
--- Returns  per limit, flat: allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never)
+--          "1" and the ban's after, within_us, duration_us, factor, max_duration_us,
+--          lookback_us, or "0" without a ban; then per limit: algorithm tag (tb, gcra, fw,
+--          swc, swl), first and second parameter
+-- Returns  per limit, flat: allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never);
+--          then banned_for_us (0 = not banned) and 1 if this request started the ban, else 0
 local now = now_us(ARGV[1])
 local cost = tonumber(ARGV[2])
 
+local ban = nil
+local first_limit = 4
+if ARGV[3] == '1' then
+  ban = {
+    after = tonumber(ARGV[4]), within = tonumber(ARGV[5]), duration = tonumber(ARGV[6]),
+    factor = tonumber(ARGV[7]), max = tonumber(ARGV[8]), lookback = tonumber(ARGV[9]),
+  }
+  first_limit = 10
+end
+
 local limits = {}
 local next_key = 1
-for a = 3, #ARGV, 3 do
+for a = first_limit, #ARGV, 3 do
   local tag = ARGV[a]
   local count = KEY_COUNT[tag] or 1
   local keys = {}
@@ -24,7 +39,28 @@ end
 
 local function decide(limit, spend) return limit.decide(limit.keys, now, spend, limit.p1, limit.p2) end
 
+local function reply(decisions, banned_for, started)
+  local flat = {}
+  for _, d in ipairs(decisions) do
+    for _, field in ipairs(d) do flat[#flat + 1] = field end
+  end
+  flat[#flat + 1] = banned_for
+  flat[#flat + 1] = started
+  return flat
+end
+
 local decisions, writes, all = {}, {}, true
+local ban_key, ban_state = nil, nil
+if ban then
+  ban_key = KEYS[next_key]
+  ban_state = ban_load(ban_key)
+  local remaining = ban_remaining(ban_state, now)
+  if remaining then
+    for i, limit in ipairs(limits) do decisions[i] = decide(limit, 0) end
+    return reply(decisions, remaining, 0)
+  end
+end
+
 for i, limit in ipairs(limits) do
   decisions[i], writes[i] = decide(limit, cost)
   if decisions[i][1] == 0 then all = false end
@@ -39,8 +75,10 @@ if cost > 0 then
   for i = 1, #limits do writes[i](all) end
 end
 
-local reply = {}
-for _, d in ipairs(decisions) do
-  for _, field in ipairs(d) do reply[#reply + 1] = field end
+local banned_for, started = 0, 0
+if ban and not all and cost > 0 then
+  local duration = ban_record(ban, ban_state, now)
+  if duration then banned_for, started = duration, 1 end
+  ban_store(ban_key, ban, ban_state, now)
 end
-return reply
+return reply(decisions, banned_for, started)

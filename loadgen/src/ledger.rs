@@ -144,8 +144,9 @@ pub fn metric_sum(metrics_text: &str, name: &str, labels: &[(&str, &str)]) -> f6
 }
 
 /// Sums `sluice_decisions_total` of `resource` by outcome from a Prometheus text page:
-/// (let through, denied). Let through counts shadowed denials too: the client was allowed. A
-/// resource without a rule of its own is counted under the default rule's label, `*`.
+/// (let through, refused). Let through counts shadowed denials too (the client was allowed);
+/// refused counts bans with denials, as the client's ledger does. A resource without a rule of
+/// its own is counted under the default rule's label, `*`.
 pub fn decision_counts(metrics_text: &str, resource: &str) -> (u64, u64) {
     let name = "sluice_decisions_total";
     let has_own_rule = metrics_text.contains(&format!("resource=\"{resource}\""));
@@ -159,7 +160,7 @@ pub fn decision_counts(metrics_text: &str, resource: &str) -> (u64, u64) {
     };
     (
         outcome("allowed") + outcome("shadow_denied"),
-        outcome("denied"),
+        outcome("denied") + outcome("banned"),
     )
 }
 
@@ -238,12 +239,13 @@ mod tests {
         let text = "# HELP x\nsluice_decisions_total{outcome=\"allowed\",resource=\"a\"} 5\n\
                     sluice_decisions_total{outcome=\"denied\",resource=\"a\"} 2\n\
                     sluice_decisions_total{outcome=\"shadow_denied\",resource=\"a\"} 3\n\
+                    sluice_decisions_total{outcome=\"banned\",resource=\"a\"} 4\n\
                     sluice_decisions_total{outcome=\"allowed\",resource=\"*\"} 7\n\
                     sluice_decisions_total_other 100\n";
         assert_eq!(
             decision_counts(text, "a"),
-            (8, 2),
-            "shadowed denials were let through"
+            (8, 6),
+            "shadowed denials were let through; bans refused"
         );
         assert_eq!(
             decision_counts(text, "unruled"),

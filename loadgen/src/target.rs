@@ -510,9 +510,10 @@ impl TargetClient {
                     .unary(&client.check, &prepared.grpc_check)
                     .await?;
                 let answer = CheckAnswer::decode(message).map_err(|_| ErrorKind::Other)?;
+                let banned = answer.decision() == Decision::Banned;
                 Ok(Answer {
                     allowed: answer.allowed,
-                    banned: answer.decision() == Decision::Banned,
+                    banned,
                     limit: answer.limit,
                     remaining: answer.remaining,
                     reset_after_us: duration_us(answer.reset_after),
@@ -521,7 +522,8 @@ impl TargetClient {
                     algorithm: std::str::from_utf8(&answer.algorithm)
                         .ok()
                         .and_then(AlgorithmKind::parse),
-                    failed_over: !answer.reason.is_empty(),
+                    // A ban's reason says why it refused; only other reasons mean a failure mode.
+                    failed_over: !answer.reason.is_empty() && !banned,
                 })
             }
             TargetClient::Http {
@@ -532,23 +534,25 @@ impl TargetClient {
                 let request = keyed_post(&requests.http_check, host, prepared.api_key.as_bytes());
                 let (status, body) = http_exchange(connection, authority, &request).await?;
                 match status {
-                    200 | 429 => {}
+                    // 403: a banned key (a problem document carrying the decision).
+                    200 | 403 | 429 => {}
                     400 => return Err(ErrorKind::InvalidArgument),
                     503 => return Err(ErrorKind::Unavailable),
                     _ => return Err(ErrorKind::Other),
                 }
                 let answer: HttpAnswer<'_> =
                     serde_json::from_slice(&body).map_err(|_| ErrorKind::Other)?;
+                let banned = answer.decision == Some("banned");
                 Ok(Answer {
                     allowed: answer.allowed,
-                    banned: answer.decision == Some("banned"),
+                    banned,
                     limit: answer.limit,
                     remaining: answer.remaining,
                     reset_after_us: (answer.reset_after_ms * 1e3) as u64,
                     retry_after_us: (answer.retry_after_ms * 1e3) as u64,
                     policy_window_us: (answer.policy_window_ms * 1e3) as u64,
                     algorithm: answer.algorithm.and_then(AlgorithmKind::parse),
-                    failed_over: answer.reason.is_some(),
+                    failed_over: answer.reason.is_some() && !banned,
                 })
             }
         }

@@ -68,6 +68,7 @@ async fn store_rate(store: Arc<RedisStore>, limits: Arc<Vec<Limit>>, duration: D
                                 key,
                             },
                             &limits,
+                            None,
                             1,
                         )
                         .await
@@ -116,7 +117,16 @@ fn redis_benchmark_rate(redis: &LocalRedis, algorithm: &Algorithm, requests: u64
             &KEYS.to_string(),
             "--csv",
         ])
-        .args(["EVALSHA", &sha, "1", "bench:rb:__rand_int__", "", "1", "tb"])
+        .args([
+            "EVALSHA",
+            &sha,
+            "1",
+            "bench:rb:__rand_int__",
+            "",
+            "1",
+            "0",
+            "tb",
+        ])
         .args([
             bucket.capacity().to_string(),
             bucket.refill_per_us().to_string(),

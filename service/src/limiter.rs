@@ -42,6 +42,8 @@ pub enum Outcome {
     Denied,
     /// The rule is in shadow mode and would have denied: the caller may go ahead.
     ShadowDenied,
+    /// The key is banned for repeated denials: refused until the ban ends.
+    Banned,
 }
 
 impl Outcome {
@@ -50,12 +52,13 @@ impl Outcome {
             Outcome::Allowed => "allowed",
             Outcome::Denied => "denied",
             Outcome::ShadowDenied => "shadow_denied",
+            Outcome::Banned => "banned",
         }
     }
 
     /// Whether the caller may proceed.
     pub fn proceeds(self) -> bool {
-        self != Outcome::Denied
+        matches!(self, Outcome::Allowed | Outcome::ShadowDenied)
     }
 }
 
@@ -139,6 +142,9 @@ pub enum LimiterError {
     Store(#[from] StoreError),
 }
 
+/// The `reason` of a banned key's answer.
+pub const BANNED_REASON: &str = "key banned for repeatedly exceeding its limits";
+
 /// Retry-after suggested when failing closed: about when the breaker probes the store again.
 const STORE_DOWN_RETRY_US: u64 = 1_000_000;
 
@@ -208,6 +214,8 @@ pub struct Limiter<S> {
     failure: FailurePolicy,
     /// Bounds the lines logged about shadowed denials.
     shadow_log: LogBudget,
+    /// Bounds the lines logged about bans started.
+    ban_log: LogBudget,
 }
 
 impl<S: Store> Limiter<S> {
@@ -231,6 +239,7 @@ impl<S: Store> Limiter<S> {
             metrics,
             failure,
             shadow_log: LogBudget::new(LINES_PER_SECOND),
+            ban_log: LogBudget::new(LINES_PER_SECOND),
         }
     }
 
@@ -277,7 +286,11 @@ impl<S: Store> Limiter<S> {
             resource,
             key: request.key,
         };
-        let decisions = match self.store.check(bucket, &rule.limits, cost).await {
+        let decisions = match self
+            .store
+            .check(bucket, &rule.limits, rule.active_ban(), cost)
+            .await
+        {
             Ok(decisions) => {
                 self.metrics.set_fallback_active(false);
                 decisions
@@ -298,24 +311,43 @@ impl<S: Store> Limiter<S> {
         reason: Option<&'static str>,
     ) -> Verdict<'a> {
         let deciding = decisions.deciding();
-        let decision = decisions.as_slice()[deciding];
-        let outcome = match (decision.allowed, rule.shadow) {
-            (true, _) => Outcome::Allowed,
-            (false, false) => Outcome::Denied,
-            (false, true) => {
-                self.log_shadow_denial(rule, &rule.limits[deciding], bucket);
-                Outcome::ShadowDenied
+        let decision = decisions.decision();
+        let (outcome, reason) = if decisions.banned_for_us().is_some() {
+            if decisions.ban_started() {
+                self.rule_metrics[rule.id].bans_started.inc();
+                self.log_ban(rule, bucket, decision.retry_after_us);
             }
+            (Outcome::Banned, reason.or(Some(BANNED_REASON)))
+        } else if decision.allowed {
+            (Outcome::Allowed, reason)
+        } else if rule.shadow {
+            self.log_shadow_denial(rule, &rule.limits[deciding], bucket);
+            (Outcome::ShadowDenied, reason)
+        } else {
+            (Outcome::Denied, reason)
         };
-        self.count(rule, &decision, outcome);
         Verdict {
-            outcome,
+            outcome: self.count(rule, &decision, outcome),
             decision,
             decisions,
             deciding,
             rule,
             resource: bucket.resource,
             reason,
+        }
+    }
+
+    fn log_ban(&self, rule: &Rule, bucket: BucketKey<'_>, duration_us: u64) {
+        if let (Some(suppressed), Some(ban)) = (self.ban_log.admit(), &rule.ban) {
+            tracing::warn!(
+                rule = %rule.name,
+                resource = bucket.resource,
+                scope = ban.scope.label(),
+                key_hash = %key_hash(bucket.key),
+                duration_ms = duration_us / 1_000,
+                suppressed,
+                "ban started for repeated denials"
+            );
         }
     }
 
@@ -364,7 +396,9 @@ impl<S: Store> Limiter<S> {
                 "store unavailable; failing open",
             ),
             (FailureMode::Local, Some(local)) => (
-                local.store.check_now(bucket, &local.limits[rule.id], cost),
+                local
+                    .store
+                    .check_now(bucket, &local.limits[rule.id], rule.active_ban(), cost),
                 "store unavailable; decided on this node's share of the limit",
             ),
             (FailureMode::Deny | FailureMode::Local, _) => (
@@ -381,8 +415,8 @@ impl<S: Store> Limiter<S> {
         Ok(self.verdict(rule, bucket, decisions, Some(reason)))
     }
 
-    /// Counts a decision's outcome under its rule.
-    fn count(&self, rule: &Rule, decision: &Decision, outcome: Outcome) {
+    /// Counts a decision's outcome under its rule, and returns it.
+    fn count(&self, rule: &Rule, decision: &Decision, outcome: Outcome) -> Outcome {
         let counters = &self.rule_metrics[rule.id];
         counters
             .remaining_ratio
@@ -391,7 +425,9 @@ impl<S: Store> Limiter<S> {
             Outcome::Allowed => counters.allowed.inc(),
             Outcome::Denied => counters.denied.inc(),
             Outcome::ShadowDenied => counters.shadow_denied.inc(),
+            Outcome::Banned => counters.banned.inc(),
         }
+        outcome
     }
 
     /// Periodic upkeep: sweeps in-process state that is back to fresh.
@@ -411,12 +447,14 @@ impl<S: Store> Limiter<S> {
         let (rule, resource) = self.resolve(key, resource)?;
         let decisions = self
             .store
-            .peek(BucketKey { resource, key }, &rule.limits)
+            .peek(BucketKey { resource, key }, &rule.limits, rule.active_ban())
             .await?;
         let deciding = decisions.deciding();
-        let decision = decisions.as_slice()[deciding];
+        let decision = decisions.decision();
         Ok(Verdict {
-            outcome: if decision.remaining > 0 {
+            outcome: if decisions.banned_for_us().is_some() {
+                Outcome::Banned
+            } else if decision.remaining > 0 {
                 Outcome::Allowed
             } else {
                 Outcome::Denied

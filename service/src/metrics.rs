@@ -32,6 +32,7 @@ pub struct Metrics {
     script_calls: IntCounter,
     fallback_decisions: IntCounterVec,
     fallback_active: IntGauge,
+    bans_started: IntCounterVec,
 }
 
 /// Handles resolved once per rule, so the hot path never looks up a label set.
@@ -40,6 +41,8 @@ pub struct RuleMetrics {
     pub allowed: IntCounter,
     pub denied: IntCounter,
     pub shadow_denied: IntCounter,
+    pub banned: IntCounter,
+    pub bans_started: IntCounter,
     pub remaining_ratio: Histogram,
 }
 
@@ -150,6 +153,14 @@ impl Metrics {
             "1 while the last store call failed and failure modes are answering.",
         )
         .expect("valid metric");
+        let bans_started = IntCounterVec::new(
+            Opts::new(
+                "sluice_bans_started_total",
+                "Bans started for keys a rule kept denying, by resource.",
+            ),
+            &["resource"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "sluice_build_info",
@@ -174,6 +185,7 @@ impl Metrics {
             Box::new(script_calls.clone()),
             Box::new(fallback_decisions.clone()),
             Box::new(fallback_active.clone()),
+            Box::new(bans_started.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -194,6 +206,7 @@ impl Metrics {
             script_calls,
             fallback_decisions,
             fallback_active,
+            bans_started,
         }
     }
 
@@ -224,6 +237,8 @@ impl Metrics {
             shadow_denied: self
                 .decisions
                 .with_label_values(&[resource, "shadow_denied"]),
+            banned: self.decisions.with_label_values(&[resource, "banned"]),
+            bans_started: self.bans_started.with_label_values(&[resource]),
             remaining_ratio: self.remaining_ratio.with_label_values(&[resource]),
         }
     }

@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
-use crate::{algorithm::stacked::Limit, config::FailureMode};
+use crate::{
+    algorithm::{ban::Ban, stacked::Limit},
+    config::FailureMode,
+};
 
 /// The resource a request names when it names none.
 pub const DEFAULT_RESOURCE: &str = "default";
@@ -27,9 +30,16 @@ pub struct Rule {
     pub failure_mode: Option<FailureMode>,
     /// Shadow mode: a denial is answered as allowed (`shadow_denied`), counted and logged.
     pub shadow: bool,
+    /// Bans for keys this rule keeps denying.
+    pub ban: Option<Ban>,
 }
 
 impl Rule {
+    /// The ban policy in force: none in shadow mode, which must never block anyone.
+    pub fn active_ban(&self) -> Option<&Ban> {
+        if self.shadow { None } else { self.ban.as_ref() }
+    }
+
     /// The most one request may cost: the smallest of the limits. More could never be allowed.
     pub fn max_cost(&self) -> u64 {
         self.limits

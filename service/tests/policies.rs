@@ -219,3 +219,79 @@ async fn shadow_mode_allows_what_enforcing_would_deny_and_counts_it() {
     assert!(!metrics.contains("probe-7f3a"), "metrics never carry a key");
     server.stop().await.unwrap();
 }
+
+/// One login a minute; the third denial within a minute bans the key for 15 minutes.
+const BAN_RULES: &str = r#"
+[rules.login]
+algorithm = "fixed_window"
+limit = 1
+window = "1h"
+[rules.login.ban]
+after = 3
+within = "1m"
+duration = "15m"
+"#;
+
+#[tokio::test]
+async fn a_repeat_offender_is_banned_with_403_and_banned_on_grpc() {
+    let server = common::start(BAN_RULES).await;
+    let http = reqwest::Client::new();
+    let post = || {
+        http.post(common::http_url(&server, "/check?resource=login"))
+            .header("X-API-Key", "mallory-9c1e")
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(post().await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 429, 429, 403], "the 3rd denial bans");
+    let banned = post().await.unwrap();
+    assert_eq!(banned.status(), 403);
+    assert_eq!(banned.headers()["content-type"], "application/problem+json");
+    let retry: u64 = banned.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((899..=900).contains(&retry), "until the ban ends: {retry}");
+    let body: serde_json::Value = banned.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://iana.org/assignments/http-problem-types#abnormal-usage-detected"
+    );
+    assert_eq!(body["decision"], "banned");
+
+    let mut client = common::grpc_client(&server).await;
+    let answer = client
+        .check(CheckRequest {
+            key: "mallory-9c1e".into(),
+            resource: "login".into(),
+            cost: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.decision(), Decision::Banned);
+    assert!(!answer.allowed);
+    assert!(answer.retry_after.unwrap().seconds >= 898);
+    assert!(answer.reason.contains("banned"), "{}", answer.reason);
+
+    let metrics = http
+        .get(common::http_url(&server, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"sluice_bans_started_total{resource="login"} 1"#,
+        r#"sluice_decisions_total{outcome="banned",resource="login"} 3"#,
+        r#"sluice_decisions_total{outcome="denied",resource="login"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line}");
+    }
+    assert!(!metrics.contains("mallory-9c1e"));
+    server.stop().await.unwrap();
+}

@@ -1,6 +1,7 @@
-//! The Lua script against the pure Rust algorithms and their stacking: the same random rules
-//! of one to three limits, and the same random requests at the same timestamps, must give
-//! identical decisions for every limit (allowed, remaining, reset-after, retry-after).
+//! The Lua script against the pure Rust algorithms, their stacking and bans: the same random
+//! rules of one to three limits, with or without a random ban policy, and the same random
+//! requests at the same timestamps, must give identical decisions for every limit (allowed,
+//! remaining, reset-after, retry-after) and identical bans (when, how long).
 
 mod common;
 
@@ -8,6 +9,7 @@ use proptest::{prelude::*, test_runner::TestRunner};
 use sluice::{
     algorithm::{
         Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+        ban::{Ban, BanScope, BanState},
         stacked::{self, Limit},
     },
     clock::Clock,
@@ -48,6 +50,35 @@ fn limits_strategy() -> impl Strategy<Value = Vec<Limit>> {
     })
 }
 
+/// No ban, or a ban quick enough to start, grow, end and be forgotten within a sequence.
+fn ban_strategy() -> impl Strategy<Value = Option<Ban>> {
+    let ban = (
+        1u64..5,
+        1u64..3_000,
+        1u64..2_000,
+        prop_oneof![Just(1.0), Just(1.5), Just(2.0), Just(2.7)],
+        0u64..4_000,
+        0u64..5_000,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(after, within_ms, duration_ms, factor, extra_ms, lookback_ms, key_scope)| Ban {
+                after,
+                within_us: within_ms * 1000,
+                duration_us: duration_ms * 1000 + 7,
+                factor,
+                max_duration_us: (duration_ms + extra_ms) * 1000 + 7,
+                lookback_us: lookback_ms * 1000,
+                scope: if key_scope {
+                    BanScope::Key
+                } else {
+                    BanScope::Resource
+                },
+            },
+        );
+    prop_oneof![Just(None), ban.prop_map(Some)]
+}
+
 /// (gap before the request in us, cost; 0 = a peek)
 fn requests() -> impl Strategy<Value = Vec<(u64, u64)>> {
     let gap = prop_oneof![Just(0u64), 0..2_000u64, 0..1_500_000u64];
@@ -74,43 +105,56 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
     });
     let case = std::sync::atomic::AtomicU64::new(0);
     runner
-        .run(&(limits_strategy(), requests()), |(limits, requests)| {
-            let key = format!(
-                "case-{}",
-                case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            );
-            let bucket = BucketKey {
-                resource: "diff",
-                key: &key,
-            };
-            let mut now = clock.now_us();
-            let mut states = stacked::fresh_states(&limits, now);
-            for (index, &(gap, cost)) in requests.iter().enumerate() {
-                clock.advance_us(gap);
-                now += gap;
-                let (expected, actual) = if cost == 0 {
-                    (
-                        stacked::peek(&limits, &states, now),
-                        runtime.block_on(store.peek(bucket, &limits)).unwrap(),
-                    )
-                } else {
-                    (
-                        stacked::check(&limits, &mut states, cost, now),
-                        runtime
-                            .block_on(store.check(bucket, &limits, cost))
-                            .unwrap(),
-                    )
-                };
-                prop_assert_eq!(
-                    expected,
-                    actual,
-                    "request {} (cost {}) of {:?}",
-                    index,
-                    cost,
-                    limits
+        .run(
+            &(limits_strategy(), ban_strategy(), requests()),
+            |(limits, ban, requests)| {
+                let key = format!(
+                    "case-{}",
+                    case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 );
-            }
-            Ok(())
-        })
+                let bucket = BucketKey {
+                    resource: "diff",
+                    key: &key,
+                };
+                let mut now = clock.now_us();
+                let mut states = stacked::fresh_states(&limits, now);
+                let mut ban_state = BanState::default();
+                for (index, &(gap, cost)) in requests.iter().enumerate() {
+                    clock.advance_us(gap);
+                    now += gap;
+                    let expected = match (&ban, cost) {
+                        (None, 0) => stacked::peek(&limits, &states, now),
+                        (None, _) => stacked::check(&limits, &mut states, cost, now),
+                        (Some(ban), 0) => {
+                            stacked::peek_banned(&limits, &states, ban, &ban_state, now)
+                        }
+                        (Some(ban), _) => stacked::check_banned(
+                            &limits,
+                            &mut states,
+                            ban,
+                            &mut ban_state,
+                            cost,
+                            now,
+                        ),
+                    };
+                    let actual = if cost == 0 {
+                        runtime.block_on(store.peek(bucket, &limits, ban.as_ref()))
+                    } else {
+                        runtime.block_on(store.check(bucket, &limits, ban.as_ref(), cost))
+                    }
+                    .unwrap();
+                    prop_assert_eq!(
+                        expected,
+                        actual,
+                        "request {} (cost {}) of {:?} under {:?}",
+                        index,
+                        cost,
+                        limits,
+                        ban
+                    );
+                }
+                Ok(())
+            },
+        )
         .unwrap();
 }

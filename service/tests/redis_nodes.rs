@@ -266,3 +266,84 @@ async fn deny_cache_cuts_redis_script_calls_for_an_abusive_key() {
     );
     eprintln!("deny cache: {calls_without} -> {calls_with} EVALSHA calls for 2,000 requests");
 }
+
+/// Three nodes on one Redis, one hot key under a rule that stacks two limits (60 at once, 40 an
+/// hour) and bans after 30 denials: across the nodes exactly the tighter 40 are admitted,
+/// exactly 29 denied, the 30th denial bans, and every later request is banned; once banned the
+/// nodes' deny caches answer the key without Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_stack_limits_and_ban_at_exactly_the_same_denial() {
+    let redis = common::redis::server();
+    let config = format!(
+        "{}deny_cache_keys = 1000\n{}",
+        redis_backend(&[redis.url()], false),
+        r#"
+[rules.hot]
+[[rules.hot.limits]]
+name = "burst"
+algorithm = "token_bucket"
+capacity = 60
+refill_per_second = 0.000001
+[[rules.hot.limits]]
+name = "hourly"
+algorithm = "sliding_window_log"
+limit = 40
+window = "1h"
+[rules.hot.ban]
+after = 30
+within = "1h"
+duration = "15m"
+"#
+    );
+    let nodes = start_nodes(&config, 3).await;
+    let mut tasks = Vec::new();
+    for node in &nodes {
+        let channel = common::grpc_channel(node).await;
+        for _ in 0..20 {
+            let mut grpc = RateLimiterClient::new(channel.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut counts = HashMap::<i32, u64>::new();
+                for _ in 0..20 {
+                    let request = CheckRequest {
+                        key: "hot-key".into(),
+                        resource: "hot".into(),
+                        cost: None,
+                    };
+                    let answer = grpc.check(request).await.unwrap().into_inner();
+                    *counts.entry(answer.decision).or_default() += 1;
+                }
+                counts
+            }));
+        }
+    }
+    let mut counts = HashMap::<i32, u64>::new();
+    for task in tasks {
+        for (decision, count) in task.await.unwrap() {
+            *counts.entry(decision).or_default() += count;
+        }
+    }
+    use sluice_proto::v1::Decision;
+    let count = |decision: Decision| counts.get(&(decision as i32)).copied().unwrap_or(0);
+    assert_eq!(count(Decision::Allowed), 40, "the tighter limit, exactly");
+    assert_eq!(count(Decision::Denied), 29, "denials before the ban");
+    assert_eq!(count(Decision::Banned), 1_200 - 40 - 29);
+    let mut bans_started = 0;
+    let mut cache_hits = 0;
+    for node in &nodes {
+        let metrics = node.limiter().render_metrics();
+        let value = |prefix: &str| {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(prefix))
+                .map_or(0, |value| value.trim().parse::<u64>().unwrap())
+        };
+        bans_started += value("sluice_bans_started_total{resource=\"hot\"} ");
+        cache_hits += value("sluice_deny_cache_hits_total ");
+    }
+    assert_eq!(bans_started, 1, "one ban, started by exactly one node");
+    assert!(
+        cache_hits >= 1_000,
+        "banned requests answered by the nodes' deny caches: {cache_hits}"
+    );
+    stop(nodes).await;
+}

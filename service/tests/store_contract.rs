@@ -10,6 +10,7 @@ use sluice::{
     algorithm::{
         Algorithm, Decision, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog,
         TokenBucket,
+        ban::{Ban, BanScope},
         stacked::{self, Decisions, Limit},
     },
     clock::Clock,
@@ -112,7 +113,7 @@ async fn check<S: Store>(
     cost: u64,
 ) -> Decision {
     let decisions = store
-        .check(bucket, &Limit::alone(algorithm.clone()), cost)
+        .check(bucket, &Limit::alone(algorithm.clone()), None, cost)
         .await
         .unwrap();
     assert_eq!(decisions.len(), 1);
@@ -121,7 +122,7 @@ async fn check<S: Store>(
 
 async fn peek<S: Store>(store: &S, bucket: BucketKey<'_>, algorithm: &Algorithm) -> Decision {
     store
-        .peek(bucket, &Limit::alone(algorithm.clone()))
+        .peek(bucket, &Limit::alone(algorithm.clone()), None)
         .await
         .unwrap()
         .decision()
@@ -190,6 +191,21 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn stacked_storm_admits_exactly_the_tightest_bound() {
                 contract_stacked_storm(Arc::new(super::$backend().await)).await;
+            }
+
+            #[tokio::test]
+            async fn a_ban_starts_at_the_after_th_denial_and_charges_nothing_until_it_ends() {
+                contract_ban(&super::$backend().await).await;
+            }
+
+            #[tokio::test]
+            async fn a_key_wide_ban_holds_on_every_resource_that_shares_it() {
+                contract_key_ban(&super::$backend().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ban_storm_bans_at_exactly_the_after_th_denial() {
+                contract_ban_storm(Arc::new(super::$backend().await)).await;
             }
         }
     )*};
@@ -326,7 +342,7 @@ async fn contract_storm<H: Harness>(harness: Arc<H>) {
                 for _ in 0..200 {
                     if harness
                         .store()
-                        .check(key("storm", "hot"), &*algorithm, 1)
+                        .check(key("storm", "hot"), &*algorithm, None, 1)
                         .await
                         .unwrap()
                         .allowed()
@@ -349,10 +365,10 @@ async fn contract_stacked<H: Harness>(harness: &H) {
     let store = harness.store();
     let limits = burst_and_minute();
     let bucket = key("stacked", "k");
-    let first = store.check(bucket, &limits, 2).await.unwrap();
+    let first = store.check(bucket, &limits, None, 2).await.unwrap();
     assert!(first.allowed());
     assert_eq!(remaining(&first), [0, 1], "both limits charged");
-    let denied = store.check(bucket, &limits, 1).await.unwrap();
+    let denied = store.check(bucket, &limits, None, 1).await.unwrap();
     assert!(!denied.allowed());
     assert_eq!(denied.deciding(), 0, "the burst denies");
     assert_eq!(
@@ -362,9 +378,15 @@ async fn contract_stacked<H: Harness>(harness: &H) {
     );
     assert_eq!(denied.decision().retry_after_us, 1_000_000);
     harness.advance_us(1_000_000);
-    assert!(store.check(bucket, &limits, 1).await.unwrap().allowed());
+    assert!(
+        store
+            .check(bucket, &limits, None, 1)
+            .await
+            .unwrap()
+            .allowed()
+    );
     harness.advance_us(2_000_000);
-    let minute_spent = store.check(bucket, &limits, 1).await.unwrap();
+    let minute_spent = store.check(bucket, &limits, None, 1).await.unwrap();
     assert!(!minute_spent.allowed());
     assert_eq!(minute_spent.deciding(), 1, "now the minute limit denies");
     assert_eq!(
@@ -378,12 +400,12 @@ async fn contract_stacked<H: Harness>(harness: &H) {
         "until the first two leave the minute"
     );
     assert_eq!(
-        store.peek(bucket, &limits).await.unwrap().as_slice()[0].remaining,
+        store.peek(bucket, &limits, None).await.unwrap().as_slice()[0].remaining,
         2
     );
     assert!(store.reset(bucket, &limits).await.unwrap());
     assert_eq!(
-        remaining(&store.check(bucket, &limits, 1).await.unwrap()),
+        remaining(&store.check(bucket, &limits, None, 1).await.unwrap()),
         [1, 2],
         "reset forgets every limit"
     );
@@ -420,12 +442,12 @@ async fn contract_stacked_model<H: Harness>(harness: &H) {
         let (expected, actual) = if cost == 0 {
             (
                 stacked::peek(&limits, &states, now),
-                store.peek(bucket, &limits).await.unwrap(),
+                store.peek(bucket, &limits, None).await.unwrap(),
             )
         } else {
             (
                 stacked::check(&limits, &mut states, cost, now),
-                store.check(bucket, &limits, cost).await.unwrap(),
+                store.check(bucket, &limits, None, cost).await.unwrap(),
             )
         };
         assert_eq!(actual, expected, "step {step}: cost {cost} after {gap} us");
@@ -451,7 +473,7 @@ async fn contract_stacked_storm<H: Harness>(harness: Arc<H>) {
                 for _ in 0..200 {
                     let decisions = harness
                         .store()
-                        .check(key("stacked-storm", "hot"), &limits, 1)
+                        .check(key("stacked-storm", "hot"), &limits, None, 1)
                         .await
                         .unwrap();
                     if decisions.allowed() {
@@ -469,12 +491,154 @@ async fn contract_stacked_storm<H: Harness>(harness: Arc<H>) {
     assert_eq!(admitted, 700, "64 x 200 requests; the tighter limit is 700");
     let after = harness
         .store()
-        .peek(key("stacked-storm", "hot"), &limits)
+        .peek(key("stacked-storm", "hot"), &limits, None)
         .await
         .unwrap();
     assert_eq!(
         remaining(&after),
         [300, 0],
         "denials charged nothing: the burst holds what the hour limit refused"
+    );
+}
+
+/// Banned for 10 s (then 20 s, at most 30 s) after 3 denials within a minute.
+fn ban(scope: BanScope) -> Ban {
+    Ban {
+        after: 3,
+        within_us: 60_000_000,
+        duration_us: 10_000_000,
+        factor: 2.0,
+        max_duration_us: 30_000_000,
+        lookback_us: 60_000_000,
+        scope,
+    }
+}
+
+async fn contract_ban<H: Harness>(harness: &H) {
+    let store = harness.store();
+    let limits = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(1, 3_600_000_000)));
+    let ban = ban(BanScope::Resource);
+    let bucket = key("ban", "abuser");
+    let check = async |cost| {
+        store
+            .check(bucket, &limits, Some(&ban), cost)
+            .await
+            .unwrap()
+    };
+    assert!(check(1).await.allowed());
+    for _ in 0..2 {
+        let denied = check(1).await;
+        assert!(!denied.allowed() && denied.banned_for_us().is_none());
+    }
+    let third = check(1).await;
+    assert_eq!(
+        third.banned_for_us(),
+        Some(10_000_000),
+        "the 3rd denial bans"
+    );
+    assert!(third.ban_started());
+    assert_eq!(third.decision().retry_after_us, 10_000_000);
+    harness.advance_us(4_000_000);
+    let during = check(1).await;
+    assert_eq!(during.banned_for_us(), Some(6_000_000));
+    assert!(!during.ban_started());
+    assert_eq!(
+        store
+            .peek(bucket, &limits, Some(&ban))
+            .await
+            .unwrap()
+            .banned_for_us(),
+        Some(6_000_000),
+        "a peek sees the ban"
+    );
+    harness.advance_us(6_000_000);
+    let after = check(1).await;
+    assert!(after.banned_for_us().is_none(), "over at its end");
+    assert!(!after.allowed(), "and the limit is still spent");
+    check(1).await;
+    let again = check(1).await;
+    assert_eq!(
+        again.banned_for_us(),
+        Some(20_000_000),
+        "a repeat within the look-back lasts twice as long"
+    );
+    assert!(
+        store.reset(bucket, &limits).await.unwrap(),
+        "reset lifts the ban"
+    );
+    assert!(check(1).await.allowed());
+}
+
+async fn contract_key_ban<H: Harness>(harness: &H) {
+    let store = harness.store();
+    let limits = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(1, 3_600_000_000)));
+    let ban = ban(BanScope::Key);
+    let (login, search, other) = (
+        key("login", "mallory"),
+        key("search", "mallory"),
+        key("search", "trent"),
+    );
+    assert!(
+        store
+            .check(search, &limits, Some(&ban), 1)
+            .await
+            .unwrap()
+            .allowed()
+    );
+    store.check(login, &limits, Some(&ban), 1).await.unwrap();
+    for _ in 0..3 {
+        store.check(login, &limits, Some(&ban), 1).await.unwrap();
+    }
+    let elsewhere = store.check(search, &limits, Some(&ban), 1).await.unwrap();
+    assert_eq!(
+        elsewhere.banned_for_us(),
+        Some(10_000_000),
+        "banned on login, banned on search"
+    );
+    let innocent = store.check(other, &limits, Some(&ban), 1).await.unwrap();
+    assert!(innocent.allowed(), "another key is not banned");
+}
+
+async fn contract_ban_storm<H: Harness>(harness: Arc<H>) {
+    let limits = Arc::new(Limit::alone(Algorithm::TokenBucket(TokenBucket::new(
+        100, 1e-6,
+    ))));
+    let ban = Arc::new(Ban {
+        after: 50,
+        ..ban(BanScope::Resource)
+    });
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (harness, limits, ban) = (harness.clone(), limits.clone(), ban.clone());
+            tokio::spawn(async move {
+                let mut counts = [0u64; 4]; // allowed, denied, banned by this, banned
+                for _ in 0..20 {
+                    let decisions = harness
+                        .store()
+                        .check(key("ban-storm", "hot"), &*limits, Some(&*ban), 1)
+                        .await
+                        .unwrap();
+                    let slot = match (decisions.allowed(), decisions.banned_for_us()) {
+                        (true, _) => 0,
+                        (false, None) => 1,
+                        (false, Some(_)) if decisions.ban_started() => 2,
+                        (false, Some(_)) => 3,
+                    };
+                    counts[slot] += 1;
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut totals = [0u64; 4];
+    for task in tasks {
+        for (total, count) in totals.iter_mut().zip(task.await.unwrap()) {
+            *total += count;
+        }
+    }
+    assert_eq!(
+        totals,
+        [100, 49, 1, 640 - 150],
+        "32 x 20 requests: exactly the capacity admitted, the 50th denial bans, the rest are banned"
     );
 }

@@ -8,6 +8,7 @@
 //! Time is in microseconds on any monotonic-enough scale (a store's clock, Redis `TIME`). A clock
 //! that steps backwards is treated as "no time passed", never as negative time.
 
+pub mod ban;
 mod fixed_window;
 mod gcra;
 mod sliding_window_counter;

@@ -10,7 +10,10 @@
 //! at its own retry-after, so at the longest one every limit allows. It is tight: one
 //! microsecond earlier the limit that set it still denies.
 
-use super::{Algorithm, Decision, State};
+use super::{
+    Algorithm, Decision, State,
+    ban::{Ban, BanState},
+};
 
 /// The most limits one rule may stack (configuration enforces it), so a decision's per-limit
 /// answers fit in a fixed array and a check allocates nothing.
@@ -42,6 +45,10 @@ impl Limit {
 pub struct Decisions {
     len: usize,
     items: [Decision; MAX_LIMITS],
+    /// Microseconds of ban left, when the key is banned (0 otherwise); see [`check_banned`].
+    banned_for_us: u64,
+    /// This request's denial started the ban.
+    ban_started: bool,
 }
 
 const EMPTY: Decision = Decision {
@@ -57,6 +64,8 @@ impl Default for Decisions {
         Self {
             len: 0,
             items: [EMPTY; MAX_LIMITS],
+            banned_for_us: 0,
+            ban_started: false,
         }
     }
 }
@@ -92,9 +101,25 @@ impl Decisions {
         self.len == 0
     }
 
-    /// True when every limit allowed.
+    /// True when every limit allowed and the key is not banned.
     pub fn allowed(&self) -> bool {
-        self.as_slice().iter().all(|decision| decision.allowed)
+        self.banned_for_us == 0 && self.as_slice().iter().all(|decision| decision.allowed)
+    }
+
+    /// Microseconds of ban left, when the key is banned.
+    pub fn banned_for_us(&self) -> Option<u64> {
+        (self.banned_for_us > 0).then_some(self.banned_for_us)
+    }
+
+    /// Whether this request's denial started the ban.
+    pub fn ban_started(&self) -> bool {
+        self.ban_started
+    }
+
+    /// Marks the key banned for `remaining_us` more microseconds (`started`: by this request).
+    pub fn set_banned(&mut self, remaining_us: u64, started: bool) {
+        self.banned_for_us = remaining_us;
+        self.ban_started = started;
     }
 
     /// The index of the limit that decided: when denied, the denying limit with the longest
@@ -128,9 +153,15 @@ impl Decisions {
             .0
     }
 
-    /// The deciding limit's answer: the whole request's answer (allowed only if all allowed).
+    /// The deciding limit's answer: the whole request's answer (allowed only if all allowed);
+    /// for a banned key denied, with the ban's end as its retry-after.
     pub fn decision(&self) -> Decision {
-        self.items[self.deciding()]
+        let mut decision = self.items[self.deciding()];
+        if self.banned_for_us > 0 {
+            decision.allowed = false;
+            decision.retry_after_us = self.banned_for_us;
+        }
+        decision
     }
 
     /// Microseconds until every limit's state is back to fresh.
@@ -184,6 +215,47 @@ pub fn check(limits: &[Limit], states: &mut [State], cost: u64, now_us: u64) -> 
             // Allowed here, but another limit denied: charge nothing and report what is left.
             _ => *decision = limit.algorithm.check(state, 0, now_us),
         }
+    }
+    decisions
+}
+
+/// [`check`] under a ban policy, with the key's ban state: a banned key is answered from its
+/// ban (its limits only read, never charged); otherwise the limits decide, and a denial counts
+/// as an offence that may start a ban, which then answers this very request.
+pub fn check_banned(
+    limits: &[Limit],
+    states: &mut [State],
+    ban: &Ban,
+    ban_state: &mut BanState,
+    cost: u64,
+    now_us: u64,
+) -> Decisions {
+    if let Some(remaining) = ban.remaining_us(ban_state, now_us) {
+        let mut decisions = peek(limits, states, now_us);
+        decisions.set_banned(remaining, false);
+        return decisions;
+    }
+    let mut decisions = check(limits, states, cost, now_us);
+    if !decisions.allowed()
+        && cost > 0
+        && let Some(duration) = ban.record_denial(ban_state, now_us)
+    {
+        decisions.set_banned(duration, true);
+    }
+    decisions
+}
+
+/// What the key's states and ban state mean at `now_us`, changing nothing.
+pub fn peek_banned(
+    limits: &[Limit],
+    states: &[State],
+    ban: &Ban,
+    ban_state: &BanState,
+    now_us: u64,
+) -> Decisions {
+    let mut decisions = peek(limits, states, now_us);
+    if let Some(remaining) = ban.remaining_us(ban_state, now_us) {
+        decisions.set_banned(remaining, false);
     }
     decisions
 }

@@ -74,6 +74,7 @@ fn decision_of(outcome: Outcome) -> pb::Decision {
         Outcome::Allowed => pb::Decision::Allowed,
         Outcome::Denied => pb::Decision::Denied,
         Outcome::ShadowDenied => pb::Decision::ShadowDenied,
+        Outcome::Banned => pb::Decision::Banned,
     }
 }
 

@@ -38,6 +38,9 @@ pub const SHADOW_DENIED_HEADER: &str = "sluice-shadow-denied";
 
 const PROBLEM_JSON: &str = "application/problem+json";
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+/// The problem type of a banned key's 403 (the RateLimit draft's name for abusive usage).
+pub const ABNORMAL_USAGE: &str =
+    "https://iana.org/assignments/http-problem-types#abnormal-usage-detected";
 
 struct HttpState {
     limiter: Arc<Limiter<Backend>>,
@@ -279,8 +282,9 @@ fn verdict_response(verdict: &Verdict<'_>) -> Response {
     if let (Some(reason), Value::Object(fields)) = (verdict.reason, &mut body) {
         fields.insert("reason".into(), reason.into());
     }
+    let banned = verdict.outcome == Outcome::Banned;
     let denied = verdict.outcome == Outcome::Denied;
-    let mut headers = rate_limit_headers(verdict, denied);
+    let mut headers = rate_limit_headers(verdict, denied || banned);
     if verdict.outcome == Outcome::ShadowDenied {
         headers.insert(
             HeaderName::from_static(SHADOW_DENIED_HEADER),
@@ -303,6 +307,17 @@ fn verdict_response(verdict: &Verdict<'_>) -> Response {
             fields.insert("violated-policies".into(), json!(violated));
         }
         (StatusCode::TOO_MANY_REQUESTS, PROBLEM_JSON)
+    } else if banned {
+        if let Value::Object(fields) = &mut body {
+            fields.insert("type".into(), ABNORMAL_USAGE.into());
+            fields.insert(
+                "title".into(),
+                "Request refused: the client key is banned for repeatedly exceeding its quota"
+                    .into(),
+            );
+            fields.insert("status".into(), 403.into());
+        }
+        (StatusCode::FORBIDDEN, PROBLEM_JSON)
     } else {
         (StatusCode::OK, "application/json")
     };

@@ -2,6 +2,7 @@
 //! whole. Validation reports every problem at once, each with its field path and the fix, and
 //! yields either a complete [`Config`] or nothing: the service never starts half-configured.
 
+mod ban_config;
 mod duration;
 pub mod rule_config;
 

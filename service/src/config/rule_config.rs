@@ -43,6 +43,8 @@ pub(super) struct RawRule {
     failure_mode: Option<String>,
     /// Shadow mode: would-be denials are allowed, counted and logged.
     shadow: Option<bool>,
+    /// `[rules.<resource>.ban]`: bans for keys this rule keeps denying.
+    ban: Option<super::ban_config::RawBan>,
     /// Only in an `overrides` entry: the client key it applies to.
     key: Option<String>,
     overrides: Vec<RawRule>,
@@ -244,7 +246,7 @@ fn build_rule(
     path: &str,
     label: &str,
     default_name: &str,
-    raw: RawRule,
+    mut raw: RawRule,
     issues: &mut Issues,
 ) -> usize {
     let name = raw.name.clone().unwrap_or_else(|| default_name.to_owned());
@@ -275,6 +277,10 @@ fn build_rule(
         mode
     });
     let shadow = raw.shadow.unwrap_or(false);
+    let ban = raw
+        .ban
+        .take()
+        .and_then(|ban| super::ban_config::build_ban(&format!("{path}.ban"), ban, issues));
     let limits = build_limits(path, &name, raw, issues);
     set.push(Rule {
         id: 0,
@@ -283,6 +289,7 @@ fn build_rule(
         limits,
         failure_mode,
         shadow,
+        ban,
     })
 }
 

@@ -373,3 +373,43 @@ fn shadow_mode_per_rule_and_for_the_whole_node() {
     let flagged = Config::parse(text, "test", &flag).unwrap();
     assert!(shadow(&flagged, "b"), "--shadow wins over the file");
 }
+
+#[test]
+fn a_ban_is_built_with_defaults_and_every_problem_named() {
+    let config = parse(
+        "[rules.login]\nalgorithm = \"fixed_window\"\nlimit = 5\nwindow = \"1m\"\n[rules.login.ban]\nafter = 20\nwithin = \"1m\"\nduration = \"15m\"\nfactor = 2\n",
+    )
+    .unwrap();
+    let ban = config
+        .rules
+        .resolve("login", "k")
+        .unwrap()
+        .ban
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (ban.after, ban.within_us, ban.duration_us, ban.factor),
+        (20, 60_000_000, 900_000_000, 2.0)
+    );
+    assert_eq!(
+        ban.max_duration_us, 86_400_000_000,
+        "capped at a day by default"
+    );
+    assert_eq!(ban.scope, crate::algorithm::ban::BanScope::Resource);
+    let paths = issue_paths(
+        "[rules.login]\nalgorithm = \"fixed_window\"\nlimit = 5\nwindow = \"1m\"\n[rules.login.ban]\nwithin = \"1m\"\nduration = \"2h\"\nfactor = 0.5\nmax_duration = \"1h\"\nscope = \"planet\"\n",
+    );
+    assert_eq!(
+        paths,
+        [
+            "rules.login.ban.after",
+            "rules.login.ban.factor",
+            "rules.login.ban.scope",
+            "rules.login.ban.max_duration",
+        ]
+    );
+    let message = parse("[rules.a]\nalgorithm = \"gcra\"\nrate_per_second = 1\nburst = 1\n[rules.a.ban]\nafter = 3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("within = \"1m\""), "{message}");
+}

@@ -61,6 +61,9 @@ impl DenyCache {
         }
         let elapsed = now_us.saturating_sub(denial.at_us);
         let mut decisions = *denial.decisions;
+        if let Some(banned_for) = decisions.banned_for_us() {
+            decisions.set_banned(banned_for.saturating_sub(elapsed).max(1), false);
+        }
         for decision in decisions.as_mut_slice() {
             decision.reset_after_us = decision.reset_after_us.saturating_sub(elapsed);
             if !decision.allowed {

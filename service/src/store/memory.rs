@@ -1,6 +1,7 @@
 //! The embedded store: per-key state in memory, sharded so concurrent requests on different
-//! keys rarely share a lock, and bounded: state that is back to fresh is swept, and past
-//! `max_keys` the soonest-expiring key of a small sample is evicted.
+//! keys rarely share a lock (all of one client key's state shares a shard, so a decision that
+//! reads a key-wide ban takes one lock), and bounded: state that is back to fresh is swept, and
+//! past `max_keys` the soonest-expiring key of a small sample is evicted.
 
 use std::{
     hash::BuildHasher,
@@ -14,6 +15,7 @@ use super::{BucketKey, Store, StoreError};
 use crate::{
     algorithm::{
         State,
+        ban::{Ban, BanScope, BanState},
         stacked::{self, Decisions, Limit},
     },
     clock::Clock,
@@ -52,14 +54,45 @@ impl Entry {
     fn is(&self, key: BucketKey<'_>) -> bool {
         *self.key == *key.key && *self.resource == *key.resource
     }
+
+    fn is_limits_of(&self, key: BucketKey<'_>) -> bool {
+        !matches!(self.states, States::Ban(_)) && self.is(key)
+    }
+
+    fn is_ban_of(&self, key: BucketKey<'_>) -> bool {
+        matches!(self.states, States::Ban(_)) && self.is(key)
+    }
+
+    fn ban_state(&self) -> Option<BanState> {
+        match self.states {
+            States::Ban(state) => Some(state),
+            _ => None,
+        }
+    }
 }
 
-/// A key's state under each limit of its rule. Most rules have one limit, kept inline so such
-/// a key costs no second allocation.
+/// Distinguishes a pair's ban entry from its limits entry in the table.
+const BAN_HASH_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The pair a ban's state is kept under: the key on its resource, or (a key-wide ban) on the
+/// empty resource, which no request can name (an empty resource means `default`).
+fn ban_key<'a>(key: BucketKey<'a>, ban: &Ban) -> BucketKey<'a> {
+    match ban.scope {
+        BanScope::Resource => key,
+        BanScope::Key => BucketKey {
+            resource: "",
+            key: key.key,
+        },
+    }
+}
+
+/// A key's state under each limit of its rule (most rules have one limit, kept inline so such
+/// a key costs no second allocation), or, in an entry of its own, its ban state.
 #[derive(Debug)]
 enum States {
     One(State),
     Many(Box<[State]>),
+    Ban(BanState),
 }
 
 impl States {
@@ -74,6 +107,7 @@ impl States {
         match self {
             States::One(state) => std::slice::from_mut(state),
             States::Many(states) => states,
+            States::Ban(_) => &mut [],
         }
     }
 
@@ -81,6 +115,7 @@ impl States {
         match self {
             States::One(state) => std::slice::from_ref(state),
             States::Many(states) => states,
+            States::Ban(_) => &[],
         }
     }
 }
@@ -107,29 +142,83 @@ impl MemoryStore {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    /// The decisions for one request, synchronously: the store's whole hot path.
-    pub fn check_now(&self, key: BucketKey<'_>, limits: &[Limit], cost: u64) -> Decisions {
+    /// The decisions for one request, synchronously: the store's whole hot path. Every state of
+    /// one client key (each resource's limits, its bans) lives in one shard, so one lock makes
+    /// the whole decision atomic, a key-wide ban included.
+    pub fn check_now(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+        ban: Option<&Ban>,
+        cost: u64,
+    ) -> Decisions {
         let hash = self.hasher.hash_one(key);
         let now = self.clock.now_us();
-        let mut table = self.shard(hash).lock();
-        if let Some(entry) = table.find_mut(hash, |entry| entry.is(key)) {
+        let mut table = self.shard(key).lock();
+        let Some(ban) = ban else {
+            return self.decide(&mut table, key, hash, limits, now, |states| {
+                stacked::check(limits, states, cost, now)
+            });
+        };
+        let ban_key = ban_key(key, ban);
+        let ban_hash = self.ban_hash(ban_key);
+        let before = table
+            .find(ban_hash, |entry| entry.is_ban_of(ban_key))
+            .and_then(Entry::ban_state)
+            .unwrap_or_default();
+        let mut ban_state = before;
+        let decisions = self.decide(&mut table, key, hash, limits, now, |states| {
+            stacked::check_banned(limits, states, ban, &mut ban_state, cost, now)
+        });
+        if ban_state != before {
+            let expires_at_us = now.saturating_add(ban.expires_after_us(&ban_state, now));
+            match table.find_mut(ban_hash, |entry| entry.is_ban_of(ban_key)) {
+                Some(entry) => {
+                    entry.states = States::Ban(ban_state);
+                    entry.expires_at_us = expires_at_us;
+                }
+                None => self.insert(
+                    &mut table,
+                    Entry {
+                        hash: ban_hash,
+                        resource: ban_key.resource.into(),
+                        key: ban_key.key.into(),
+                        states: States::Ban(ban_state),
+                        expires_at_us,
+                    },
+                    now,
+                ),
+            }
+        }
+        decisions
+    }
+
+    /// Runs `decide` on the key's limit states (fresh ones for a new key, or when the rule's
+    /// number of limits changed) and keeps them unless they are still fresh.
+    fn decide(
+        &self,
+        table: &mut HashTable<Entry>,
+        key: BucketKey<'_>,
+        hash: u64,
+        limits: &[Limit],
+        now: u64,
+        decide: impl FnOnce(&mut [State]) -> Decisions,
+    ) -> Decisions {
+        if let Some(entry) = table.find_mut(hash, |entry| entry.is_limits_of(key)) {
             if entry.states.as_slice().len() != limits.len() {
                 // The rule gained or lost limits: the old states answer nothing about the new ones.
                 entry.states = States::fresh(limits, now);
             }
-            let decisions = stacked::check(limits, entry.states.as_mut_slice(), cost, now);
+            let decisions = decide(entry.states.as_mut_slice());
             entry.expires_at_us = now.saturating_add(decisions.reset_after_us());
             return decisions;
         }
         let mut states = States::fresh(limits, now);
-        let decisions = stacked::check(limits, states.as_mut_slice(), cost, now);
+        let decisions = decide(states.as_mut_slice());
         let reset_after_us = decisions.reset_after_us();
         if reset_after_us > 0 {
-            if table.len() >= self.keys_per_shard {
-                self.evict_one(&mut table, now);
-            }
-            table.insert_unique(
-                hash,
+            self.insert(
+                table,
                 Entry {
                     hash,
                     resource: key.resource.into(),
@@ -137,34 +226,57 @@ impl MemoryStore {
                     states,
                     expires_at_us: now.saturating_add(reset_after_us),
                 },
-                |entry| entry.hash,
+                now,
             );
         }
         decisions
     }
 
-    pub fn peek_now(&self, key: BucketKey<'_>, limits: &[Limit]) -> Decisions {
-        let hash = self.hasher.hash_one(key);
-        let now = self.clock.now_us();
-        let table = self.shard(hash).lock();
-        match table.find(hash, |entry| entry.is(key)) {
-            Some(entry) if entry.states.as_slice().len() == limits.len() => {
-                stacked::peek(limits, entry.states.as_slice(), now)
-            }
-            _ => stacked::peek(limits, States::fresh(limits, now).as_slice(), now),
+    fn insert(&self, table: &mut HashTable<Entry>, entry: Entry, now: u64) {
+        if table.len() >= self.keys_per_shard {
+            self.evict_one(table, now);
         }
+        table.insert_unique(entry.hash, entry, |entry| entry.hash);
     }
 
+    pub fn peek_now(&self, key: BucketKey<'_>, limits: &[Limit], ban: Option<&Ban>) -> Decisions {
+        let hash = self.hasher.hash_one(key);
+        let now = self.clock.now_us();
+        let table = self.shard(key).lock();
+        let fresh;
+        let states = match table.find(hash, |entry| entry.is_limits_of(key)) {
+            Some(entry) if entry.states.as_slice().len() == limits.len() => entry.states.as_slice(),
+            _ => {
+                fresh = States::fresh(limits, now);
+                fresh.as_slice()
+            }
+        };
+        let Some(ban) = ban else {
+            return stacked::peek(limits, states, now);
+        };
+        let ban_key = ban_key(key, ban);
+        let ban_state = table
+            .find(self.ban_hash(ban_key), |entry| entry.is_ban_of(ban_key))
+            .and_then(Entry::ban_state)
+            .unwrap_or_default();
+        stacked::peek_banned(limits, states, ban, &ban_state, now)
+    }
+
+    /// Forgets the key's limit states and its ban on this resource (a key-wide ban stays).
     pub fn reset_now(&self, key: BucketKey<'_>) -> bool {
         let hash = self.hasher.hash_one(key);
-        let mut table = self.shard(hash).lock();
-        match table.find_entry(hash, |entry| entry.is(key)) {
-            Ok(entry) => {
+        let ban_hash = self.ban_hash(key);
+        let mut table = self.shard(key).lock();
+        let mut existed = false;
+        for (hash, wanted_ban) in [(hash, false), (ban_hash, true)] {
+            if let Ok(entry) = table.find_entry(hash, |entry| {
+                entry.is(key) && matches!(entry.states, States::Ban(_)) == wanted_ban
+            }) {
                 entry.remove();
-                true
+                existed = true;
             }
-            Err(_) => false,
         }
+        existed
     }
 
     /// Drops every entry whose state is back to fresh; returns how many.
@@ -189,9 +301,15 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn shard(&self, hash: u64) -> &Mutex<HashTable<Entry>> {
-        // The table uses the low bits and the top 7; shards take bits from the middle.
-        &self.shards[((hash >> 32) & self.shard_mask) as usize].0
+    /// The shard of every state of `key`'s client key, whatever the resource.
+    fn shard(&self, key: BucketKey<'_>) -> &Mutex<HashTable<Entry>> {
+        let hash = self.hasher.hash_one(key.key);
+        &self.shards[(hash & self.shard_mask) as usize].0
+    }
+
+    /// Where the ban state of `ban_key` is found: apart from the same pair's limit states.
+    fn ban_hash(&self, ban_key: BucketKey<'_>) -> u64 {
+        self.hasher.hash_one(ban_key) ^ BAN_HASH_SALT
     }
 
     /// Makes room in a full shard: an expired entry if the sample has one (that loses
@@ -220,13 +338,19 @@ impl Store for MemoryStore {
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
+        ban: Option<&Ban>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        Ok(self.check_now(key, limits, cost))
+        Ok(self.check_now(key, limits, ban, cost))
     }
 
-    async fn peek(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<Decisions, StoreError> {
-        Ok(self.peek_now(key, limits))
+    async fn peek(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+        ban: Option<&Ban>,
+    ) -> Result<Decisions, StoreError> {
+        Ok(self.peek_now(key, limits, ban))
     }
 
     /// Every limit of a key lives in its one entry, so the limits need not be named.
@@ -268,14 +392,17 @@ mod tests {
         let store = store(4, 1_000);
         let short = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000)));
         let long = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 60_000_000)));
-        store.check_now(bucket("short"), &short, 1);
-        store.check_now(bucket("long"), &long, 1);
+        store.check_now(bucket("short"), &short, None, 1);
+        store.check_now(bucket("long"), &long, None, 1);
         assert_eq!(store.len(), 2);
         store.clock().advance_us(1_000_000);
         assert_eq!(store.sweep_expired(), 1);
         assert_eq!(store.len(), 1);
         assert_eq!(
-            store.peek_now(bucket("long"), &long).decision().remaining,
+            store
+                .peek_now(bucket("long"), &long, None)
+                .decision()
+                .remaining,
             4,
             "live state survives"
         );
@@ -303,11 +430,11 @@ mod tests {
                 Algorithm::FixedWindow(FixedWindow::new(5, 3_600_000_000)),
             ),
         ];
-        store.check_now(bucket("k"), &limits, 1);
+        store.check_now(bucket("k"), &limits, None, 1);
         assert_eq!(store.len(), 1);
         store.clock().advance_us(1_000_000);
         assert_eq!(store.sweep_expired(), 0, "kept until every limit is fresh");
-        let peeked = store.peek_now(bucket("k"), &limits);
+        let peeked = store.peek_now(bucket("k"), &limits, None);
         assert_eq!(
             peeked
                 .as_slice()
@@ -318,7 +445,10 @@ mod tests {
         );
         let one = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(9, 3_600_000_000)));
         assert_eq!(
-            store.check_now(bucket("k"), &one, 1).decision().remaining,
+            store
+                .check_now(bucket("k"), &one, None, 1)
+                .decision()
+                .remaining,
             8,
             "a rule that changed its number of limits starts afresh"
         );
@@ -328,8 +458,8 @@ mod tests {
     fn requests_that_leave_state_fresh_store_nothing() {
         let store = store(4, 1_000);
         let algorithm = Limit::alone(Algorithm::TokenBucket(TokenBucket::new(5, 1.0)));
-        store.peek_now(bucket("a"), &algorithm);
-        store.check_now(bucket("b"), &algorithm, 6);
+        store.peek_now(bucket("a"), &algorithm, None);
+        store.check_now(bucket("b"), &algorithm, None, 6);
         assert!(store.is_empty());
     }
 
@@ -338,20 +468,29 @@ mod tests {
         let store = store(1, 4);
         let soon = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000)));
         let late = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 3_600_000_000)));
-        store.check_now(bucket("soon"), &soon, 1);
+        store.check_now(bucket("soon"), &soon, None, 1);
         for key in ["l1", "l2", "l3"] {
-            store.check_now(bucket(key), &late, 1);
+            store.check_now(bucket(key), &late, None, 1);
         }
         for key in ["l4", "l5", "l6"] {
-            store.check_now(bucket(key), &late, 1);
+            store.check_now(bucket(key), &late, None, 1);
             assert!(store.len() <= 4);
         }
         assert_eq!(
-            store.peek_now(bucket("soon"), &soon).decision().remaining,
+            store
+                .peek_now(bucket("soon"), &soon, None)
+                .decision()
+                .remaining,
             5,
             "evicted first"
         );
         assert_eq!(store.evictions(), 3);
-        assert_eq!(store.peek_now(bucket("l6"), &late).decision().remaining, 4);
+        assert_eq!(
+            store
+                .peek_now(bucket("l6"), &late, None)
+                .decision()
+                .remaining,
+            4
+        );
     }
 }

@@ -15,7 +15,10 @@ pub use deny_cache::DenyCache;
 pub use memory::MemoryStore;
 pub use redis::{DECISION_SCRIPT, RedisMetrics, RedisStore, escape_into};
 
-use crate::algorithm::stacked::{Decisions, Limit};
+use crate::algorithm::{
+    ban::Ban,
+    stacked::{Decisions, Limit},
+};
 
 /// Identifies one key's state: the client key spending one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,23 +52,27 @@ impl StoreError {
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// Spends `cost` of `key` under every one of `limits` if all allow, else under none;
-    /// atomic per key. One decision per limit, in order.
+    /// Spends `cost` of `key` under every one of `limits` if all allow, else under none, and
+    /// under `ban` answers a banned key from its ban and counts a denial as an offence; all in
+    /// one atomic step per key. One decision per limit, in order.
     fn check(
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
+        ban: Option<&Ban>,
         cost: u64,
     ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
-    /// Reads what `key`'s states mean now without changing them.
+    /// Reads what `key`'s states (and ban) mean now without changing them.
     fn peek(
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
+        ban: Option<&Ban>,
     ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
-    /// Forgets `key`'s state under `limits`; true when there was any.
+    /// Forgets `key`'s state under `limits` and its ban on this resource (a key-wide ban
+    /// stays); true when there was any.
     fn reset(
         &self,
         key: BucketKey<'_>,
@@ -100,13 +107,19 @@ impl Store for RedisStore {
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
+        ban: Option<&Ban>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        RedisStore::check(self, key, limits, cost).await
+        RedisStore::check(self, key, limits, ban, cost).await
     }
 
-    async fn peek(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<Decisions, StoreError> {
-        RedisStore::peek(self, key, limits).await
+    async fn peek(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+        ban: Option<&Ban>,
+    ) -> Result<Decisions, StoreError> {
+        RedisStore::peek(self, key, limits, ban).await
     }
 
     async fn reset(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
@@ -127,18 +140,24 @@ impl Store for Backend {
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
+        ban: Option<&Ban>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
         match self {
-            Backend::Memory(store) => store.check(key, limits, cost).await,
-            Backend::Redis(store) => store.check(key, limits, cost).await,
+            Backend::Memory(store) => store.check(key, limits, ban, cost).await,
+            Backend::Redis(store) => store.check(key, limits, ban, cost).await,
         }
     }
 
-    async fn peek(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<Decisions, StoreError> {
+    async fn peek(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+        ban: Option<&Ban>,
+    ) -> Result<Decisions, StoreError> {
         match self {
-            Backend::Memory(store) => store.peek(key, limits).await,
-            Backend::Redis(store) => store.peek(key, limits).await,
+            Backend::Memory(store) => store.peek(key, limits, ban).await,
+            Backend::Redis(store) => store.peek(key, limits, ban).await,
         }
     }
 

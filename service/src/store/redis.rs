@@ -28,6 +28,7 @@ use super::{
 use crate::{
     algorithm::{
         Algorithm, Decision, NEVER,
+        ban::{Ban, BanScope},
         stacked::{Decisions, Limit},
     },
     clock::Clock,
@@ -44,6 +45,7 @@ pub const DECISION_SCRIPT: &str = concat!(
     include_str!("../../../lua/fixed_window.lua"),
     include_str!("../../../lua/sliding_window_counter.lua"),
     include_str!("../../../lua/sliding_window_log.lua"),
+    include_str!("../../../lua/ban.lua"),
     include_str!("../../../lua/stacked.lua"),
 );
 
@@ -254,6 +256,22 @@ impl RedisStore {
         key
     }
 
+    /// The Redis key of `bucket`'s ban state: `{prefix}ban:{<key>}:<resource>`, or for a
+    /// key-wide ban `{prefix}ban:{<key>}`; under the client key's hash tag like its limits.
+    pub fn ban_key(&self, bucket: BucketKey<'_>, scope: BanScope) -> String {
+        let mut key =
+            String::with_capacity(self.prefix.len() + bucket.key.len() + bucket.resource.len() + 8);
+        key.push_str(&self.prefix);
+        key.push_str("ban:{");
+        escape_into(&mut key, bucket.key);
+        key.push('}');
+        if scope == BanScope::Resource {
+            key.push(':');
+            escape_into(&mut key, bucket.resource);
+        }
+        key
+    }
+
     /// Every Redis key holding `limit`'s state for `bucket`.
     fn push_state_keys(&self, keys: &mut Vec<String>, bucket: BucketKey<'_>, limit: &Limit) {
         let key = self.state_key(bucket, limit);
@@ -320,11 +338,15 @@ impl RedisStore {
         &self,
         bucket: BucketKey<'_>,
         limits: &[Limit],
+        ban: Option<&Ban>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        let mut keys = Vec::with_capacity(limits.len() + 1);
+        let mut keys = Vec::with_capacity(limits.len() + 2);
         for limit in limits {
             self.push_state_keys(&mut keys, bucket, limit);
+        }
+        if let Some(ban) = ban {
+            keys.push(self.ban_key(bucket, ban.scope));
         }
         // The first key names the bucket and its rule's first limit in the deny cache.
         let now = self.clock.now_us();
@@ -344,6 +366,22 @@ impl RedisStore {
             String::new()
         };
         invocation.arg(pinned).arg(cost);
+        match ban {
+            Some(ban) => {
+                invocation
+                    .arg("1")
+                    .arg(ban.after)
+                    .arg(ban.within_us)
+                    .arg(ban.duration_us)
+                    // The shortest decimal that round-trips: Lua multiplies by the same double.
+                    .arg(ban.factor.to_string())
+                    .arg(ban.max_duration_us)
+                    .arg(ban.lookback_us);
+            }
+            None => {
+                invocation.arg("0");
+            }
+        }
         for limit in limits {
             let [first, second] = parameters_of(&limit.algorithm);
             invocation
@@ -356,7 +394,17 @@ impl RedisStore {
             .run(async |connection| invocation.invoke_async(connection).await)
             .await?;
         let decisions = decisions_of(&reply, limits)?;
-        if !decisions.allowed() && decisions.decision().retry_after_us != NEVER {
+        let banned = decisions.banned_for_us().is_some();
+        // Under a ban policy every denial must reach the script to count as an offence, so
+        // only the ban itself is cached: it answers every cost until it ends. Without one, a
+        // denial answers this cost and larger ones until its retry-after.
+        let cacheable = if ban.is_some() {
+            banned
+        } else {
+            !decisions.allowed() && decisions.decision().retry_after_us != NEVER
+        };
+        if cacheable {
+            let cost = if banned { 1 } else { cost };
             self.deny_cache.remember(&keys[0], cost, now, &decisions);
         }
         Ok(decisions)
@@ -366,17 +414,19 @@ impl RedisStore {
         &self,
         bucket: BucketKey<'_>,
         limits: &[Limit],
+        ban: Option<&Ban>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        self.decide(bucket, limits, cost).await
+        self.decide(bucket, limits, ban, cost).await
     }
 
     pub async fn peek(
         &self,
         bucket: BucketKey<'_>,
         limits: &[Limit],
+        ban: Option<&Ban>,
     ) -> Result<Decisions, StoreError> {
-        self.decide(bucket, limits, 0).await
+        self.decide(bucket, limits, ban, 0).await
     }
 
     pub async fn reset(&self, bucket: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
@@ -387,6 +437,7 @@ impl RedisStore {
         if let Some(first) = keys.first() {
             self.deny_cache.forget(first);
         }
+        keys.push(self.ban_key(bucket, BanScope::Resource));
         let mut command = redis::cmd("DEL");
         for key in &keys {
             command.arg(key);
@@ -432,9 +483,9 @@ impl RedisStore {
     }
 }
 
-/// The script's flat reply (four numbers per limit) as decisions.
+/// The script's flat reply (four numbers per limit, then the ban's two) as decisions.
 fn decisions_of(reply: &[i64], limits: &[Limit]) -> Result<Decisions, StoreError> {
-    if reply.len() != limits.len() * 4 {
+    if reply.len() != limits.len() * 4 + 2 {
         return Err(StoreError::Unavailable(format!(
             "decision script answered {} numbers for {} limits; is another version of it loaded?",
             reply.len(),
@@ -442,8 +493,9 @@ fn decisions_of(reply: &[i64], limits: &[Limit]) -> Result<Decisions, StoreError
         )));
     }
     let mut decisions = Decisions::default();
-    for (fields, limit) in reply.chunks_exact(4).zip(limits) {
-        let whole = |value: i64| u64::try_from(value).unwrap_or(0);
+    let whole = |value: i64| u64::try_from(value).unwrap_or(0);
+    let (per_limit, ban) = reply.split_at(limits.len() * 4);
+    for (fields, limit) in per_limit.chunks_exact(4).zip(limits) {
         decisions.push(Decision {
             allowed: fields[0] == 1,
             limit: limit.algorithm.limit(),
@@ -451,6 +503,9 @@ fn decisions_of(reply: &[i64], limits: &[Limit]) -> Result<Decisions, StoreError
             reset_after_us: whole(fields[2]),
             retry_after_us: u64::try_from(fields[3]).unwrap_or(NEVER),
         });
+    }
+    if ban[0] > 0 {
+        decisions.set_banned(whole(ban[0]), ban[1] == 1);
     }
     Ok(decisions)
 }
