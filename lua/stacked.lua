@@ -4,24 +4,26 @@
 -- (limits read, not charged) and a denial counts as an offence that may start a ban. One script
 -- call, so it is atomic; every key shares the client key's hash tag, so it runs on Redis Cluster.
 -- KEYS     each limit's state keys, in order (KEY_COUNT[tag] each, default one); then, with a
---          ban policy, the ban state key
+--          ban policy, its ban state key; then, when watching, the key-wide ban state key
 -- ARGV     now_us ("" = Redis TIME; see prelude.lua), cost (0 = peek: compute, write nothing),
---          "1" and the ban's after, within_us, duration_us, factor, max_duration_us,
---          lookback_us, or "0" without a ban; then per limit: algorithm tag (tb, gcra, fw,
---          swc, swl), first and second parameter
+--          "1" to refuse while the key-wide ban state bans the key (another rule's scope "key"
+--          ban), else "0"; "1" and the ban's after, within_us, duration_us, factor,
+--          max_duration_us, lookback_us, or "0" without a ban; then per limit: algorithm tag
+--          (tb, gcra, fw, swc, swl), first and second parameter
 -- Returns  per limit, flat: allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never);
 --          then banned_for_us (0 = not banned) and 1 if this request started the ban, else 0
 local now = now_us(ARGV[1])
 local cost = tonumber(ARGV[2])
 
+local watch_key_wide = ARGV[3] == '1'
 local ban = nil
-local first_limit = 4
-if ARGV[3] == '1' then
+local first_limit = 5
+if ARGV[4] == '1' then
   ban = {
-    after = tonumber(ARGV[4]), within = tonumber(ARGV[5]), duration = tonumber(ARGV[6]),
-    factor = tonumber(ARGV[7]), max = tonumber(ARGV[8]), lookback = tonumber(ARGV[9]),
+    after = tonumber(ARGV[5]), within = tonumber(ARGV[6]), duration = tonumber(ARGV[7]),
+    factor = tonumber(ARGV[8]), max = tonumber(ARGV[9]), lookback = tonumber(ARGV[10]),
   }
-  first_limit = 10
+  first_limit = 11
 end
 
 local limits = {}
@@ -50,15 +52,27 @@ local function reply(decisions, banned_for, started)
 end
 
 local decisions, writes, all = {}, {}, true
+-- A banned key is answered from its ban: its limits read, nothing charged.
+local function refused(state)
+  local remaining = ban_remaining(state, now)
+  if not remaining then return nil end
+  for i, limit in ipairs(limits) do decisions[i] = decide(limit, 0) end
+  return reply(decisions, remaining, 0)
+end
 local ban_key, ban_state = nil, nil
 if ban then
   ban_key = KEYS[next_key]
+  next_key = next_key + 1
+end
+-- As the Rust store reads them: a key-wide ban first, then the rule's own.
+if watch_key_wide then
+  local answer = refused(ban_load(KEYS[next_key]))
+  if answer then return answer end
+end
+if ban then
   ban_state = ban_load(ban_key)
-  local remaining = ban_remaining(ban_state, now)
-  if remaining then
-    for i, limit in ipairs(limits) do decisions[i] = decide(limit, 0) end
-    return reply(decisions, remaining, 0)
-  end
+  local answer = refused(ban_state)
+  if answer then return answer end
 end
 
 for i, limit in ipairs(limits) do

@@ -10,7 +10,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::{
     algorithm::{
         Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
-        stacked::Limit,
+        ban::Bans, stacked::Limit,
     },
     clock::Clock,
     config::MemoryConfig,
@@ -62,8 +62,8 @@ fn memory_store(c: &mut Criterion) {
                 resource: "api",
                 key: "client-42",
             };
-            store.check_now(key, &limits, None, 1);
-            b.iter(|| black_box(store.check_now(black_box(key), &limits, None, 1)));
+            store.check_now(key, &limits, Bans::NONE, 1);
+            b.iter(|| black_box(store.check_now(black_box(key), &limits, Bans::NONE, 1)));
         });
     }
     // A rule stacking two limits (the aim: at most 1.5x the one-limit token bucket above).
@@ -80,8 +80,8 @@ fn memory_store(c: &mut Criterion) {
             resource: "api",
             key: "client-42",
         };
-        store.check_now(key, &stacked, None, 1);
-        b.iter(|| black_box(store.check_now(black_box(key), &stacked, None, 1)));
+        store.check_now(key, &stacked, Bans::NONE, 1);
+        b.iter(|| black_box(store.check_now(black_box(key), &stacked, Bans::NONE, 1)));
     });
     let limits = Arc::new(Limit::alone(algorithms().remove(0)));
     let algorithm = Arc::new(algorithms().remove(0));
@@ -111,7 +111,7 @@ fn memory_store(c: &mut Criterion) {
                                 key,
                             };
                             for _ in 0..iters {
-                                black_box(store.check_now(key, &*limits, None, 1));
+                                black_box(store.check_now(key, &*limits, Bans::NONE, 1));
                             }
                         })
                     })

@@ -18,7 +18,7 @@ use std::{
 };
 
 use sluice::{
-    algorithm::{Algorithm, FixedWindow, TokenBucket, stacked::Limit},
+    algorithm::{Algorithm, FixedWindow, TokenBucket, ban::Bans, stacked::Limit},
     config::{FailureMode, RedisConfig},
     local_redis::LocalRedis,
     metrics::Metrics,
@@ -68,7 +68,7 @@ async fn store_rate(store: Arc<RedisStore>, limits: Arc<Vec<Limit>>, duration: D
                                 key,
                             },
                             &limits,
-                            None,
+                            Bans::NONE,
                             1,
                         )
                         .await

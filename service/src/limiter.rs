@@ -216,6 +216,8 @@ pub struct Limiter<S> {
     shadow_log: LogBudget,
     /// Bounds the lines logged about bans started.
     ban_log: LogBudget,
+    /// Some rule bans key-wide, so every rule's check reads the key-wide ban state.
+    key_wide_bans: bool,
 }
 
 impl<S: Store> Limiter<S> {
@@ -226,6 +228,7 @@ impl<S: Store> Limiter<S> {
         metrics: Metrics,
         failure: FailurePolicy,
     ) -> Self {
+        let key_wide_bans = rules.has_key_wide_bans();
         let rule_metrics = rules
             .rules()
             .iter()
@@ -240,6 +243,7 @@ impl<S: Store> Limiter<S> {
             failure,
             shadow_log: LogBudget::new(LINES_PER_SECOND),
             ban_log: LogBudget::new(LINES_PER_SECOND),
+            key_wide_bans,
         }
     }
 
@@ -288,7 +292,7 @@ impl<S: Store> Limiter<S> {
         };
         let decisions = match self
             .store
-            .check(bucket, &rule.limits, rule.active_ban(), cost)
+            .check(bucket, &rule.limits, rule.bans(self.key_wide_bans), cost)
             .await
         {
             Ok(decisions) => {
@@ -396,9 +400,12 @@ impl<S: Store> Limiter<S> {
                 "store unavailable; failing open",
             ),
             (FailureMode::Local, Some(local)) => (
-                local
-                    .store
-                    .check_now(bucket, &local.limits[rule.id], rule.active_ban(), cost),
+                local.store.check_now(
+                    bucket,
+                    &local.limits[rule.id],
+                    rule.bans(self.key_wide_bans),
+                    cost,
+                ),
                 "store unavailable; decided on this node's share of the limit",
             ),
             (FailureMode::Deny | FailureMode::Local, _) => (
@@ -447,7 +454,11 @@ impl<S: Store> Limiter<S> {
         let (rule, resource) = self.resolve(key, resource)?;
         let decisions = self
             .store
-            .peek(BucketKey { resource, key }, &rule.limits, rule.active_ban())
+            .peek(
+                BucketKey { resource, key },
+                &rule.limits,
+                rule.bans(self.key_wide_bans),
+            )
             .await?;
         let deciding = decisions.deciding();
         let decision = decisions.decision();

@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 
 use crate::{
-    algorithm::{ban::Ban, stacked::Limit},
+    algorithm::{
+        ban::{Ban, BanScope, Bans},
+        stacked::Limit,
+    },
     config::FailureMode,
 };
 
@@ -35,9 +38,17 @@ pub struct Rule {
 }
 
 impl Rule {
-    /// The ban policy in force: none in shadow mode, which must never block anyone.
-    pub fn active_ban(&self) -> Option<&Ban> {
-        if self.shadow { None } else { self.ban.as_ref() }
+    /// The bans this rule's requests are decided under: none in shadow mode, which must never
+    /// block anyone; otherwise its own policy, and any key-wide ban when `key_wide` (some rule
+    /// of the set bans with scope `key`).
+    pub fn bans(&self, key_wide: bool) -> Bans<'_> {
+        if self.shadow {
+            return Bans::NONE;
+        }
+        Bans {
+            policy: self.ban.as_ref(),
+            key_wide,
+        }
     }
 
     /// The most one request may cost: the smallest of the limits. More could never be allowed.
@@ -79,6 +90,17 @@ impl RuleSet {
 
     pub fn has_default(&self) -> bool {
         self.default.is_some()
+    }
+
+    /// Whether some rule bans with scope `key`, so every rule must honour key-wide bans.
+    pub fn has_key_wide_bans(&self) -> bool {
+        self.rules.iter().any(|rule| {
+            !rule.shadow
+                && rule
+                    .ban
+                    .as_ref()
+                    .is_some_and(|ban| ban.scope == BanScope::Key)
+        })
     }
 
     /// Puts every rule in shadow mode (the node-wide switch).

@@ -295,3 +295,55 @@ async fn a_repeat_offender_is_banned_with_403_and_banned_on_grpc() {
     assert!(!metrics.contains("mallory-9c1e"));
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_key_wide_ban_refuses_the_key_on_every_resource() {
+    let rules = r#"
+[rules.login]
+algorithm = "fixed_window"
+limit = 1
+window = "1h"
+[rules.login.ban]
+after = 2
+within = "1m"
+duration = "5m"
+scope = "key"
+
+[rules.search]
+algorithm = "gcra"
+rate_per_second = 100
+burst = 100
+"#;
+    let server = common::start(rules).await;
+    let mut client = common::grpc_client(&server).await;
+    let mut ask = async |key: &str, resource: &str| {
+        client
+            .check(CheckRequest {
+                key: key.into(),
+                resource: resource.into(),
+                cost: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .decision()
+    };
+    assert_eq!(ask("eve-41", "search").await, Decision::Allowed);
+    let on_login: Vec<Decision> = [
+        ask("eve-41", "login").await,
+        ask("eve-41", "login").await,
+        ask("eve-41", "login").await,
+    ]
+    .into();
+    assert_eq!(
+        on_login,
+        [Decision::Allowed, Decision::Denied, Decision::Banned]
+    );
+    assert_eq!(
+        ask("eve-41", "search").await,
+        Decision::Banned,
+        "search has no ban of its own, yet honours the key-wide one"
+    );
+    assert_eq!(ask("bob-42", "search").await, Decision::Allowed);
+    server.stop().await.unwrap();
+}

@@ -9,7 +9,7 @@ use proptest::{prelude::*, test_runner::TestRunner};
 use sluice::{
     algorithm::{
         Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
-        ban::{Ban, BanScope, BanState},
+        ban::{Ban, BanScope, BanState, Bans},
         stacked::{self, Limit},
     },
     clock::Clock,
@@ -119,15 +119,17 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
                 let mut now = clock.now_us();
                 let mut states = stacked::fresh_states(&limits, now);
                 let mut ban_state = BanState::default();
+                let bans = Bans {
+                    policy: ban.as_ref(),
+                    key_wide: false,
+                };
                 for (index, &(gap, cost)) in requests.iter().enumerate() {
                     clock.advance_us(gap);
                     now += gap;
                     let expected = match (&ban, cost) {
                         (None, 0) => stacked::peek(&limits, &states, now),
                         (None, _) => stacked::check(&limits, &mut states, cost, now),
-                        (Some(ban), 0) => {
-                            stacked::peek_banned(&limits, &states, ban, &ban_state, now)
-                        }
+                        (Some(_), 0) => stacked::peek_banned(&limits, &states, &ban_state, now),
                         (Some(ban), _) => stacked::check_banned(
                             &limits,
                             &mut states,
@@ -138,9 +140,9 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
                         ),
                     };
                     let actual = if cost == 0 {
-                        runtime.block_on(store.peek(bucket, &limits, ban.as_ref()))
+                        runtime.block_on(store.peek(bucket, &limits, bans))
                     } else {
-                        runtime.block_on(store.check(bucket, &limits, ban.as_ref(), cost))
+                        runtime.block_on(store.check(bucket, &limits, bans, cost))
                     }
                     .unwrap();
                     prop_assert_eq!(

@@ -43,6 +43,37 @@ pub struct Ban {
     pub scope: BanScope,
 }
 
+/// The bans one request is decided under.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Bans<'a> {
+    /// The rule's own ban policy: a ban it started refuses the key, and this request's denial
+    /// counts as an offence.
+    pub policy: Option<&'a Ban>,
+    /// Also refuse the key while another rule has banned it key-wide (some rule of the rule
+    /// set bans with scope `key`). Implied when `policy` itself is key-wide.
+    pub key_wide: bool,
+}
+
+impl<'a> Bans<'a> {
+    pub const NONE: Bans<'static> = Bans {
+        policy: None,
+        key_wide: false,
+    };
+
+    /// The rule's own policy, with nothing key-wide to watch.
+    pub fn policy(ban: &'a Ban) -> Self {
+        Bans {
+            policy: Some(ban),
+            key_wide: false,
+        }
+    }
+
+    /// Whether a key-wide ban state must be read besides the policy's own.
+    pub fn watches_key_wide(&self) -> bool {
+        self.key_wide && self.policy.is_none_or(|ban| ban.scope != BanScope::Key)
+    }
+}
+
 /// A key's offences and bans. All zero for a key never denied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BanState {
@@ -56,10 +87,17 @@ pub struct BanState {
     pub last_duration_us: u64,
 }
 
+impl BanState {
+    /// Microseconds of ban left at `now_us`, if the key is banned.
+    pub fn remaining_us(&self, now_us: u64) -> Option<u64> {
+        (self.banned_until_us > now_us).then(|| self.banned_until_us - now_us)
+    }
+}
+
 impl Ban {
     /// Microseconds of ban left at `now_us`, if the key is banned.
     pub fn remaining_us(&self, state: &BanState, now_us: u64) -> Option<u64> {
-        (state.banned_until_us > now_us).then(|| state.banned_until_us - now_us)
+        state.remaining_us(now_us)
     }
 
     /// Counts a denial at `now_us`; when it is the `after`-th within `within`, starts a ban and

@@ -230,10 +230,8 @@ pub fn check_banned(
     cost: u64,
     now_us: u64,
 ) -> Decisions {
-    if let Some(remaining) = ban.remaining_us(ban_state, now_us) {
-        let mut decisions = peek(limits, states, now_us);
-        decisions.set_banned(remaining, false);
-        return decisions;
+    if let Some(refused) = banned_answer(limits, states, ban_state, now_us) {
+        return refused;
     }
     let mut decisions = check(limits, states, cost, now_us);
     if !decisions.allowed()
@@ -245,19 +243,28 @@ pub fn check_banned(
     decisions
 }
 
+/// The answer for a key that `ban_state` bans at `now_us`: its limits read, nothing charged.
+/// `None` when it is not banned.
+pub fn banned_answer(
+    limits: &[Limit],
+    states: &[State],
+    ban_state: &BanState,
+    now_us: u64,
+) -> Option<Decisions> {
+    let remaining = ban_state.remaining_us(now_us)?;
+    let mut decisions = peek(limits, states, now_us);
+    decisions.set_banned(remaining, false);
+    Some(decisions)
+}
+
 /// What the key's states and ban state mean at `now_us`, changing nothing.
 pub fn peek_banned(
     limits: &[Limit],
     states: &[State],
-    ban: &Ban,
     ban_state: &BanState,
     now_us: u64,
 ) -> Decisions {
-    let mut decisions = peek(limits, states, now_us);
-    if let Some(remaining) = ban.remaining_us(ban_state, now_us) {
-        decisions.set_banned(remaining, false);
-    }
-    decisions
+    banned_answer(limits, states, ban_state, now_us).unwrap_or_else(|| peek(limits, states, now_us))
 }
 
 /// What the key's states mean at `now_us`, changing nothing.

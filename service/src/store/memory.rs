@@ -15,7 +15,7 @@ use super::{BucketKey, Store, StoreError};
 use crate::{
     algorithm::{
         State,
-        ban::{Ban, BanScope, BanState},
+        ban::{Ban, BanScope, BanState, Bans},
         stacked::{self, Decisions, Limit},
     },
     clock::Clock,
@@ -74,15 +74,21 @@ impl Entry {
 /// Distinguishes a pair's ban entry from its limits entry in the table.
 const BAN_HASH_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// The pair a ban's state is kept under: the key on its resource, or (a key-wide ban) on the
-/// empty resource, which no request can name (an empty resource means `default`).
+/// The pair a ban's state is kept under: the key on its resource, or (a key-wide ban) the
+/// key's [`key_wide`] pair.
 fn ban_key<'a>(key: BucketKey<'a>, ban: &Ban) -> BucketKey<'a> {
     match ban.scope {
         BanScope::Resource => key,
-        BanScope::Key => BucketKey {
-            resource: "",
-            key: key.key,
-        },
+        BanScope::Key => key_wide(key),
+    }
+}
+
+/// The pair of a key-wide ban: the key on the empty resource, which no request can name (an
+/// empty resource means `default`).
+fn key_wide(key: BucketKey<'_>) -> BucketKey<'_> {
+    BucketKey {
+        resource: "",
+        key: key.key,
     }
 }
 
@@ -149,23 +155,28 @@ impl MemoryStore {
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
         cost: u64,
     ) -> Decisions {
         let hash = self.hasher.hash_one(key);
         let now = self.clock.now_us();
         let mut table = self.shard(key).lock();
-        let Some(ban) = ban else {
+        if bans.watches_key_wide() {
+            let key_wide = self.ban_state(&table, key_wide(key));
+            if key_wide.remaining_us(now).is_some() {
+                return self.decide(&mut table, key, hash, limits, now, |states| {
+                    stacked::peek_banned(limits, states, &key_wide, now)
+                });
+            }
+        }
+        let Some(ban) = bans.policy else {
             return self.decide(&mut table, key, hash, limits, now, |states| {
                 stacked::check(limits, states, cost, now)
             });
         };
         let ban_key = ban_key(key, ban);
         let ban_hash = self.ban_hash(ban_key);
-        let before = table
-            .find(ban_hash, |entry| entry.is_ban_of(ban_key))
-            .and_then(Entry::ban_state)
-            .unwrap_or_default();
+        let before = self.ban_state(&table, ban_key);
         let mut ban_state = before;
         let decisions = self.decide(&mut table, key, hash, limits, now, |states| {
             stacked::check_banned(limits, states, ban, &mut ban_state, cost, now)
@@ -232,6 +243,14 @@ impl MemoryStore {
         decisions
     }
 
+    /// The ban state kept under `ban_key` (fresh when there is none).
+    fn ban_state(&self, table: &HashTable<Entry>, ban_key: BucketKey<'_>) -> BanState {
+        table
+            .find(self.ban_hash(ban_key), |entry| entry.is_ban_of(ban_key))
+            .and_then(Entry::ban_state)
+            .unwrap_or_default()
+    }
+
     fn insert(&self, table: &mut HashTable<Entry>, entry: Entry, now: u64) {
         if table.len() >= self.keys_per_shard {
             self.evict_one(table, now);
@@ -239,7 +258,7 @@ impl MemoryStore {
         table.insert_unique(entry.hash, entry, |entry| entry.hash);
     }
 
-    pub fn peek_now(&self, key: BucketKey<'_>, limits: &[Limit], ban: Option<&Ban>) -> Decisions {
+    pub fn peek_now(&self, key: BucketKey<'_>, limits: &[Limit], bans: Bans<'_>) -> Decisions {
         let hash = self.hasher.hash_one(key);
         let now = self.clock.now_us();
         let table = self.shard(key).lock();
@@ -251,15 +270,18 @@ impl MemoryStore {
                 fresh.as_slice()
             }
         };
-        let Some(ban) = ban else {
-            return stacked::peek(limits, states, now);
+        // As a check reads them: a key-wide ban first, then the rule's own.
+        let key_wide = if bans.watches_key_wide() {
+            self.ban_state(&table, key_wide(key))
+        } else {
+            BanState::default()
         };
-        let ban_key = ban_key(key, ban);
-        let ban_state = table
-            .find(self.ban_hash(ban_key), |entry| entry.is_ban_of(ban_key))
-            .and_then(Entry::ban_state)
-            .unwrap_or_default();
-        stacked::peek_banned(limits, states, ban, &ban_state, now)
+        let ban_state = match bans.policy {
+            _ if key_wide.remaining_us(now).is_some() => key_wide,
+            Some(ban) => self.ban_state(&table, ban_key(key, ban)),
+            None => BanState::default(),
+        };
+        stacked::peek_banned(limits, states, &ban_state, now)
     }
 
     /// Forgets the key's limit states and its ban on this resource (a key-wide ban stays).
@@ -338,19 +360,19 @@ impl Store for MemoryStore {
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        Ok(self.check_now(key, limits, ban, cost))
+        Ok(self.check_now(key, limits, bans, cost))
     }
 
     async fn peek(
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
     ) -> Result<Decisions, StoreError> {
-        Ok(self.peek_now(key, limits, ban))
+        Ok(self.peek_now(key, limits, bans))
     }
 
     /// Every limit of a key lives in its one entry, so the limits need not be named.
@@ -392,15 +414,15 @@ mod tests {
         let store = store(4, 1_000);
         let short = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000)));
         let long = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 60_000_000)));
-        store.check_now(bucket("short"), &short, None, 1);
-        store.check_now(bucket("long"), &long, None, 1);
+        store.check_now(bucket("short"), &short, Bans::NONE, 1);
+        store.check_now(bucket("long"), &long, Bans::NONE, 1);
         assert_eq!(store.len(), 2);
         store.clock().advance_us(1_000_000);
         assert_eq!(store.sweep_expired(), 1);
         assert_eq!(store.len(), 1);
         assert_eq!(
             store
-                .peek_now(bucket("long"), &long, None)
+                .peek_now(bucket("long"), &long, Bans::NONE)
                 .decision()
                 .remaining,
             4,
@@ -430,11 +452,11 @@ mod tests {
                 Algorithm::FixedWindow(FixedWindow::new(5, 3_600_000_000)),
             ),
         ];
-        store.check_now(bucket("k"), &limits, None, 1);
+        store.check_now(bucket("k"), &limits, Bans::NONE, 1);
         assert_eq!(store.len(), 1);
         store.clock().advance_us(1_000_000);
         assert_eq!(store.sweep_expired(), 0, "kept until every limit is fresh");
-        let peeked = store.peek_now(bucket("k"), &limits, None);
+        let peeked = store.peek_now(bucket("k"), &limits, Bans::NONE);
         assert_eq!(
             peeked
                 .as_slice()
@@ -446,7 +468,7 @@ mod tests {
         let one = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(9, 3_600_000_000)));
         assert_eq!(
             store
-                .check_now(bucket("k"), &one, None, 1)
+                .check_now(bucket("k"), &one, Bans::NONE, 1)
                 .decision()
                 .remaining,
             8,
@@ -458,8 +480,8 @@ mod tests {
     fn requests_that_leave_state_fresh_store_nothing() {
         let store = store(4, 1_000);
         let algorithm = Limit::alone(Algorithm::TokenBucket(TokenBucket::new(5, 1.0)));
-        store.peek_now(bucket("a"), &algorithm, None);
-        store.check_now(bucket("b"), &algorithm, None, 6);
+        store.peek_now(bucket("a"), &algorithm, Bans::NONE);
+        store.check_now(bucket("b"), &algorithm, Bans::NONE, 6);
         assert!(store.is_empty());
     }
 
@@ -468,17 +490,17 @@ mod tests {
         let store = store(1, 4);
         let soon = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 1_000_000)));
         let late = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 3_600_000_000)));
-        store.check_now(bucket("soon"), &soon, None, 1);
+        store.check_now(bucket("soon"), &soon, Bans::NONE, 1);
         for key in ["l1", "l2", "l3"] {
-            store.check_now(bucket(key), &late, None, 1);
+            store.check_now(bucket(key), &late, Bans::NONE, 1);
         }
         for key in ["l4", "l5", "l6"] {
-            store.check_now(bucket(key), &late, None, 1);
+            store.check_now(bucket(key), &late, Bans::NONE, 1);
             assert!(store.len() <= 4);
         }
         assert_eq!(
             store
-                .peek_now(bucket("soon"), &soon, None)
+                .peek_now(bucket("soon"), &soon, Bans::NONE)
                 .decision()
                 .remaining,
             5,
@@ -487,7 +509,7 @@ mod tests {
         assert_eq!(store.evictions(), 3);
         assert_eq!(
             store
-                .peek_now(bucket("l6"), &late, None)
+                .peek_now(bucket("l6"), &late, Bans::NONE)
                 .decision()
                 .remaining,
             4

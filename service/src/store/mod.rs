@@ -16,7 +16,7 @@ pub use memory::MemoryStore;
 pub use redis::{DECISION_SCRIPT, RedisMetrics, RedisStore, escape_into};
 
 use crate::algorithm::{
-    ban::Ban,
+    ban::Bans,
     stacked::{Decisions, Limit},
 };
 
@@ -52,14 +52,14 @@ impl StoreError {
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// Spends `cost` of `key` under every one of `limits` if all allow, else under none, and
-    /// under `ban` answers a banned key from its ban and counts a denial as an offence; all in
-    /// one atomic step per key. One decision per limit, in order.
+    /// Spends `cost` of `key` under every one of `limits` if all allow, else under none; under
+    /// `bans` answers a banned key from its ban and counts a denial as an offence of the rule's
+    /// policy; all in one atomic step per key. One decision per limit, in order.
     fn check(
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
         cost: u64,
     ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
@@ -68,7 +68,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
     ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
     /// Forgets `key`'s state under `limits` and its ban on this resource (a key-wide ban
@@ -107,19 +107,19 @@ impl Store for RedisStore {
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        RedisStore::check(self, key, limits, ban, cost).await
+        RedisStore::check(self, key, limits, bans, cost).await
     }
 
     async fn peek(
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
     ) -> Result<Decisions, StoreError> {
-        RedisStore::peek(self, key, limits, ban).await
+        RedisStore::peek(self, key, limits, bans).await
     }
 
     async fn reset(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
@@ -140,12 +140,12 @@ impl Store for Backend {
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
         match self {
-            Backend::Memory(store) => store.check(key, limits, ban, cost).await,
-            Backend::Redis(store) => store.check(key, limits, ban, cost).await,
+            Backend::Memory(store) => store.check(key, limits, bans, cost).await,
+            Backend::Redis(store) => store.check(key, limits, bans, cost).await,
         }
     }
 
@@ -153,11 +153,11 @@ impl Store for Backend {
         &self,
         key: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
     ) -> Result<Decisions, StoreError> {
         match self {
-            Backend::Memory(store) => store.peek(key, limits, ban).await,
-            Backend::Redis(store) => store.peek(key, limits, ban).await,
+            Backend::Memory(store) => store.peek(key, limits, bans).await,
+            Backend::Redis(store) => store.peek(key, limits, bans).await,
         }
     }
 

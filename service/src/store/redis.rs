@@ -28,7 +28,7 @@ use super::{
 use crate::{
     algorithm::{
         Algorithm, Decision, NEVER,
-        ban::{Ban, BanScope},
+        ban::{BanScope, Bans},
         stacked::{Decisions, Limit},
     },
     clock::Clock,
@@ -338,15 +338,19 @@ impl RedisStore {
         &self,
         bucket: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        let mut keys = Vec::with_capacity(limits.len() + 2);
+        let mut keys = Vec::with_capacity(limits.len() + 3);
         for limit in limits {
             self.push_state_keys(&mut keys, bucket, limit);
         }
-        if let Some(ban) = ban {
+        if let Some(ban) = bans.policy {
             keys.push(self.ban_key(bucket, ban.scope));
+        }
+        let watch = bans.watches_key_wide();
+        if watch {
+            keys.push(self.ban_key(bucket, BanScope::Key));
         }
         // The first key names the bucket and its rule's first limit in the deny cache.
         let now = self.clock.now_us();
@@ -365,8 +369,11 @@ impl RedisStore {
         } else {
             String::new()
         };
-        invocation.arg(pinned).arg(cost);
-        match ban {
+        invocation
+            .arg(pinned)
+            .arg(cost)
+            .arg(if watch { "1" } else { "0" });
+        match bans.policy {
             Some(ban) => {
                 invocation
                     .arg("1")
@@ -398,7 +405,7 @@ impl RedisStore {
         // Under a ban policy every denial must reach the script to count as an offence, so
         // only the ban itself is cached: it answers every cost until it ends. Without one, a
         // denial answers this cost and larger ones until its retry-after.
-        let cacheable = if ban.is_some() {
+        let cacheable = if bans.policy.is_some() {
             banned
         } else {
             !decisions.allowed() && decisions.decision().retry_after_us != NEVER
@@ -414,19 +421,19 @@ impl RedisStore {
         &self,
         bucket: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        self.decide(bucket, limits, ban, cost).await
+        self.decide(bucket, limits, bans, cost).await
     }
 
     pub async fn peek(
         &self,
         bucket: BucketKey<'_>,
         limits: &[Limit],
-        ban: Option<&Ban>,
+        bans: Bans<'_>,
     ) -> Result<Decisions, StoreError> {
-        self.decide(bucket, limits, ban, 0).await
+        self.decide(bucket, limits, bans, 0).await
     }
 
     pub async fn reset(&self, bucket: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
