@@ -668,7 +668,7 @@ async fn contract_ban_storm<H: Harness>(harness: Arc<H>) {
                 for _ in 0..20 {
                     let decisions = harness
                         .store()
-                        .check(key("ban-storm", "hot"), &*limits, Bans::policy(&*ban), 1)
+                        .check(key("ban-storm", "hot"), &*limits, Bans::policy(&ban), 1)
                         .await
                         .unwrap();
                     let slot = match (decisions.allowed(), decisions.banned_for_us()) {
