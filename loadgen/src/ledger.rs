@@ -109,9 +109,10 @@ pub fn check(result: &RunResult) -> LedgerReport {
         if admitted as f64 > bound {
             report.over_admitted.push(finding(bound));
         }
-        // Starting from a fresh state, at least min(requested, limit) must get through.
+        // Starting from a fresh state, at least min(requested, limit) must get through; under
+        // stacked limits, the least of them (every limit admits its own limit from fresh).
         if result.config.reset {
-            let floor = requested.min(limit) as f64;
+            let floor = requested.min(key.least_limit().unwrap_or(limit)) as f64;
             if (admitted as f64) < floor {
                 report.under_admitted.push(finding(floor));
             }

@@ -385,8 +385,12 @@ pub struct KeyLedger {
     pub admitted_cost: AtomicU64,
     pub denied: AtomicU64,
     pub errors: AtomicU64,
-    /// Rule parameters as the service reported them (last seen).
+    /// Rule parameters as the service reported them (last seen: a stacked rule reports its
+    /// deciding limit, so this is one of its limits).
     pub limit: AtomicU64,
+    /// The least limit any answer reported, stored bitwise-inverted so that `fetch_max` keeps
+    /// it and a new ledger's 0 means none yet: the most a stacked rule admits from fresh.
+    least_limit_inverted: AtomicU64,
     pub window_us: AtomicU64,
     /// `AlgorithmKind as u64 + 1`; 0 when unknown.
     pub algorithm: AtomicU64,
@@ -402,6 +406,7 @@ impl Clone for KeyLedger {
             denied: copy(&self.denied),
             errors: copy(&self.errors),
             limit: copy(&self.limit),
+            least_limit_inverted: copy(&self.least_limit_inverted),
             window_us: copy(&self.window_us),
             algorithm: copy(&self.algorithm),
         }
@@ -424,6 +429,8 @@ impl KeyLedger {
                     self.denied.fetch_add(1, Ordering::Relaxed);
                 }
                 self.limit.store(answer.limit, Ordering::Relaxed);
+                self.least_limit_inverted
+                    .fetch_max(!answer.limit, Ordering::Relaxed);
                 self.window_us
                     .store(answer.policy_window_us, Ordering::Relaxed);
                 if let Some(algorithm) = answer.algorithm {
@@ -435,6 +442,12 @@ impl KeyLedger {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// The least limit any answer for this key reported, if any did.
+    pub fn least_limit(&self) -> Option<u64> {
+        let inverted = self.least_limit_inverted.load(Ordering::Relaxed);
+        (inverted != 0).then_some(!inverted)
     }
 
     pub fn algorithm(&self) -> Option<AlgorithmKind> {
@@ -482,6 +495,28 @@ mod tests {
             interval.record(i % 2, outcome, us);
         }
         interval
+    }
+
+    #[test]
+    fn the_ledger_keeps_the_least_limit_a_stacked_rule_reported() {
+        let ledger = KeyLedger::default();
+        assert_eq!(ledger.least_limit(), None);
+        for limit in [50, 1_000, 60] {
+            let answer = crate::target::Answer {
+                allowed: true,
+                banned: false,
+                limit,
+                remaining: 0,
+                reset_after_us: 0,
+                retry_after_us: 0,
+                policy_window_us: 1_000_000,
+                algorithm: None,
+                failed_over: false,
+            };
+            ledger.record(1, &Ok(answer));
+        }
+        assert_eq!(ledger.least_limit(), Some(50));
+        assert_eq!(ledger.limit.load(Ordering::Relaxed), 60, "the last seen");
     }
 
     #[test]

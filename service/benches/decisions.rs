@@ -10,7 +10,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::{
     algorithm::{
         Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
-        ban::Bans, stacked::Limit,
+        ban::{Ban, BanScope, Bans},
+        stacked::Limit,
     },
     clock::Clock,
     config::MemoryConfig,
@@ -82,6 +83,27 @@ fn memory_store(c: &mut Criterion) {
         };
         store.check_now(key, &stacked, Bans::NONE, 1);
         b.iter(|| black_box(store.check_now(black_box(key), &stacked, Bans::NONE, 1)));
+    });
+    // The same one-limit token bucket under a ban policy: every decision also reads the key's
+    // ban state (one more table lookup under the same lock).
+    let banned_rule = Limit::alone(algorithms().remove(0));
+    let ban = Ban {
+        after: 1_000,
+        within_us: 60_000_000,
+        duration_us: 60_000_000,
+        factor: 1.0,
+        max_duration_us: 60_000_000,
+        lookback_us: 0,
+        scope: BanScope::Resource,
+    };
+    group.bench_function("existing_key/token_bucket_with_ban_policy", |b| {
+        let store = store();
+        let key = BucketKey {
+            resource: "api",
+            key: "client-42",
+        };
+        store.check_now(key, &banned_rule, Bans::policy(&ban), 1);
+        b.iter(|| black_box(store.check_now(black_box(key), &banned_rule, Bans::policy(&ban), 1)));
     });
     let limits = Arc::new(Limit::alone(algorithms().remove(0)));
     let algorithm = Arc::new(algorithms().remove(0));
