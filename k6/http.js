@@ -24,7 +24,7 @@ export const options = {
   discardResponseBodies: false,
 };
 
-http.setResponseCallback(http.expectedStatuses(200, 429));
+http.setResponseCallback(http.expectedStatuses(200, 403, 429));
 
 const pick = keyPicker(config.distribution, config.keys);
 const query = [
@@ -46,12 +46,13 @@ export default function () {
   } catch (_) {
     body = null;
   }
-  const limited = response.status === 429;
+  // 429: denied; 403: the key is banned. Both are the limiter working, and both say when to retry.
+  const limited = response.status === 429 || response.status === 403;
   const fine = check(response, {
-    'status is 200 or 429': (r) => r.status === 200 || r.status === 429,
+    'status is 200, 429 or 403': (r) => r.status === 200 || limited,
     'RateLimit-Policy and RateLimit headers': (r) =>
       Boolean(r.headers['Ratelimit-Policy']) && Boolean(r.headers['Ratelimit']),
-    'Retry-After on 429': (r) => !limited || Boolean(r.headers['Retry-After']),
+    'Retry-After on 429 and 403': (r) => !limited || Boolean(r.headers['Retry-After']),
     'a decision in the body': () => body !== null && countDecision(body.decision),
   });
   unexpected.add(!fine);

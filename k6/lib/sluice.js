@@ -164,14 +164,18 @@ export function keyPicker(distribution, keys, random = Math.random) {
 export const allowed = new Counter('sluice_allowed');
 export const denied = new Counter('sluice_denied');
 export const banned = new Counter('sluice_banned');
+// Let through by a rule in shadow mode that would have denied them.
+export const shadowDenied = new Counter('sluice_shadow_denied');
 export const unexpected = new Rate('sluice_unexpected');
 
 /** Counts a decision ("allowed", "denied", "banned", "shadow_denied"); false if unknown. */
 export function countDecision(decision) {
   switch (decision) {
     case 'allowed':
-    case 'shadow_denied':
       allowed.add(1);
+      return true;
+    case 'shadow_denied':
+      shadowDenied.add(1);
       return true;
     case 'denied':
       denied.add(1);
@@ -208,13 +212,13 @@ export function summaryFiles(data, script, durationMetric, config) {
   const name = config.name || script;
   const seconds = data.state.testRunDurationMs / 1000;
   const lines = [`k6 ${script}: ${config.targets.join(', ')} for ${fixed(seconds, 1)} s`];
-  const counted = ['sluice_allowed', 'sluice_denied', 'sluice_banned'].map((metric) =>
-    metricValue(data, metric, 'count'),
+  const counted = ['sluice_allowed', 'sluice_denied', 'sluice_banned', 'sluice_shadow_denied'].map(
+    (metric) => metricValue(data, metric, 'count'),
   );
   const total = counted.reduce((a, b) => a + b, 0);
   lines.push(
     `  decisions: ${total} (${fixed(total / seconds, 1)}/s): allowed ${counted[0]}, ` +
-      `denied ${counted[1]}, banned ${counted[2]}`,
+      `denied ${counted[1]}, banned ${counted[2]}, shadow-denied ${counted[3]}`,
   );
   lines.push(
     `  unexpected: ${fixed(100 * metricValue(data, 'sluice_unexpected', 'rate'), 2)}% ` +

@@ -47,6 +47,16 @@ pub struct KeyFinding {
     pub threshold: f64,
 }
 
+/// A key a rule in shadow mode let through past its limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowFinding {
+    pub key: String,
+    /// Cost admitted under the rule's enforced decisions.
+    pub admitted_cost: u64,
+    /// Cost let through that enforcing the rule would have refused.
+    pub would_refuse_cost: u64,
+}
+
 /// The service's own counters against the client's, over the run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reconciliation {
@@ -65,6 +75,9 @@ pub struct LedgerReport {
     pub elapsed_ms: f64,
     pub over_admitted: Vec<KeyFinding>,
     pub under_admitted: Vec<KeyFinding>,
+    /// Keys shadowed rules let through past their limits (not a failure: a rollout preview).
+    #[serde(default)]
+    pub shadow_denied: Vec<ShadowFinding>,
     pub reconciliation: Option<Reconciliation>,
 }
 
@@ -96,6 +109,14 @@ pub fn check(result: &RunResult) -> LedgerReport {
         let limit = key.limit.load(Ordering::Relaxed);
         let window_us = key.window_us.load(Ordering::Relaxed);
         let admitted = key.admitted_cost.load(Ordering::Relaxed);
+        let would_refuse = key.shadow_denied_cost.load(Ordering::Relaxed);
+        if would_refuse > 0 {
+            report.shadow_denied.push(ShadowFinding {
+                key: result.keys.name(index).to_owned(),
+                admitted_cost: admitted,
+                would_refuse_cost: would_refuse,
+            });
+        }
         let finding = |threshold| KeyFinding {
             key: result.keys.name(index).to_owned(),
             algorithm: Some(algorithm),
@@ -197,7 +218,10 @@ pub fn reconcile(result: &RunResult, before: (u64, u64), after: (u64, u64)) -> R
     let cost = result.config.cost.max(1);
     let sum =
         |field: fn(&crate::stats::KeyLedger) -> u64| result.ledger.iter().map(field).sum::<u64>();
-    let client_allowed = sum(|key| key.admitted_cost.load(Ordering::Relaxed)) / cost;
+    // The service counts a shadowed denial as let through, as the client saw it.
+    let client_allowed = sum(|key| {
+        key.admitted_cost.load(Ordering::Relaxed) + key.shadow_denied_cost.load(Ordering::Relaxed)
+    }) / cost;
     let client_denied = sum(|key| key.denied.load(Ordering::Relaxed));
     let client_errors = sum(|key| key.errors.load(Ordering::Relaxed));
     let service_allowed = after.0.saturating_sub(before.0);

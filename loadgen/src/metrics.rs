@@ -10,7 +10,7 @@ use prometheus::{
 
 use crate::stats::Outcome;
 
-const OUTCOMES: [&str; 4] = ["allowed", "denied", "banned", "error"];
+const OUTCOMES: [&str; 5] = ["allowed", "denied", "banned", "shadow_denied", "error"];
 const BUCKETS: &[f64] = &[
     0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
@@ -19,8 +19,8 @@ const BUCKETS: &[f64] = &[
 #[derive(Debug, Clone)]
 pub struct ClientMetrics {
     registry: Registry,
-    requests: Vec<[IntCounter; 4]>,
-    latency: [Histogram; 4],
+    requests: Vec<[IntCounter; OUTCOMES.len()]>,
+    latency: [Histogram; OUTCOMES.len()],
     lag: Histogram,
 }
 
@@ -77,7 +77,8 @@ impl ClientMetrics {
             Outcome::Allowed => 0,
             Outcome::Denied => 1,
             Outcome::Banned => 2,
-            Outcome::Error(_) => 3,
+            Outcome::ShadowDenied => 3,
+            Outcome::Error(_) => 4,
         };
         self.requests[target][index].inc();
         self.latency[index].observe(latency_us as f64 / 1e6);

@@ -82,11 +82,12 @@ pub fn console(summary: &Summary, dir: &Path) -> String {
     let totals = &summary.totals;
     let latency = &summary.latency_ms;
     let mut lines = vec![format!(
-        "requests {}  allowed {}  denied {}  banned {}  errors {}  throughput {:.0} req/s over {:.2} s",
+        "requests {}  allowed {}  denied {}  banned {}  shadow-denied {}  errors {}  throughput {:.0} req/s over {:.2} s",
         totals.total(),
         totals.allowed,
         totals.denied,
         totals.banned,
+        totals.shadow_denied,
         totals.errors(),
         summary.throughput_rps,
         summary.measured_s

@@ -36,6 +36,8 @@ pub enum Outcome {
     Allowed,
     Denied,
     Banned,
+    /// Let through by a rule in shadow mode that would have denied it.
+    ShadowDenied,
     Error(ErrorKind),
 }
 
@@ -43,6 +45,8 @@ impl Outcome {
     pub fn of(answer: &Answer) -> Self {
         if answer.banned {
             Outcome::Banned
+        } else if answer.shadow_denied {
+            Outcome::ShadowDenied
         } else if answer.allowed {
             Outcome::Allowed
         } else {
@@ -56,6 +60,9 @@ pub struct Counts {
     pub allowed: u64,
     pub denied: u64,
     pub banned: u64,
+    /// Let through, but a shadowed rule would have denied them (absent before schema 2).
+    #[serde(default)]
+    pub shadow_denied: u64,
     pub timeout: u64,
     pub unavailable: u64,
     pub refused: u64,
@@ -69,6 +76,7 @@ impl Counts {
             Outcome::Allowed => &mut self.allowed,
             Outcome::Denied => &mut self.denied,
             Outcome::Banned => &mut self.banned,
+            Outcome::ShadowDenied => &mut self.shadow_denied,
             Outcome::Error(ErrorKind::Timeout) => &mut self.timeout,
             Outcome::Error(ErrorKind::Unavailable) => &mut self.unavailable,
             Outcome::Error(ErrorKind::Refused) => &mut self.refused,
@@ -82,6 +90,7 @@ impl Counts {
         self.allowed += other.allowed;
         self.denied += other.denied;
         self.banned += other.banned;
+        self.shadow_denied += other.shadow_denied;
         self.timeout += other.timeout;
         self.unavailable += other.unavailable;
         self.refused += other.refused;
@@ -94,7 +103,7 @@ impl Counts {
     }
 
     pub fn total(&self) -> u64 {
-        self.allowed + self.denied + self.banned + self.errors()
+        self.allowed + self.denied + self.banned + self.shadow_denied + self.errors()
     }
 
     /// "timeout 3, refused 2": the error kinds that occurred, or "" when none did.
@@ -142,7 +151,8 @@ impl Latencies {
     fn record(&mut self, outcome: Outcome, us: u64) {
         self.all.saturating_record(us);
         match outcome {
-            Outcome::Allowed => self.allowed.saturating_record(us),
+            // A shadowed denial was let through: the caller went ahead, as on an allowance.
+            Outcome::Allowed | Outcome::ShadowDenied => self.allowed.saturating_record(us),
             Outcome::Denied | Outcome::Banned => self.denied.saturating_record(us),
             Outcome::Error(_) => {}
         }
@@ -383,6 +393,9 @@ impl Recorder {
 pub struct KeyLedger {
     pub requested_cost: AtomicU64,
     pub admitted_cost: AtomicU64,
+    /// Cost let through by a shadowed rule that would have denied it: not admissions the
+    /// rule's bound covers, but refusals it would have made.
+    pub shadow_denied_cost: AtomicU64,
     pub denied: AtomicU64,
     pub errors: AtomicU64,
     /// Rule parameters as the service reported them (last seen: a stacked rule reports its
@@ -403,6 +416,7 @@ impl Clone for KeyLedger {
         Self {
             requested_cost: copy(&self.requested_cost),
             admitted_cost: copy(&self.admitted_cost),
+            shadow_denied_cost: copy(&self.shadow_denied_cost),
             denied: copy(&self.denied),
             errors: copy(&self.errors),
             limit: copy(&self.limit),
@@ -423,7 +437,9 @@ impl KeyLedger {
                     return;
                 }
                 self.requested_cost.fetch_add(cost, Ordering::Relaxed);
-                if answer.allowed {
+                if answer.shadow_denied {
+                    self.shadow_denied_cost.fetch_add(cost, Ordering::Relaxed);
+                } else if answer.allowed {
                     self.admitted_cost.fetch_add(cost, Ordering::Relaxed);
                 } else {
                     self.denied.fetch_add(1, Ordering::Relaxed);
@@ -505,6 +521,7 @@ mod tests {
             let answer = crate::target::Answer {
                 allowed: true,
                 banned: false,
+                shadow_denied: false,
                 limit,
                 remaining: 0,
                 reset_after_us: 0,

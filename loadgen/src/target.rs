@@ -142,6 +142,8 @@ impl AlgorithmKind {
 pub struct Answer {
     pub allowed: bool,
     pub banned: bool,
+    /// Let through by a rule in shadow mode that would have denied it.
+    pub shadow_denied: bool,
     pub limit: u64,
     pub remaining: u64,
     pub reset_after_us: u64,
@@ -489,6 +491,7 @@ impl TargetClient {
         Ok(Answer {
             allowed: serving,
             banned: false,
+            shadow_denied: false,
             limit: 0,
             remaining: 0,
             reset_after_us: 0,
@@ -514,6 +517,7 @@ impl TargetClient {
                 Ok(Answer {
                     allowed: answer.allowed,
                     banned,
+                    shadow_denied: answer.decision() == Decision::ShadowDenied,
                     limit: answer.limit,
                     remaining: answer.remaining,
                     reset_after_us: duration_us(answer.reset_after),
@@ -546,6 +550,7 @@ impl TargetClient {
                 Ok(Answer {
                     allowed: answer.allowed,
                     banned,
+                    shadow_denied: answer.decision == Some("shadow_denied"),
                     limit: answer.limit,
                     remaining: answer.remaining,
                     reset_after_us: (answer.reset_after_ms * 1e3) as u64,

@@ -72,6 +72,7 @@ fn bookkeeping_allocates_nothing_per_request() {
     let answer = Answer {
         allowed: true,
         banned: false,
+        shadow_denied: false,
         limit: 100,
         remaining: 3,
         reset_after_us: 1_000,

@@ -647,3 +647,68 @@ async fn live_runs_pause_resume_and_change_rate() {
     assert_eq!(result.missed_sends, 0);
     assert_eq!(result.recorder.counts.errors(), 0);
 }
+
+/// A shadowed rule lets everything through: the ledger must not call that over-admission, must
+/// list what enforcing would refuse, and must agree with the service's counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadowed_denials_are_listed_not_failed_and_bans_are_their_own_outcome() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let node = start_service(&format!("{NO_REFILL}shadow = true\n")).await;
+    let outcome = run_session(
+        ledger_run(std::slice::from_ref(&node)),
+        &options(
+            "ledger-shadow",
+            true,
+            metrics_urls(std::slice::from_ref(&node)),
+        ),
+    )
+    .await
+    .unwrap();
+    let summary = &outcome.summary;
+    assert_eq!(summary.schema_version, 2);
+    assert_eq!(
+        (summary.totals.allowed, summary.totals.shadow_denied),
+        (250, 2_750),
+        "5 keys x 50 allowed; the rest let through by shadow mode"
+    );
+    let ledger = summary.ledger.clone().unwrap();
+    assert!(!outcome.ledger_failed(), "{ledger:?}");
+    assert_eq!(ledger.shadow_denied.len(), 5);
+    assert_eq!(
+        ledger
+            .shadow_denied
+            .iter()
+            .map(|finding| finding.would_refuse_cost)
+            .sum::<u64>(),
+        2_750
+    );
+    assert!(ledger.reconciliation.unwrap().agrees);
+    let report = std::fs::read_to_string(outcome.dir.join("report.md")).unwrap();
+    assert!(report.contains("| shadow-denied |"), "{report}");
+    node.stop().await.unwrap();
+
+    // Bans: refused, counted apart from denials, and still not under-admission.
+    let node = start_service(&format!(
+        "{NO_REFILL}[rules.ledger.ban]\nafter = 10\nwithin = \"1h\"\nduration = \"1h\"\n"
+    ))
+    .await;
+    let outcome = run_session(
+        ledger_run(std::slice::from_ref(&node)),
+        &options(
+            "ledger-ban",
+            true,
+            metrics_urls(std::slice::from_ref(&node)),
+        ),
+    )
+    .await
+    .unwrap();
+    let totals = outcome.summary.totals;
+    assert_eq!(
+        (totals.allowed, totals.denied),
+        (250, 45),
+        "9 denials a key, then banned"
+    );
+    assert_eq!(totals.banned, 3_000 - 250 - 45);
+    assert!(!outcome.ledger_failed(), "{:?}", outcome.summary.ledger);
+    node.stop().await.unwrap();
+}

@@ -6,9 +6,9 @@
 //!   denied;
 //! - `mixed`: nine steady requests to one abusive one.
 //!
-//! A 429 is the limiter working, so it counts as a success (Goose's status-code table keeps
-//! 200 and 429 apart); a response without the RateLimit headers, or a 429 without
-//! Retry-After, is a failure.
+//! A 429 (denied) or 403 (banned) is the limiter working, so it counts as a success (Goose's
+//! status-code table keeps 200, 429 and 403 apart); a response without the RateLimit headers,
+//! or a 429 or 403 without Retry-After, is a failure.
 
 use std::sync::Arc;
 
@@ -154,12 +154,13 @@ async fn check(
     };
     let status = response.status().as_u16();
     let headers = response.headers();
-    let problem = if status != 200 && status != 429 {
-        Some("status other than 200 or 429")
+    let refused = status == 429 || status == 403;
+    let problem = if status != 200 && !refused {
+        Some("status other than 200, 429 or 403")
     } else if !headers.contains_key("ratelimit-policy") || !headers.contains_key("ratelimit") {
         Some("RateLimit-Policy or RateLimit header missing")
-    } else if status == 429 && !headers.contains_key("retry-after") {
-        Some("429 without Retry-After")
+    } else if refused && !headers.contains_key("retry-after") {
+        Some("429 or 403 without Retry-After")
     } else {
         None
     };
@@ -168,7 +169,7 @@ async fn check(
             let headers = headers.clone();
             user.set_failure(problem, &mut goose.request, Some(&headers), None)
         }
-        None if status == 429 => user.set_success(&mut goose.request),
+        None if refused => user.set_success(&mut goose.request),
         None => Ok(()),
     }
 }

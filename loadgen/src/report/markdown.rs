@@ -50,21 +50,29 @@ pub fn report(summary: &Summary) -> String {
     let _ = writeln!(out, "## Outcome\n");
     let _ = writeln!(
         out,
-        "| requests | allowed | denied | banned | errors | throughput | measured |\n|---|---|---|---|---|---|---|"
+        "| requests | allowed | denied | banned | shadow-denied | errors | throughput | measured |\n|---|---|---|---|---|---|---|---|"
     );
     let _ = writeln!(
         out,
-        "| {} | {} | {} | {} | {} | {:.0} req/s | {:.2} s |\n",
+        "| {} | {} | {} | {} | {} | {} | {:.0} req/s | {:.2} s |\n",
         totals.total(),
         totals.allowed,
         totals.denied,
         totals.banned,
+        totals.shadow_denied,
         totals.errors(),
         summary.throughput_rps,
         summary.measured_s
     );
     if totals.errors() > 0 {
         let _ = writeln!(out, "Errors by category: {}\n", totals.error_summary());
+    }
+    if totals.shadow_denied > 0 {
+        let _ = writeln!(
+            out,
+            "Shadow-denied: let through by a rule in shadow mode that would have refused them; enforcing it would deny these {}.\n",
+            totals.shadow_denied
+        );
     }
     let _ = writeln!(out, "## Latency (ms)\n");
     let _ = writeln!(
@@ -142,6 +150,20 @@ pub fn report(summary: &Summary) -> String {
                 "- under: `{}` admitted {} < {:.0} owed",
                 finding.key, finding.admitted_cost, finding.threshold
             );
+        }
+        if !ledger.shadow_denied.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nShadow mode let {} key(s) through past their limits (not a failure; what enforcing would refuse):",
+                ledger.shadow_denied.len()
+            );
+            for finding in ledger.shadow_denied.iter().take(10) {
+                let _ = writeln!(
+                    out,
+                    "- shadow: `{}` admitted {}, would refuse {} more",
+                    finding.key, finding.admitted_cost, finding.would_refuse_cost
+                );
+            }
         }
         if let Some(r) = &ledger.reconciliation {
             let _ = writeln!(

@@ -85,9 +85,12 @@ pub fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let summary: Summary =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    // Version 2 only added fields that default to empty (shadow-denied counts and findings),
+    // so every earlier version still reads.
     anyhow::ensure!(
-        summary.schema == summary::SCHEMA && summary.schema_version == summary::SCHEMA_VERSION,
-        "{} is schema {} v{}; this loadgen reads {} v{}",
+        summary.schema == summary::SCHEMA
+            && (1..=summary::SCHEMA_VERSION).contains(&summary.schema_version),
+        "{} is schema {} v{}; this loadgen reads {} v1 to v{}",
         path.display(),
         summary.schema,
         summary.schema_version,

@@ -13,7 +13,9 @@ use crate::{
 };
 
 pub const SCHEMA: &str = "sluice-loadgen/summary";
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: shadow-denied outcomes (`totals.shadow_denied`, `ledger.shadow_denied`), banned answers
+/// read from HTTP 403.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {

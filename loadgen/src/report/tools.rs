@@ -127,7 +127,8 @@ pub fn from_k6(json: &Value) -> anyhow::Result<ToolRow> {
             .and_then(Value::as_f64)
             .unwrap_or(0.0) as u64
     };
-    let allowed = counter("sluice_allowed");
+    // Shadow-denied requests were let through; banned ones were refused.
+    let allowed = counter("sluice_allowed") + counter("sluice_shadow_denied");
     let denied = counter("sluice_denied") + counter("sluice_banned");
     let requests = stat("count")? as u64;
     let seconds = number(json, "/state/testRunDurationMs")? / 1e3;

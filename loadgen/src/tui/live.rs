@@ -186,7 +186,8 @@ impl Tracker {
             self.per_target.push(interval.per_target.clone());
             self.throughput.push(ThroughputPoint {
                 t,
-                allowed: per_second(counts.allowed),
+                // Shadow-denied requests went through; banned ones were refused.
+                allowed: per_second(counts.allowed + counts.shadow_denied),
                 denied: per_second(counts.denied + counts.banned),
                 errors: per_second(counts.errors()),
             });

@@ -180,25 +180,32 @@ fn draw_header(frame: &mut Frame, area: Rect, view: &LiveView) {
         format!("{} req/s", human(rate.round()))
     });
     let totals = &view.totals;
-    frame.render_widget(
-        Line::from(vec![
-            " loadgen ".bold().reversed(),
-            " ".into(),
-            state,
-            format!(
-                " {:.1}/{:.0} s  {rate}  ",
-                view.elapsed.as_secs_f64(),
-                view.duration.as_secs_f64()
-            )
-            .into(),
-            format!("allowed {}", human(totals.allowed as f64)).green(),
-            "  ".into(),
-            format!("denied {}", human((totals.denied + totals.banned) as f64)).yellow(),
-            "  ".into(),
-            format!("errors {}", human(totals.errors() as f64)).red(),
-        ]),
-        area,
-    );
+    let mut spans = vec![
+        " loadgen ".bold().reversed(),
+        " ".into(),
+        state,
+        format!(
+            " {:.1}/{:.0} s  {rate}  ",
+            view.elapsed.as_secs_f64(),
+            view.duration.as_secs_f64()
+        )
+        .into(),
+        format!("allowed {}", human(totals.allowed as f64)).green(),
+        "  ".into(),
+        format!("denied {}", human(totals.denied as f64)).yellow(),
+        "  ".into(),
+    ];
+    // Only rules with bans or in shadow mode produce these: shown when they occur.
+    if totals.banned > 0 {
+        spans.push(format!("banned {}", human(totals.banned as f64)).magenta());
+        spans.push("  ".into());
+    }
+    if totals.shadow_denied > 0 {
+        spans.push(format!("shadow-denied {}", human(totals.shadow_denied as f64)).cyan());
+        spans.push("  ".into());
+    }
+    spans.push(format!("errors {}", human(totals.errors() as f64)).red());
+    frame.render_widget(Line::from(spans), area);
 }
 
 fn axis_labels(low: f64, high: f64, unit: &str) -> Vec<Line<'static>> {
@@ -602,6 +609,22 @@ mod tests {
         });
         assert!(!screen.contains('✗'), "{screen}");
         assert!(screen.contains("cannot start: refused"), "{screen}");
+    }
+
+    #[test]
+    fn bans_and_shadow_denials_are_shown_when_they_occur() {
+        let mut view = live_view();
+        let quiet = render(120, 32, |frame| draw_live(frame, &view, false));
+        assert!(
+            !quiet.contains("banned") && !quiet.contains("shadow-denied"),
+            "{quiet}"
+        );
+        view.totals.banned = 42;
+        view.totals.shadow_denied = 7;
+        let screen = render(120, 32, |frame| draw_live(frame, &view, false));
+        for expected in ["banned 42", "shadow-denied 7", "errors 3"] {
+            assert!(screen.contains(expected), "{expected} missing:\n{screen}");
+        }
     }
 
     #[test]
