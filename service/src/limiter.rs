@@ -63,7 +63,7 @@ impl Outcome {
 }
 
 /// A decision with the rule that made it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Verdict<'a> {
     pub outcome: Outcome,
     /// The deciding limit's answer, which is the request's: see [`Decisions::deciding`].

@@ -15,8 +15,7 @@ use super::{
     ban::{Ban, BanState},
 };
 
-/// The most limits one rule may stack (configuration enforces it), so a decision's per-limit
-/// answers fit in a fixed array and a check allocates nothing.
+/// The most limits one rule may stack (configuration enforces it).
 pub const MAX_LIMITS: usize = 8;
 
 /// One limit of a rule: a short name (for headers, responses and storage keys) and its algorithm.
@@ -41,14 +40,25 @@ impl Limit {
 }
 
 /// Every limit's answer to one request, in the rule's order, and which of them decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Small enough to move without a `memcpy` call: rules of one or two limits (nearly all) keep
+/// their answers inline; larger stacks spill to the heap.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decisions {
-    len: usize,
-    items: [Decision; MAX_LIMITS],
+    items: Items,
     /// Microseconds of ban left, when the key is banned (0 otherwise); see [`check_banned`].
     banned_for_us: u64,
     /// This request's denial started the ban.
     ban_started: bool,
+}
+
+/// Decisions kept inline.
+const INLINE: usize = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Items {
+    Inline { len: u8, items: [Decision; INLINE] },
+    Heap(Vec<Decision>),
 }
 
 const EMPTY: Decision = Decision {
@@ -62,8 +72,10 @@ const EMPTY: Decision = Decision {
 impl Default for Decisions {
     fn default() -> Self {
         Self {
-            len: 0,
-            items: [EMPTY; MAX_LIMITS],
+            items: Items::Inline {
+                len: 0,
+                items: [EMPTY; INLINE],
+            },
             banned_for_us: 0,
             ban_started: false,
         }
@@ -71,7 +83,20 @@ impl Default for Decisions {
 }
 
 impl Decisions {
-    /// One decision per limit, in order. Panics past [`MAX_LIMITS`].
+    /// The answer of a rule of one limit.
+    #[inline]
+    pub fn one(decision: Decision) -> Self {
+        Self {
+            items: Items::Inline {
+                len: 1,
+                items: [decision, EMPTY],
+            },
+            banned_for_us: 0,
+            ban_started: false,
+        }
+    }
+
+    /// One decision per limit, in order.
     pub fn from_slice(decisions: &[Decision]) -> Self {
         let mut all = Self::default();
         for decision in decisions {
@@ -80,28 +105,49 @@ impl Decisions {
         all
     }
 
+    #[inline]
     pub fn push(&mut self, decision: Decision) {
-        self.items[self.len] = decision;
-        self.len += 1;
+        match &mut self.items {
+            Items::Inline { len, items } if usize::from(*len) < INLINE => {
+                items[usize::from(*len)] = decision;
+                *len += 1;
+            }
+            Items::Inline { items, .. } => {
+                let mut spilled = Vec::with_capacity(MAX_LIMITS);
+                spilled.extend_from_slice(items);
+                spilled.push(decision);
+                self.items = Items::Heap(spilled);
+            }
+            Items::Heap(items) => items.push(decision),
+        }
     }
 
+    #[inline]
     pub fn as_slice(&self) -> &[Decision] {
-        &self.items[..self.len]
+        match &self.items {
+            Items::Inline { len, items } => &items[..usize::from(*len)],
+            Items::Heap(items) => items,
+        }
     }
 
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [Decision] {
-        &mut self.items[..self.len]
+        match &mut self.items {
+            Items::Inline { len, items } => &mut items[..usize::from(*len)],
+            Items::Heap(items) => items,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.as_slice().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.as_slice().is_empty()
     }
 
     /// True when every limit allowed and the key is not banned.
+    #[inline]
     pub fn allowed(&self) -> bool {
         self.banned_for_us == 0 && self.as_slice().iter().all(|decision| decision.allowed)
     }
@@ -124,6 +170,7 @@ impl Decisions {
 
     /// The index of the limit that decided: when denied, the denying limit with the longest
     /// retry-after; when allowed, the limit with the least remaining. Ties go to the first.
+    #[inline]
     pub fn deciding(&self) -> usize {
         let decisions = self.as_slice();
         let denied = decisions
@@ -155,8 +202,9 @@ impl Decisions {
 
     /// The deciding limit's answer: the whole request's answer (allowed only if all allowed);
     /// for a banned key denied, with the ban's end as its retry-after.
+    #[inline]
     pub fn decision(&self) -> Decision {
-        let mut decision = self.items[self.deciding()];
+        let mut decision = self.as_slice()[self.deciding()];
         if self.banned_for_us > 0 {
             decision.allowed = false;
             decision.retry_after_us = self.banned_for_us;
@@ -165,6 +213,7 @@ impl Decisions {
     }
 
     /// Microseconds until every limit's state is back to fresh.
+    #[inline]
     pub fn reset_after_us(&self) -> u64 {
         self.as_slice()
             .iter()
@@ -188,14 +237,14 @@ pub fn fresh_states(limits: &[Limit], now_us: u64) -> Vec<State> {
 /// On a denial every state is still brought forward to `now_us` exactly as a lone algorithm's
 /// denial does (a token bucket keeps its refill), so each retry-after is computed from the
 /// state the retry will start from.
+#[inline]
 pub fn check(limits: &[Limit], states: &mut [State], cost: u64, now_us: u64) -> Decisions {
     debug_assert_eq!(limits.len(), states.len());
     debug_assert!(limits.len() <= MAX_LIMITS);
-    let mut decisions = Decisions::default();
     if let ([limit], [state]) = (limits, &mut *states) {
-        decisions.push(limit.algorithm.check(state, cost, now_us));
-        return decisions;
+        return Decisions::one(limit.algorithm.check(state, cost, now_us));
     }
+    let mut decisions = Decisions::default();
     let mut trials: [Option<State>; MAX_LIMITS] = Default::default();
     for ((limit, state), trial) in limits.iter().zip(states.iter()).zip(&mut trials) {
         let mut charged = state.clone();

@@ -21,8 +21,7 @@ struct Denial {
     at_us: u64,
     until_us: u64,
     min_cost: u64,
-    /// Boxed: most keys are never denied, and a stacked rule's answers are a few hundred bytes.
-    decisions: Box<Decisions>,
+    decisions: Decisions,
 }
 
 type Shard = Mutex<HashMap<Box<str>, Denial>>;
@@ -60,7 +59,7 @@ impl DenyCache {
             return None;
         }
         let elapsed = now_us.saturating_sub(denial.at_us);
-        let mut decisions = *denial.decisions;
+        let mut decisions = denial.decisions.clone();
         if let Some(banned_for) = decisions.banned_for_us() {
             decisions.set_banned(banned_for.saturating_sub(elapsed).max(1), false);
         }
@@ -91,7 +90,7 @@ impl DenyCache {
                 at_us: now_us,
                 until_us: now_us.saturating_add(denied.decision().retry_after_us),
                 min_cost: cost,
-                decisions: Box::new(*denied),
+                decisions: denied.clone(),
             },
         );
     }
