@@ -88,8 +88,17 @@ fn main() -> ExitCode {
                     .map(|limit| format!("{}: {}", limit.name, describe(limit)))
                     .collect(),
             };
+            let ban = rule.ban.as_ref().map_or(String::new(), |ban| {
+                format!(
+                    "; ban after {} denials within {} ms for {} ms ({})",
+                    ban.after,
+                    ban.within_us / 1_000,
+                    ban.duration_us / 1_000,
+                    ban.scope.label()
+                )
+            });
             println!(
-                "  {} (resource {}): {}{}",
+                "  {} (resource {}): {}{ban}{}",
                 rule.name,
                 rule.resource_label,
                 limits.join(", "),
