@@ -163,12 +163,7 @@ async fn grpc_rejects_bad_input_naming_the_field() {
             status.message()
         );
     }
-    let metrics = reqwest::get(common::http_url(&server, "/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&server).await;
     assert!(
         metrics.contains(r#"sluice_invalid_requests_total{api="grpc",field="cost"} 2"#),
         "{metrics}"
@@ -440,14 +435,7 @@ async fn http_status_reset_metrics_and_probes() {
         true
     );
 
-    let metrics = http
-        .get(common::http_url(&server, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&server).await;
     assert!(
         metrics.contains(r#"sluice_decisions_total{outcome="allowed",resource="exact"} 2"#),
         "{metrics}"

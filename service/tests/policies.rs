@@ -201,14 +201,7 @@ async fn shadow_mode_allows_what_enforcing_would_deny_and_counts_it() {
     assert_eq!(body["decision"], "shadow_denied");
     assert_eq!(body["allowed"], true);
 
-    let metrics = http
-        .get(common::http_url(&server, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&server).await;
     for line in [
         r#"sluice_decisions_total{outcome="shadow_denied",resource="trial"} 5"#,
         r#"sluice_decisions_total{outcome="allowed",resource="trial"} 2"#,
@@ -277,14 +270,7 @@ async fn a_repeat_offender_is_banned_with_403_and_banned_on_grpc() {
     assert!(answer.retry_after.unwrap().seconds >= 898);
     assert!(answer.reason.contains("banned"), "{}", answer.reason);
 
-    let metrics = http
-        .get(common::http_url(&server, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&server).await;
     for line in [
         r#"sluice_bans_started_total{resource="login"} 1"#,
         r#"sluice_decisions_total{outcome="banned",resource="login"} 3"#,

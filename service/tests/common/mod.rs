@@ -44,6 +44,16 @@ pub fn http_url(server: &RunningServer, path: &str) -> String {
     format!("http://{}{}", server.http_addr, path)
 }
 
+/// The server's Prometheus text page, fetched over HTTP as a scraper would.
+pub async fn metrics_text(server: &RunningServer) -> String {
+    reqwest::get(http_url(server, "/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("a text body")
+}
+
 /// A token bucket of `capacity` that refills one token per ~12 days: "no refill" for a test,
 /// while every parameter stays valid.
 pub fn no_refill_bucket(resource: &str, capacity: u64) -> String {
