@@ -9,7 +9,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::{Deserialize, Serialize};
 
-use crate::{engine::RunResult, target::AlgorithmKind};
+use crate::{
+    engine::RunResult,
+    stats::KeyLedger,
+    target::{AlgorithmKind, LimitBound},
+};
 
 /// The most a key may be admitted over `elapsed_us` under `algorithm` with `limit` per
 /// `window_us` (the policy window the service reports), plus one unit for rounding.
@@ -106,8 +110,17 @@ pub fn check(result: &RunResult) -> LedgerReport {
             continue;
         };
         report.keys_checked += 1;
-        let limit = key.limit.load(Ordering::Relaxed);
-        let window_us = key.window_us.load(Ordering::Relaxed);
+        let reported = LimitBound {
+            algorithm,
+            limit: key.limit.load(Ordering::Relaxed),
+            window_us: key.window_us.load(Ordering::Relaxed),
+        };
+        let (binding, bound) = binding_limit(key, reported, elapsed_us);
+        let LimitBound {
+            algorithm,
+            limit,
+            window_us,
+        } = binding;
         let admitted = key.admitted_cost.load(Ordering::Relaxed);
         let would_refuse = key.shadow_denied_cost.load(Ordering::Relaxed);
         if would_refuse > 0 {
@@ -126,7 +139,7 @@ pub fn check(result: &RunResult) -> LedgerReport {
             admitted_cost: admitted,
             threshold,
         };
-        let bound = admission_bound(algorithm, limit, window_us, elapsed_us);
+
         if admitted as f64 > bound {
             report.over_admitted.push(finding(bound));
         }
@@ -140,6 +153,24 @@ pub fn check(result: &RunResult) -> LedgerReport {
         }
     }
     report
+}
+
+/// The limit that bounds what `key` may be admitted over `elapsed_us`, with that bound: a
+/// stacked rule's tightest limit over this run's length, else the limit the answers reported.
+pub fn binding_limit(key: &KeyLedger, reported: LimitBound, elapsed_us: u64) -> (LimitBound, f64) {
+    let bound_of = |limit: &LimitBound| {
+        admission_bound(limit.algorithm, limit.limit, limit.window_us, elapsed_us)
+    };
+    let binding = key
+        .stacked_limits()
+        .and_then(|limits| {
+            limits
+                .iter()
+                .min_by(|a, b| bound_of(a).total_cmp(&bound_of(b)))
+        })
+        .copied()
+        .unwrap_or(reported);
+    (binding, bound_of(&binding))
 }
 
 /// Sums the samples of metric `name` in a Prometheus text page whose labels include every
@@ -216,8 +247,7 @@ pub async fn scrape_decisions(urls: &[String], resource: &str) -> anyhow::Result
 /// Compares the service's counter deltas with what the client saw.
 pub fn reconcile(result: &RunResult, before: (u64, u64), after: (u64, u64)) -> Reconciliation {
     let cost = result.config.cost.max(1);
-    let sum =
-        |field: fn(&crate::stats::KeyLedger) -> u64| result.ledger.iter().map(field).sum::<u64>();
+    let sum = |field: fn(&KeyLedger) -> u64| result.ledger.iter().map(field).sum::<u64>();
     // The service counts a shadowed denial as let through, as the client saw it.
     let client_allowed = sum(|key| {
         key.admitted_cost.load(Ordering::Relaxed) + key.shadow_denied_cost.load(Ordering::Relaxed)
@@ -240,6 +270,45 @@ pub fn reconcile(result: &RunResult, before: (u64, u64), after: (u64, u64)) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stacked_rule_is_bounded_by_its_tightest_limit_over_the_run() {
+        let burst = LimitBound {
+            algorithm: AlgorithmKind::TokenBucket,
+            limit: 10,
+            window_us: 10_000_000,
+        };
+        let daily = LimitBound {
+            algorithm: AlgorithmKind::FixedWindow,
+            limit: 1_000,
+            window_us: 86_400_000_000,
+        };
+        let key = KeyLedger::default();
+        let answer = |limits| crate::target::Answer {
+            allowed: true,
+            banned: false,
+            shadow_denied: false,
+            limit: 1_000,
+            remaining: 5,
+            reset_after_us: 0,
+            retry_after_us: 0,
+            policy_window_us: daily.window_us,
+            algorithm: Some(AlgorithmKind::FixedWindow),
+            failed_over: false,
+            limits,
+        };
+        let listed = crate::target::LimitBounds::from_list(&[burst, daily]);
+        key.record(1, &Ok(answer(listed)));
+        let second = 1_000_000;
+        // Over 2 s the burst (10, refilling 1/s) binds: about 12; the daily limit, not the
+        // last one reported, would have allowed 1,000.
+        let (binding, bound) = binding_limit(&key, daily, 2 * second);
+        assert_eq!(binding, burst);
+        assert!(bound < 20.0, "{bound}");
+        // Without the listed limits the reported one is all there is.
+        let (binding, _) = binding_limit(&KeyLedger::default(), daily, 2 * second);
+        assert_eq!(binding, daily);
+    }
 
     #[test]
     fn bounds_follow_each_algorithm() {

@@ -2,7 +2,10 @@
 //! lock its workers rarely meet at; the timeline is merged once per interval; the per-key
 //! ledger is shared atomics.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicU64, Ordering},
+};
 
 use hdrhistogram::{
     Histogram,
@@ -10,7 +13,7 @@ use hdrhistogram::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::target::{AlgorithmKind, Answer, ErrorKind};
+use crate::target::{AlgorithmKind, Answer, ErrorKind, LimitBound};
 
 /// Latencies are microseconds, tracked up to a minute at 3 significant digits.
 pub const MAX_LATENCY_US: u64 = 60_000_000;
@@ -404,6 +407,9 @@ pub struct KeyLedger {
     /// The least limit any answer reported, stored bitwise-inverted so that `fetch_max` keeps
     /// it and a new ledger's 0 means none yet: the most a stacked rule admits from fresh.
     least_limit_inverted: AtomicU64,
+    /// Every limit of the key's rule when it stacks several, from the first answer listing
+    /// them (read once per key; the rule does not change during a run).
+    stacked: OnceLock<Box<[LimitBound]>>,
     pub window_us: AtomicU64,
     /// `AlgorithmKind as u64 + 1`; 0 when unknown.
     pub algorithm: AtomicU64,
@@ -421,6 +427,7 @@ impl Clone for KeyLedger {
             errors: copy(&self.errors),
             limit: copy(&self.limit),
             least_limit_inverted: copy(&self.least_limit_inverted),
+            stacked: self.stacked.clone(),
             window_us: copy(&self.window_us),
             algorithm: copy(&self.algorithm),
         }
@@ -447,6 +454,11 @@ impl KeyLedger {
                 self.limit.store(answer.limit, Ordering::Relaxed);
                 self.least_limit_inverted
                     .fetch_max(!answer.limit, Ordering::Relaxed);
+                if self.stacked.get().is_none()
+                    && let Some(limits) = answer.limits.stacked()
+                {
+                    let _ = self.stacked.set(limits.collect());
+                }
                 self.window_us
                     .store(answer.policy_window_us, Ordering::Relaxed);
                 if let Some(algorithm) = answer.algorithm {
@@ -458,6 +470,11 @@ impl KeyLedger {
                 self.errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Every limit of the key's rule, when it stacks several.
+    pub fn stacked_limits(&self) -> Option<&[LimitBound]> {
+        self.stacked.get().map(|limits| &**limits)
     }
 
     /// The least limit any answer for this key reported, if any did.
@@ -529,6 +546,7 @@ mod tests {
                 policy_window_us: 1_000_000,
                 algorithm: None,
                 failed_over: false,
+                limits: Default::default(),
             };
             ledger.record(1, &Ok(answer));
         }

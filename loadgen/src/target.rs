@@ -137,6 +137,103 @@ impl AlgorithmKind {
     }
 }
 
+/// One limit's parameters, as the ledger bounds what a key can be admitted under it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LimitBound {
+    pub algorithm: AlgorithmKind,
+    pub limit: u64,
+    pub window_us: u64,
+}
+
+/// The limits of a stacked rule, as an answer listed them: kept only for rules of 2 to
+/// [`LimitBounds::CAPACITY`] limits (a one-limit rule's are the answer's own fields; a larger
+/// stack is left to the deciding limit's bound), in a fixed array so reading them allocates
+/// nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LimitBounds {
+    len: usize,
+    items: [Option<LimitBound>; LimitBounds::CAPACITY],
+}
+
+impl LimitBounds {
+    pub const CAPACITY: usize = 4;
+
+    /// A list as an answer would carry it (tests).
+    #[cfg(test)]
+    pub(crate) fn from_list(limits: &[LimitBound]) -> Self {
+        let mut bounds = Self::default();
+        for limit in limits {
+            bounds.push(Some(*limit));
+        }
+        bounds
+    }
+
+    /// Adds a listed limit; `None` (an algorithm the ledger cannot bound) spoils the list.
+    fn push(&mut self, bound: Option<LimitBound>) {
+        match bound {
+            Some(bound) if self.len < Self::CAPACITY => {
+                self.items[self.len] = Some(bound);
+                self.len += 1;
+            }
+            _ => self.len = Self::CAPACITY + 1,
+        }
+    }
+
+    /// The listed limits, when the answer listed a complete stack of at least two.
+    pub fn stacked(&self) -> Option<impl Iterator<Item = LimitBound> + '_> {
+        (2..=Self::CAPACITY)
+            .contains(&self.len)
+            .then(|| self.items[..self.len].iter().flatten().copied())
+    }
+
+    /// Reads the `limits` (field 12) of a sluice.v1 CheckResponse, skipping every other field.
+    fn from_grpc(message: &Bytes) -> Self {
+        use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+        let mut bounds = Self::default();
+        let mut buf = message.clone();
+        while !buf.is_empty() {
+            let Ok((tag, wire_type)) = decode_key(&mut buf) else {
+                break;
+            };
+            if tag != 12 || wire_type != WireType::LengthDelimited {
+                if skip_field(wire_type, tag, &mut buf, DecodeContext::default()).is_err() {
+                    break;
+                }
+                continue;
+            }
+            let Some(len) = decode_varint(&mut buf)
+                .ok()
+                .and_then(|len| usize::try_from(len).ok())
+                .filter(|len| *len <= buf.len())
+            else {
+                break;
+            };
+            let entry = LimitAnswer::decode(buf.split_to(len)).ok();
+            bounds.push(entry.and_then(|entry| {
+                Some(LimitBound {
+                    algorithm: std::str::from_utf8(&entry.algorithm)
+                        .ok()
+                        .and_then(AlgorithmKind::parse)?,
+                    limit: entry.limit,
+                    window_us: duration_us(entry.policy_window),
+                })
+            }));
+        }
+        bounds
+    }
+}
+
+/// The fields of a LimitStatus the ledger reads.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LimitAnswer {
+    #[prost(uint64, tag = "2")]
+    limit: u64,
+    #[prost(message, optional, tag = "7")]
+    policy_window: Option<prost_types::Duration>,
+    #[prost(bytes = "bytes", tag = "8")]
+    algorithm: Bytes,
+}
+
 /// A decision as the client saw it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Answer {
@@ -152,6 +249,8 @@ pub struct Answer {
     pub algorithm: Option<AlgorithmKind>,
     /// The service answered by a failure mode (its store was down).
     pub failed_over: bool,
+    /// Every limit of a stacked rule, when the answer listed them.
+    pub limits: LimitBounds,
 }
 
 /// What each request calls.
@@ -341,33 +440,51 @@ struct HttpAnswer<'a> {
     algorithm: Option<&'a str>,
     #[serde(default)]
     reason: Option<&'a str>,
-    /// Read only to be skipped without allocating: see [`SkippedList`].
     #[serde(default)]
-    #[allow(dead_code, reason = "present so serde skips it element by element")]
-    limits: Option<SkippedList>,
+    limits: Option<HttpLimits>,
 }
 
-/// A JSON array skipped one element at a time. serde_json skips an unknown nested value (an
-/// array of objects, such as Sluice's `limits`) by pushing the enclosing frames onto a scratch
-/// buffer that a fresh deserializer allocates, once per response; skipping each element on its
-/// own never nests, so nothing is allocated.
-#[derive(Debug, Clone, Copy, Default)]
-struct SkippedList;
+/// Sluice's `limits` list, read element by element into [`LimitBounds`]. Reading each element
+/// as a struct of its own never makes serde_json skip a nested value, which would push frames
+/// onto a scratch buffer a fresh deserializer allocates once per response.
+struct HttpLimits(LimitBounds);
 
-impl<'de> Deserialize<'de> for SkippedList {
+/// The fields of one `limits` element the ledger reads.
+#[derive(Deserialize)]
+struct HttpLimit<'a> {
+    limit: u64,
+    #[serde(default)]
+    policy_window_ms: f64,
+    #[serde(default, borrow)]
+    algorithm: Option<&'a str>,
+}
+
+impl<'de> Deserialize<'de> for HttpLimits {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Elements;
         impl<'de> serde::de::Visitor<'de> for Elements {
-            type Value = SkippedList;
+            type Value = HttpLimits;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list")
+                f.write_str("a list of limits")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut elements: A,
-            ) -> Result<SkippedList, A::Error> {
-                while elements.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(SkippedList)
+            ) -> Result<HttpLimits, A::Error> {
+                let mut bounds = LimitBounds::default();
+                while let Some(limit) = elements.next_element::<HttpLimit<'de>>()? {
+                    bounds.push(
+                        limit
+                            .algorithm
+                            .and_then(AlgorithmKind::parse)
+                            .map(|algorithm| LimitBound {
+                                algorithm,
+                                limit: limit.limit,
+                                window_us: (limit.policy_window_ms * 1e3) as u64,
+                            }),
+                    );
+                }
+                Ok(HttpLimits(bounds))
             }
         }
         deserializer.deserialize_seq(Elements)
@@ -499,6 +616,7 @@ impl TargetClient {
             policy_window_us: 0,
             algorithm: None,
             failed_over: false,
+            limits: LimitBounds::default(),
         })
     }
 
@@ -512,6 +630,7 @@ impl TargetClient {
                     .connection
                     .unary(&client.check, &prepared.grpc_check)
                     .await?;
+                let limits = LimitBounds::from_grpc(&message);
                 let answer = CheckAnswer::decode(message).map_err(|_| ErrorKind::Other)?;
                 let banned = answer.decision() == Decision::Banned;
                 Ok(Answer {
@@ -528,6 +647,7 @@ impl TargetClient {
                         .and_then(AlgorithmKind::parse),
                     // A ban's reason says why it refused; only other reasons mean a failure mode.
                     failed_over: !answer.reason.is_empty() && !banned,
+                    limits,
                 })
             }
             TargetClient::Http {
@@ -558,6 +678,9 @@ impl TargetClient {
                     policy_window_us: (answer.policy_window_ms * 1e3) as u64,
                     algorithm: answer.algorithm.and_then(AlgorithmKind::parse),
                     failed_over: answer.reason.is_some() && !banned,
+                    limits: answer
+                        .limits
+                        .map_or_else(LimitBounds::default, |list| list.0),
                 })
             }
         }
@@ -604,6 +727,78 @@ impl TargetClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bound(algorithm: AlgorithmKind, limit: u64, window_us: u64) -> LimitBound {
+        LimitBound {
+            algorithm,
+            limit,
+            window_us,
+        }
+    }
+
+    #[test]
+    fn a_grpc_answer_lists_a_stacked_rules_limits() {
+        let status = |name: &str, limit: u64, window_s: i64, algorithm: &str| {
+            sluice_proto::v1::LimitStatus {
+                name: name.into(),
+                limit,
+                remaining: 1,
+                policy_window: Some(prost_types::Duration {
+                    seconds: window_s,
+                    nanos: 0,
+                }),
+                algorithm: algorithm.into(),
+                ..Default::default()
+            }
+        };
+        let response = sluice_proto::v1::CheckResponse {
+            allowed: true,
+            limit: 10,
+            rule: "api".into(),
+            limits: vec![
+                status("burst", 10, 1, "token_bucket"),
+                status("daily", 1_000, 86_400, "fixed_window"),
+            ],
+            decided_by: "burst".into(),
+            ..Default::default()
+        };
+        let bounds = LimitBounds::from_grpc(&Bytes::from(response.encode_to_vec()));
+        let listed: Vec<LimitBound> = bounds.stacked().unwrap().collect();
+        assert_eq!(
+            listed,
+            [
+                bound(AlgorithmKind::TokenBucket, 10, 1_000_000),
+                bound(AlgorithmKind::FixedWindow, 1_000, 86_400_000_000),
+            ]
+        );
+        let single = sluice_proto::v1::CheckResponse {
+            limits: vec![status("api", 10, 1, "token_bucket")],
+            ..response
+        };
+        assert!(
+            LimitBounds::from_grpc(&Bytes::from(single.encode_to_vec()))
+                .stacked()
+                .is_none(),
+            "a one-limit rule's bound is the answer's own"
+        );
+    }
+
+    #[test]
+    fn an_http_answer_lists_a_stacked_rules_limits() {
+        let body = br#"{"allowed":false,"decision":"denied","limit":10,"remaining":0,
+            "reset_after_ms":5.0,"retry_after_ms":100.0,"limits":[
+            {"name":"burst","allowed":false,"limit":10,"remaining":0,"policy_window_ms":1000.0,"algorithm":"gcra"},
+            {"name":"hour","allowed":true,"limit":500,"remaining":9,"policy_window_ms":3600000.0,"algorithm":"sliding_window_log"}]}"#;
+        let answer: HttpAnswer<'_> = serde_json::from_slice(body).unwrap();
+        let listed: Vec<LimitBound> = answer.limits.unwrap().0.stacked().unwrap().collect();
+        assert_eq!(
+            listed,
+            [
+                bound(AlgorithmKind::Gcra, 10, 1_000_000),
+                bound(AlgorithmKind::SlidingWindowLog, 500, 3_600_000_000),
+            ]
+        );
+    }
 
     #[test]
     fn endpoints_need_a_known_scheme() {

@@ -80,6 +80,7 @@ fn bookkeeping_allocates_nothing_per_request() {
         policy_window_us: 1_000_000,
         algorithm: None,
         failed_over: false,
+        limits: Default::default(),
     };
     let mut one_request = |i: u64| {
         let key = picker.next_index();

@@ -712,3 +712,35 @@ async fn shadowed_denials_are_listed_not_failed_and_bans_are_their_own_outcome()
     assert!(!outcome.ledger_failed(), "{:?}", outcome.summary.ledger);
     node.stop().await.unwrap();
 }
+
+/// A stacked rule on nodes that do not share state: the ledger reads every limit from the
+/// answers (gRPC and HTTP alike) and flags each key against the tightest, the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_bounds_a_stacked_rule_by_its_tightest_limit() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stacked = "[rules.ledger]\n[[rules.ledger.limits]]\nname = \"burst\"\nalgorithm = \"token_bucket\"\ncapacity = 50\nrefill_per_second = 0.000001\n[[rules.ledger.limits]]\nname = \"hourly\"\nalgorithm = \"fixed_window\"\nlimit = 100000\nwindow = \"1h\"\n";
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(start_service(stacked).await);
+    }
+    let mut config = ledger_run(&nodes);
+    config.targets[1] = format!("http://{}", nodes[1].http_addr).parse().unwrap();
+    let outcome = run_session(
+        config,
+        &options("ledger-stacked", true, metrics_urls(&nodes)),
+    )
+    .await
+    .unwrap();
+    let ledger = outcome.summary.ledger.clone().unwrap();
+    assert_eq!(ledger.over_admitted.len(), 5, "{ledger:?}");
+    for finding in &ledger.over_admitted {
+        assert_eq!(
+            (finding.algorithm, finding.limit),
+            (Some(loadgen::target::AlgorithmKind::TokenBucket), 50),
+            "bounded by the burst: {finding:?}"
+        );
+    }
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
