@@ -31,6 +31,16 @@ algorithm = "token_bucket"
 capacity = 5
 refill_per_second = 1
 shadow = true
+
+# A key that keeps hammering after being told to stop is locked out for a while.
+[rules.abuse]
+algorithm = "token_bucket"
+capacity = 5
+refill_per_second = 1
+[rules.abuse.ban]
+after = 10
+within = "1m"
+duration = "2s"
 "#;
 
 #[derive(Debug, Clone)]

@@ -280,12 +280,21 @@ async fn every_panel_and_rule_returns_data_from_a_live_run() {
     trial.duration = Some(Duration::from_secs(18));
     trial.keys = 1;
     trial.resource = "trial".into();
+    let mut abuse = trial.clone();
+    abuse.resource = "abuse".into();
     let trial = tokio::spawn(loadgen::engine::run(trial));
+    // And one key that keeps hammering a rule with a short ban: bans start again and again.
+    let abuse = tokio::spawn(loadgen::engine::run(abuse));
     let run = tokio::spawn(async move { run_session(config, &session).await });
     tokio::time::sleep(Duration::from_secs(15)).await;
     let at = unix_now();
     let outcome = run.await.unwrap().unwrap();
     let trial = trial.await.unwrap().unwrap();
+    let abuse = abuse.await.unwrap().unwrap();
+    assert!(
+        abuse.recorder.counts.banned > 0,
+        "the abusive key was banned"
+    );
     assert_eq!(
         trial.recorder.counts.denied, 0,
         "a shadowed rule denies nothing"
