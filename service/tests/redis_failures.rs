@@ -49,6 +49,18 @@ algorithm = "fixed_window"
 limit = 10
 window = "1h"
 failure_mode = "deny"
+
+[rules.stacked]
+[[rules.stacked.limits]]
+name = "burst"
+algorithm = "fixed_window"
+limit = 6
+window = "1h"
+[[rules.stacked.limits]]
+name = "hourly"
+algorithm = "fixed_window"
+limit = 20
+window = "1h"
 "#,
         redis.url()
     )
@@ -190,6 +202,30 @@ async fn outage_scenario(mode: &str, outage: Outage) {
             assert_eq!(
                 admitted, 5,
                 "local mode allows fallback_share (0.5) of the limit of 10"
+            );
+        }
+    }
+    // A stacked rule's failure mode answers for every one of its limits.
+    let stacked = check(&mut grpc, "fresh-key", "stacked").await;
+    assert_eq!(stacked.limits.len(), 2, "{stacked:?}");
+    assert!(!stacked.reason.is_empty(), "{stacked:?}");
+    match mode {
+        "deny" => assert!(
+            stacked.limits.iter().all(|limit| !limit.allowed),
+            "{stacked:?}"
+        ),
+        "allow" => assert!(
+            stacked.allowed && stacked.limits.iter().all(|limit| limit.allowed),
+            "{stacked:?}"
+        ),
+        _ => {
+            let mut admitted = u32::from(stacked.allowed);
+            for _ in 0..20 {
+                admitted += u32::from(check(&mut grpc, "fresh-key", "stacked").await.allowed);
+            }
+            assert_eq!(
+                admitted, 3,
+                "local mode scales every limit by fallback_share: the tighter 6 becomes 3"
             );
         }
     }
