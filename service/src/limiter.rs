@@ -315,7 +315,7 @@ impl<S: Store> Limiter<S> {
         reason: Option<&'static str>,
     ) -> Verdict<'a> {
         let deciding = decisions.deciding();
-        let decision = decisions.decision();
+        let decision = decisions.decision_of(deciding);
         let (outcome, reason) = if decisions.banned_for_us().is_some() {
             if decisions.ban_started() {
                 self.rule_metrics[rule.id].bans_started.inc();
@@ -461,7 +461,7 @@ impl<S: Store> Limiter<S> {
             )
             .await?;
         let deciding = decisions.deciding();
-        let decision = decisions.decision();
+        let decision = decisions.decision_of(deciding);
         Ok(Verdict {
             outcome: if decisions.banned_for_us().is_some() {
                 Outcome::Banned

@@ -95,11 +95,6 @@ impl BanState {
 }
 
 impl Ban {
-    /// Microseconds of ban left at `now_us`, if the key is banned.
-    pub fn remaining_us(&self, state: &BanState, now_us: u64) -> Option<u64> {
-        state.remaining_us(now_us)
-    }
-
     /// Counts a denial at `now_us`; when it is the `after`-th within `within`, starts a ban and
     /// returns its duration.
     pub fn record_denial(&self, state: &mut BanState, now_us: u64) -> Option<u64> {
@@ -166,9 +161,9 @@ mod tests {
         assert_eq!(ban.record_denial(&mut state, 0), None);
         assert_eq!(ban.record_denial(&mut state, S), None);
         assert_eq!(ban.record_denial(&mut state, 2 * S), Some(10 * S));
-        assert_eq!(ban.remaining_us(&state, 2 * S), Some(10 * S));
-        assert_eq!(ban.remaining_us(&state, 12 * S - 1), Some(1));
-        assert_eq!(ban.remaining_us(&state, 12 * S), None, "over at its end");
+        assert_eq!(state.remaining_us(2 * S), Some(10 * S));
+        assert_eq!(state.remaining_us(12 * S - 1), Some(1));
+        assert_eq!(state.remaining_us(12 * S), None, "over at its end");
     }
 
     #[test]
@@ -229,7 +224,7 @@ mod tests {
             let (mut now, mut counted, mut window_start) = (0u64, 0u64, 0u64);
             for gap in gaps {
                 now += gap;
-                if ban.remaining_us(&state, now).is_some() {
+                if state.remaining_us(now).is_some() {
                     continue;
                 }
                 if counted == 0 || now >= window_start + ban.within_us {

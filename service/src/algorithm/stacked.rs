@@ -204,7 +204,13 @@ impl Decisions {
     /// for a banned key denied, with the ban's end as its retry-after.
     #[inline]
     pub fn decision(&self) -> Decision {
-        let mut decision = self.as_slice()[self.deciding()];
+        self.decision_of(self.deciding())
+    }
+
+    /// [`Decisions::decision`] when the deciding index is already known.
+    #[inline]
+    pub fn decision_of(&self, deciding: usize) -> Decision {
+        let mut decision = self.as_slice()[deciding];
         if self.banned_for_us > 0 {
             decision.allowed = false;
             decision.retry_after_us = self.banned_for_us;

@@ -292,7 +292,11 @@ impl MemoryStore {
         let mut existed = false;
         for (hash, wanted_ban) in [(hash, false), (ban_hash, true)] {
             if let Ok(entry) = table.find_entry(hash, |entry| {
-                entry.is(key) && matches!(entry.states, States::Ban(_)) == wanted_ban
+                if wanted_ban {
+                    entry.is_ban_of(key)
+                } else {
+                    entry.is_limits_of(key)
+                }
             }) {
                 entry.remove();
                 existed = true;

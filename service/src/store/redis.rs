@@ -275,12 +275,10 @@ impl RedisStore {
     /// Every Redis key holding `limit`'s state for `bucket`.
     fn push_state_keys(&self, keys: &mut Vec<String>, bucket: BucketKey<'_>, limit: &Limit) {
         let key = self.state_key(bucket, limit);
-        if let Algorithm::SlidingWindowLog(_) = limit.algorithm {
-            keys.push(format!("{key}:total"));
-            keys.insert(keys.len() - 1, key);
-        } else {
-            keys.push(key);
-        }
+        let total = matches!(limit.algorithm, Algorithm::SlidingWindowLog(_))
+            .then(|| format!("{key}:total"));
+        keys.push(key);
+        keys.extend(total);
     }
 
     fn pick(&self) -> Picked {
