@@ -255,6 +255,20 @@ async fn a_repeat_offender_is_banned_with_403_and_banned_on_grpc() {
     );
     assert_eq!(body["decision"], "banned");
 
+    // The public reset clears the key's quota but cannot lift its ban.
+    let reset = http
+        .post(common::http_url(&server, "/reset?resource=login"))
+        .header("X-API-Key", "mallory-9c1e")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(
+        post().await.unwrap().status(),
+        403,
+        "still banned after reset"
+    );
+
     let mut client = common::grpc_client(&server).await;
     let answer = client
         .check(CheckRequest {
@@ -273,7 +287,7 @@ async fn a_repeat_offender_is_banned_with_403_and_banned_on_grpc() {
     let metrics = common::metrics_text(&server).await;
     for line in [
         r#"sluice_bans_started_total{resource="login"} 1"#,
-        r#"sluice_decisions_total{outcome="banned",resource="login"} 3"#,
+        r#"sluice_decisions_total{outcome="banned",resource="login"} 4"#,
         r#"sluice_decisions_total{outcome="denied",resource="login"} 2"#,
     ] {
         assert!(metrics.contains(line), "missing {line}");

@@ -570,11 +570,17 @@ async fn contract_ban<H: Harness>(harness: &H) {
         Some(20_000_000),
         "a repeat within the look-back lasts twice as long"
     );
+    assert!(store.reset(bucket, &limits).await.unwrap());
+    let after_reset = check(1).await;
     assert!(
-        store.reset(bucket, &limits).await.unwrap(),
-        "reset lifts the ban"
+        after_reset.banned_for_us().is_some(),
+        "reset (public, unauthenticated) must not lift a ban: {after_reset:?}"
     );
-    assert!(check(1).await.allowed());
+    harness.advance_us(20_000_000);
+    assert!(
+        check(1).await.allowed(),
+        "the reset limits answer once the ban ends"
+    );
 }
 
 async fn contract_key_ban<H: Harness>(harness: &H) {

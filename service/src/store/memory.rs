@@ -284,25 +284,17 @@ impl MemoryStore {
         stacked::peek_banned(limits, states, &ban_state, now)
     }
 
-    /// Forgets the key's limit states and its ban on this resource (a key-wide ban stays).
+    /// Forgets the key's limit states; its bans stay (see [`Store::reset`]).
     pub fn reset_now(&self, key: BucketKey<'_>) -> bool {
         let hash = self.hasher.hash_one(key);
-        let ban_hash = self.ban_hash(key);
         let mut table = self.shard(key).lock();
-        let mut existed = false;
-        for (hash, wanted_ban) in [(hash, false), (ban_hash, true)] {
-            if let Ok(entry) = table.find_entry(hash, |entry| {
-                if wanted_ban {
-                    entry.is_ban_of(key)
-                } else {
-                    entry.is_limits_of(key)
-                }
-            }) {
+        match table.find_entry(hash, |entry| entry.is_limits_of(key)) {
+            Ok(entry) => {
                 entry.remove();
-                existed = true;
+                true
             }
+            Err(_) => false,
         }
-        existed
     }
 
     /// Drops every entry whose state is back to fresh; returns how many.

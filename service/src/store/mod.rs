@@ -71,8 +71,8 @@ pub trait Store: Send + Sync + 'static {
         bans: Bans<'_>,
     ) -> impl Future<Output = Result<Decisions, StoreError>> + Send;
 
-    /// Forgets `key`'s state under `limits` and its ban on this resource (a key-wide ban
-    /// stays); true when there was any.
+    /// Forgets `key`'s state under `limits`; true when there was any. Bans stay: reset is on
+    /// the public API, and a banned client must not be able to lift its own ban.
     fn reset(
         &self,
         key: BucketKey<'_>,

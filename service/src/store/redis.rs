@@ -442,7 +442,6 @@ impl RedisStore {
         if let Some(first) = keys.first() {
             self.deny_cache.forget(first);
         }
-        keys.push(self.ban_key(bucket, BanScope::Resource));
         let mut command = redis::cmd("DEL");
         for key in &keys {
             command.arg(key);
