@@ -172,5 +172,40 @@ fn memory_store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pure_algorithms, memory_store);
+/// The same decision in governor's keyed limiter (GCRA on one atomic per key, a DashMap of
+/// keys, quanta's clock), in this process: the single-limit decisions above must be at least
+/// as fast.
+fn versus_governor(c: &mut Criterion) {
+    let mut group = c.benchmark_group("versus_governor");
+    group.bench_function("governor_keyed_gcra/existing_key", |b| {
+        let quota = governor::Quota::per_second(std::num::NonZeroU32::new(1_000_000).unwrap());
+        let limiter = governor::DefaultKeyedRateLimiter::<String>::keyed(quota);
+        let key = String::from("client-42");
+        limiter.check_key(&key).expect("a fresh key is allowed");
+        b.iter(|| black_box(limiter.check_key(black_box(&key)).is_ok()));
+    });
+    group.finish();
+}
+
+/// What a decision pays to know `now`: the store's clock against the OS's monotonic clock.
+fn clock(c: &mut Criterion) {
+    let mut group = c.benchmark_group("clock");
+    let store_clock = Clock::system();
+    group.bench_function("store_clock_now_us", |b| {
+        b.iter(|| black_box(store_clock.now_us()))
+    });
+    let origin = Instant::now();
+    group.bench_function("std_instant_elapsed_us", |b| {
+        b.iter(|| black_box(origin.elapsed().as_micros() as u64))
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    pure_algorithms,
+    memory_store,
+    versus_governor,
+    clock
+);
 criterion_main!(benches);

@@ -8,6 +8,8 @@
 //!
 //! `cargo bench -p sluice-service --bench redis_store` (SLUICE_BENCH_SECS, default 5).
 
+mod support;
+
 use std::{
     process::Command,
     sync::{
@@ -195,14 +197,6 @@ struct Rates {
     benchmark: f64,
 }
 
-fn command_output(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
 fn write_report(secs: u64, rates: &Rates) {
     let Rates {
         store: store_rate,
@@ -211,24 +205,13 @@ fn write_report(secs: u64, rates: &Rates) {
     } = *rates;
     let ratio = store_rate / benchmark_rate;
     let stacked_ratio = stacked_rate / store_rate;
-    let commit = command_output("git", &["rev-parse", "--short=12", "HEAD"]);
-    let dirty =
-        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("model name"))
-                .map(|line| line.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let redis_version = command_output("redis-server", &["--version"]);
+    let (commit, machine) = (support::commit(), support::machine());
+    let redis_version = support::command_output("redis-server", &["--version"]);
     let report = format!(
         "# Redis store throughput vs redis-benchmark\n\n\
          - Command: `cargo bench -p sluice-service --bench redis_store` (SLUICE_BENCH_SECS={secs})\n\
-         - Commit: `{commit}`{}\n\
-         - Machine: {cores} cores, {cpu}; {redis_version}\n\
+         - Commit: {commit}\n\
+         - Machine: {machine}; {redis_version}\n\
          - Load generator, service code and Redis share the same cores.\n\n\
          | what | rate |\n|---|---|\n\
          | `RedisStore::check`, token bucket, {TASKS} concurrent tasks, {POOL_SIZE} multiplexed connections, deny cache off | {store_rate:.0} decisions/s |\n\
@@ -238,17 +221,7 @@ fn write_report(secs: u64, rates: &Rates) {
          | ratio (two limits / one limit; aim at least 0.8x) | **{stacked_ratio:.2}x** |\n\n\
          Both run the same script with the same arguments over {KEYS} keys, every decision allowed and written.\n\
          The store shares round trips: concurrent calls are pipelined on a few multiplexed connections,\n\
-         where redis-benchmark sends one request per client at a time.\n",
-        if dirty {
-            " (with uncommitted changes)"
-        } else {
-            ""
-        }
+         where redis-benchmark sends one request per client at a time.\n"
     );
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../results/benchmarks/redis-store.md"
-    );
-    std::fs::write(path, report).expect("write the report");
-    println!("wrote {path}");
+    support::write_report("redis-store.md", &report);
 }

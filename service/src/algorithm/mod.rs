@@ -56,14 +56,15 @@ pub enum Algorithm {
     SlidingWindowLog(SlidingWindowLog),
 }
 
-/// A key's state under one of the algorithms.
+/// A key's state under one of the algorithms. The sliding log's queue is boxed so every other
+/// state stays small: the memory store holds one of these per key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
     TokenBucket(TokenBucketState),
     Gcra(GcraState),
     FixedWindow(FixedWindowState),
     SlidingWindowCounter(SlidingWindowCounterState),
-    SlidingWindowLog(SlidingWindowLogState),
+    SlidingWindowLog(Box<SlidingWindowLogState>),
 }
 
 /// The algorithm names accepted in configuration, in the order they are documented.
@@ -142,9 +143,7 @@ impl Algorithm {
             Algorithm::SlidingWindowCounter(_) => {
                 State::SlidingWindowCounter(SlidingWindowCounterState::default())
             }
-            Algorithm::SlidingWindowLog(_) => {
-                State::SlidingWindowLog(SlidingWindowLogState::default())
-            }
+            Algorithm::SlidingWindowLog(_) => State::SlidingWindowLog(Box::default()),
         }
     }
 

@@ -11,6 +11,7 @@ use std::{
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
+use self::entry::{Entry, PairName, States};
 use super::{BucketKey, Store, StoreError};
 use crate::{
     algorithm::{
@@ -21,6 +22,8 @@ use crate::{
     clock::Clock,
     config::MemoryConfig,
 };
+
+mod entry;
 
 /// How many entries eviction compares when a shard is full.
 const EVICTION_SAMPLE: usize = 8;
@@ -38,38 +41,11 @@ pub struct MemoryStore {
 /// Aligned to its own cache lines so neighbouring shards' locks do not contend.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Shard(Mutex<HashTable<Entry>>);
+struct Shard(Mutex<Table>);
 
-#[derive(Debug)]
-struct Entry {
-    hash: u64,
-    resource: Box<str>,
-    key: Box<str>,
-    states: States,
-    /// When the state is back to fresh and the entry can be dropped without changing any answer.
-    expires_at_us: u64,
-}
-
-impl Entry {
-    fn is(&self, key: BucketKey<'_>) -> bool {
-        *self.key == *key.key && *self.resource == *key.resource
-    }
-
-    fn is_limits_of(&self, key: BucketKey<'_>) -> bool {
-        !matches!(self.states, States::Ban(_)) && self.is(key)
-    }
-
-    fn is_ban_of(&self, key: BucketKey<'_>) -> bool {
-        matches!(self.states, States::Ban(_)) && self.is(key)
-    }
-
-    fn ban_state(&self) -> Option<BanState> {
-        match self.states {
-            States::Ban(state) => Some(state),
-            _ => None,
-        }
-    }
-}
+/// Entries are boxed: a table keeps up to half its slots empty as it grows, and an empty slot
+/// should cost a pointer, not an entry.
+type Table = HashTable<Box<Entry>>;
 
 /// Distinguishes a pair's ban entry from its limits entry in the table.
 const BAN_HASH_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -89,40 +65,6 @@ fn key_wide(key: BucketKey<'_>) -> BucketKey<'_> {
     BucketKey {
         resource: "",
         key: key.key,
-    }
-}
-
-/// A key's state under each limit of its rule (most rules have one limit, kept inline so such
-/// a key costs no second allocation), or, in an entry of its own, its ban state.
-#[derive(Debug)]
-enum States {
-    One(State),
-    Many(Box<[State]>),
-    Ban(BanState),
-}
-
-impl States {
-    fn fresh(limits: &[Limit], now_us: u64) -> Self {
-        match limits {
-            [limit] => States::One(limit.algorithm.fresh_state(now_us)),
-            _ => States::Many(stacked::fresh_states(limits, now_us).into_boxed_slice()),
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [State] {
-        match self {
-            States::One(state) => std::slice::from_mut(state),
-            States::Many(states) => states,
-            States::Ban(_) => &mut [],
-        }
-    }
-
-    fn as_slice(&self) -> &[State] {
-        match self {
-            States::One(state) => std::slice::from_ref(state),
-            States::Many(states) => states,
-            States::Ban(_) => &[],
-        }
     }
 }
 
@@ -158,7 +100,7 @@ impl MemoryStore {
         bans: Bans<'_>,
         cost: u64,
     ) -> Decisions {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.pair_hash(key);
         let now = self.clock.now_us();
         let mut table = self.shard(key).lock();
         if bans.watches_key_wide() {
@@ -185,16 +127,17 @@ impl MemoryStore {
             let expires_at_us = now.saturating_add(ban.expires_after_us(&ban_state, now));
             match table.find_mut(ban_hash, |entry| entry.is_ban_of(ban_key)) {
                 Some(entry) => {
-                    entry.states = States::Ban(ban_state);
+                    if let States::Ban(state) = &mut entry.states {
+                        **state = ban_state;
+                    }
                     entry.expires_at_us = expires_at_us;
                 }
                 None => self.insert(
                     &mut table,
+                    ban_hash,
                     Entry {
-                        hash: ban_hash,
-                        resource: ban_key.resource.into(),
-                        key: ban_key.key.into(),
-                        states: States::Ban(ban_state),
+                        name: PairName::new(ban_key),
+                        states: States::Ban(Box::new(ban_state)),
                         expires_at_us,
                     },
                     now,
@@ -208,7 +151,7 @@ impl MemoryStore {
     /// number of limits changed) and keeps them unless they are still fresh.
     fn decide(
         &self,
-        table: &mut HashTable<Entry>,
+        table: &mut Table,
         key: BucketKey<'_>,
         hash: u64,
         limits: &[Limit],
@@ -230,10 +173,9 @@ impl MemoryStore {
         if reset_after_us > 0 {
             self.insert(
                 table,
+                hash,
                 Entry {
-                    hash,
-                    resource: key.resource.into(),
-                    key: key.key.into(),
+                    name: PairName::new(key),
                     states,
                     expires_at_us: now.saturating_add(reset_after_us),
                 },
@@ -244,22 +186,22 @@ impl MemoryStore {
     }
 
     /// The ban state kept under `ban_key` (fresh when there is none).
-    fn ban_state(&self, table: &HashTable<Entry>, ban_key: BucketKey<'_>) -> BanState {
+    fn ban_state(&self, table: &Table, ban_key: BucketKey<'_>) -> BanState {
         table
             .find(self.ban_hash(ban_key), |entry| entry.is_ban_of(ban_key))
-            .and_then(Entry::ban_state)
+            .and_then(|entry| entry.ban_state())
             .unwrap_or_default()
     }
 
-    fn insert(&self, table: &mut HashTable<Entry>, entry: Entry, now: u64) {
+    fn insert(&self, table: &mut Table, hash: u64, entry: Entry, now: u64) {
         if table.len() >= self.keys_per_shard {
             self.evict_one(table, now);
         }
-        table.insert_unique(entry.hash, entry, |entry| entry.hash);
+        table.insert_unique(hash, Box::new(entry), |entry| self.entry_hash(entry));
     }
 
     pub fn peek_now(&self, key: BucketKey<'_>, limits: &[Limit], bans: Bans<'_>) -> Decisions {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.pair_hash(key);
         let now = self.clock.now_us();
         let table = self.shard(key).lock();
         let fresh;
@@ -286,7 +228,7 @@ impl MemoryStore {
 
     /// Forgets the key's limit states; its bans stay (see [`Store::reset`]).
     pub fn reset_now(&self, key: BucketKey<'_>) -> bool {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.pair_hash(key);
         let mut table = self.shard(key).lock();
         match table.find_entry(hash, |entry| entry.is_limits_of(key)) {
             Ok(entry) => {
@@ -320,29 +262,52 @@ impl MemoryStore {
     }
 
     /// The shard of every state of `key`'s client key, whatever the resource.
-    fn shard(&self, key: BucketKey<'_>) -> &Mutex<HashTable<Entry>> {
+    fn shard(&self, key: BucketKey<'_>) -> &Mutex<Table> {
         let hash = self.hasher.hash_one(key.key);
         &self.shards[(hash & self.shard_mask) as usize].0
     }
 
+    /// Where a pair's limit states are found.
+    fn pair_hash(&self, key: BucketKey<'_>) -> u64 {
+        self.hasher
+            .hash_one((key.resource.as_bytes(), key.key.as_bytes()))
+    }
+
     /// Where the ban state of `ban_key` is found: apart from the same pair's limit states.
     fn ban_hash(&self, ban_key: BucketKey<'_>) -> u64 {
-        self.hasher.hash_one(ban_key) ^ BAN_HASH_SALT
+        self.pair_hash(ban_key) ^ BAN_HASH_SALT
+    }
+
+    /// The hash an entry was inserted under, recomputed when the table grows (a stored hash
+    /// would cost every entry 8 bytes to save a rare rehash).
+    fn entry_hash(&self, entry: &Entry) -> u64 {
+        let hash = self.hasher.hash_one(entry.name.parts());
+        match entry.states {
+            States::Ban(_) => hash ^ BAN_HASH_SALT,
+            _ => hash,
+        }
     }
 
     /// Makes room in a full shard: an expired entry if the sample has one (that loses
     /// nothing), else the live entry closest to expiring.
-    fn evict_one(&self, table: &mut HashTable<Entry>, now: u64) {
+    fn evict_one(&self, table: &mut Table, now: u64) {
         let Some(victim) = table
             .iter()
             .take(EVICTION_SAMPLE)
             .min_by_key(|entry| entry.expires_at_us)
-            .map(|entry| (entry.hash, entry as *const Entry, entry.expires_at_us))
+            .map(|entry| {
+                let entry: &Entry = entry;
+                (
+                    self.entry_hash(entry),
+                    entry as *const Entry,
+                    entry.expires_at_us,
+                )
+            })
         else {
             return;
         };
         let (hash, address, expires_at_us) = victim;
-        if let Ok(entry) = table.find_entry(hash, |entry| std::ptr::eq(entry, address)) {
+        if let Ok(entry) = table.find_entry(hash, |entry| std::ptr::eq(&**entry, address)) {
             entry.remove();
             if expires_at_us > now {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
@@ -427,15 +392,6 @@ mod tests {
     }
 
     #[test]
-    fn a_one_limit_key_holds_its_state_inline() {
-        assert_eq!(
-            std::mem::size_of::<States>(),
-            std::mem::size_of::<State>(),
-            "stacking support must not grow the common one-limit entry"
-        );
-    }
-
-    #[test]
     fn a_stacked_key_keeps_every_limit_in_its_one_entry() {
         let store = store(4, 1_000);
         let limits = [
@@ -470,6 +426,58 @@ mod tests {
             8,
             "a rule that changed its number of limits starts afresh"
         );
+    }
+
+    #[test]
+    fn entries_are_found_after_their_table_grows() {
+        // One shard, so its table regrows many times; every key also gets a ban record, kept
+        // under another hash, which must survive the rehashing too.
+        let store = store(1, 100_000);
+        let limits = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(1, 60_000_000)));
+        let ban = Ban {
+            after: 2,
+            within_us: 60_000_000,
+            duration_us: 60_000_000,
+            factor: 1.0,
+            max_duration_us: 60_000_000,
+            lookback_us: 0,
+            scope: BanScope::Resource,
+        };
+        let keys: Vec<String> = (0..5_000)
+            .map(|i| format!("a-key-long-enough-to-live-on-the-heap-{i}"))
+            .chain((0..5_000).map(|i| i.to_string()))
+            .collect();
+        for key in &keys {
+            store.check_now(bucket(key), &limits, Bans::policy(&ban), 1);
+            store.check_now(bucket(key), &limits, Bans::policy(&ban), 1);
+        }
+        assert_eq!(
+            store.len(),
+            2 * keys.len(),
+            "a limits entry and a ban record each"
+        );
+        for key in &keys {
+            let key = bucket(key);
+            assert_eq!(
+                store
+                    .peek_now(key, &limits, Bans::NONE)
+                    .decision()
+                    .remaining,
+                0
+            );
+            assert!(
+                !store
+                    .check_now(key, &limits, Bans::policy(&ban), 1)
+                    .allowed(),
+            );
+            assert!(
+                store
+                    .peek_now(key, &limits, Bans::policy(&ban))
+                    .banned_for_us()
+                    .is_some(),
+                "the second offence banned {key:?}"
+            );
+        }
     }
 
     #[test]

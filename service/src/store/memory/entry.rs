@@ -1,0 +1,170 @@
+//! One entry of the memory store: a (resource, key) pair's limit states or its ban record,
+//! and when it may be dropped. Boxed in the store's table, so an empty slot of the table costs
+//! a pointer, and laid out to fit one small allocation: the pair's name is kept inline when
+//! short, the sliding log's queue is boxed apart ([`State`]).
+
+use crate::{
+    algorithm::{State, ban::BanState, stacked, stacked::Limit},
+    store::BucketKey,
+};
+
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub name: PairName,
+    pub states: States,
+    /// When the state is back to fresh and the entry can be dropped without changing any answer.
+    pub expires_at_us: u64,
+}
+
+impl Entry {
+    pub fn is_limits_of(&self, key: BucketKey<'_>) -> bool {
+        !matches!(self.states, States::Ban(_)) && self.name.is(key)
+    }
+
+    pub fn is_ban_of(&self, key: BucketKey<'_>) -> bool {
+        matches!(self.states, States::Ban(_)) && self.name.is(key)
+    }
+
+    pub fn ban_state(&self) -> Option<BanState> {
+        match self.states {
+            States::Ban(ref state) => Some(**state),
+            _ => None,
+        }
+    }
+}
+
+/// A key's state under each limit of its rule (most rules have one limit, kept inline so such
+/// a key costs no second allocation), or, in an entry of its own, its ban record (boxed: only
+/// offenders have one, and inline it would grow every entry).
+#[derive(Debug)]
+pub(super) enum States {
+    One(State),
+    Many(Box<[State]>),
+    Ban(Box<BanState>),
+}
+
+impl States {
+    pub fn fresh(limits: &[Limit], now_us: u64) -> Self {
+        match limits {
+            [limit] => States::One(limit.algorithm.fresh_state(now_us)),
+            _ => States::Many(stacked::fresh_states(limits, now_us).into_boxed_slice()),
+        }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [State] {
+        match self {
+            States::One(state) => std::slice::from_mut(state),
+            States::Many(states) => states,
+            States::Ban(_) => &mut [],
+        }
+    }
+
+    pub fn as_slice(&self) -> &[State] {
+        match self {
+            States::One(state) => std::slice::from_ref(state),
+            States::Many(states) => states,
+            States::Ban(_) => &[],
+        }
+    }
+}
+
+/// Bytes of a pair's name kept inside the entry; longer names go to the heap.
+const INLINE_NAME: usize = 29;
+
+/// A (resource, key) pair as the resource's bytes followed by the key's.
+#[derive(Debug)]
+pub(super) enum PairName {
+    Inline {
+        resource_len: u8,
+        len: u8,
+        bytes: [u8; INLINE_NAME],
+    },
+    Heap {
+        resource_len: u32,
+        bytes: Box<[u8]>,
+    },
+}
+
+impl PairName {
+    pub fn new(key: BucketKey<'_>) -> Self {
+        let (resource, client) = (key.resource.as_bytes(), key.key.as_bytes());
+        let len = resource.len() + client.len();
+        if len <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..resource.len()].copy_from_slice(resource);
+            bytes[resource.len()..len].copy_from_slice(client);
+            PairName::Inline {
+                resource_len: resource.len() as u8,
+                len: len as u8,
+                bytes,
+            }
+        } else {
+            PairName::Heap {
+                // Resources are rule names, far below 4 GiB; a longer one only loses inlining.
+                resource_len: u32::try_from(resource.len()).unwrap_or(u32::MAX),
+                bytes: [resource, client].concat().into_boxed_slice(),
+            }
+        }
+    }
+
+    /// The resource's bytes and the key's.
+    pub fn parts(&self) -> (&[u8], &[u8]) {
+        let (bytes, resource_len) = match self {
+            PairName::Inline {
+                resource_len,
+                len,
+                bytes,
+            } => (&bytes[..*len as usize], *resource_len as usize),
+            PairName::Heap {
+                resource_len,
+                bytes,
+            } => (&bytes[..], *resource_len as usize),
+        };
+        bytes.split_at(resource_len.min(bytes.len()))
+    }
+
+    pub fn is(&self, key: BucketKey<'_>) -> bool {
+        self.parts() == (key.resource.as_bytes(), key.key.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_fits_one_small_allocation() {
+        assert_eq!(
+            std::mem::size_of::<States>(),
+            std::mem::size_of::<State>(),
+            "stacking support must not grow the common one-limit entry"
+        );
+        assert_eq!(std::mem::size_of::<PairName>(), 32);
+        // glibc serves up to 72 bytes from an 80-byte chunk.
+        assert!(std::mem::size_of::<Entry>() <= 72);
+    }
+
+    #[test]
+    fn a_name_keeps_both_parts_whatever_their_length() {
+        for (resource, key) in [
+            ("api", "client-0000000000042"),
+            ("", ""),
+            ("api", ""),
+            ("", "k"),
+            ("a-resource-name", "and-a-key-that-is-longer-than-29"),
+            ("r", &"k".repeat(28)),
+            ("r", &"k".repeat(29)),
+        ] {
+            let key = BucketKey { resource, key };
+            let name = PairName::new(key);
+            assert_eq!(name.parts(), (resource.as_bytes(), key.key.as_bytes()));
+            assert!(name.is(key));
+            assert!(
+                !name.is(BucketKey {
+                    resource: "",
+                    key: &format!("{resource}{}", key.key)
+                }) || resource.is_empty()
+            );
+        }
+    }
+}
