@@ -41,6 +41,24 @@ fn pure_algorithms(c: &mut Criterion) {
             });
         });
     }
+    // The same, through the stacked-limits combination with one limit: what answering with
+    // `Decisions` adds to the bare algorithm.
+    for algorithm in algorithms().into_iter().take(2) {
+        let limits = Limit::alone(algorithm);
+        group.bench_function(format!("one_limit_stack/{}", limits[0].name), |b| {
+            let mut now = 1_700_000_000_000_000u64;
+            let mut states = sluice::algorithm::stacked::fresh_states(&limits, now);
+            b.iter(|| {
+                now += 1;
+                black_box(sluice::algorithm::stacked::check(
+                    &limits,
+                    &mut states,
+                    black_box(1),
+                    now,
+                ))
+            });
+        });
+    }
     group.finish();
 }
 
@@ -177,6 +195,25 @@ fn memory_store(c: &mut Criterion) {
 /// as fast.
 fn versus_governor(c: &mut Criterion) {
     let mut group = c.benchmark_group("versus_governor");
+    // Both sides hand the caller what it acts on (allowed or not), as a server reads it.
+    for algorithm in algorithms().into_iter().take(2) {
+        let limits = Limit::alone(algorithm);
+        group.bench_function(format!("sluice_{}/existing_key", limits[0].name), |b| {
+            let store = store();
+            let key = BucketKey {
+                resource: "api",
+                key: "client-42",
+            };
+            store.check_now(key, &limits, Bans::NONE, 1);
+            b.iter(|| {
+                black_box(
+                    store
+                        .check_now(black_box(key), &limits, Bans::NONE, 1)
+                        .allowed(),
+                )
+            });
+        });
+    }
     group.bench_function("governor_keyed_gcra/existing_key", |b| {
         let quota = governor::Quota::per_second(std::num::NonZeroU32::new(1_000_000).unwrap());
         let limiter = governor::DefaultKeyedRateLimiter::<String>::keyed(quota);

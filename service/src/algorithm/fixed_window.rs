@@ -32,6 +32,7 @@ impl FixedWindow {
         self.window_us
     }
 
+    #[inline]
     pub fn check(&self, state: &mut FixedWindowState, cost: u64, now_us: u64) -> Decision {
         let start = window_start(now_us, self.window_us);
         if start > state.window_start_us {

@@ -57,6 +57,7 @@ impl Gcra {
         self.tolerance_us
     }
 
+    #[inline]
     pub fn check(&self, state: &mut GcraState, cost: u64, now_us: u64) -> Decision {
         let tat = state.tat_us.max(now_us);
         let new_tat = tat.saturating_add(self.emission_interval_us.saturating_mul(cost));

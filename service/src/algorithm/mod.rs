@@ -151,6 +151,7 @@ impl Algorithm {
     ///
     /// A `state` of another algorithm (the rule changed) is replaced by a fresh one first.
     /// A `cost` of 0 is a pure query: always allowed, it reports what remains.
+    #[inline]
     pub fn check(&self, state: &mut State, cost: u64, now_us: u64) -> Decision {
         if !self.owns(state) {
             *state = self.fresh_state(now_us);

@@ -43,6 +43,7 @@ impl SlidingWindowCounter {
         self.window_ms * MICROS_PER_MS
     }
 
+    #[inline]
     pub fn check(&self, state: &mut SlidingWindowCounterState, cost: u64, now_us: u64) -> Decision {
         let window_us = self.window_us();
         let start = window_start(now_us, window_us);

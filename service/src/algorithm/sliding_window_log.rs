@@ -37,6 +37,7 @@ impl SlidingWindowLog {
         self.window_us
     }
 
+    #[inline]
     pub fn check(&self, state: &mut SlidingWindowLogState, cost: u64, now_us: u64) -> Decision {
         // An entry logged at `t` leaves the window once `now >= t + window`.
         while let Some(&(at, logged)) = state.entries.front() {

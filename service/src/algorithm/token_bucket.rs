@@ -62,6 +62,7 @@ impl TokenBucket {
         }
     }
 
+    #[inline]
     pub fn check(&self, state: &mut TokenBucketState, cost: u64, now_us: u64) -> Decision {
         let capacity = self.capacity as f64;
         let elapsed = now_us.saturating_sub(state.last_refill_us);
