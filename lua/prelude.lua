@@ -17,11 +17,20 @@ local function ttl_ms(reset_us) return math.ceil(reset_us / 1000) + 1000 end
 -- A number exactly as stored: integers below 2^53 and the shortest-exact double.
 local function num(x) return string.format('%.17g', x) end
 
--- algorithms[tag](keys, now, cost, p1, p2) -> decision, write
---   keys      this limit's state keys (KEYS entries; the tag's key count in KEY_COUNT)
---   decision  {allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never)}
---   write     write(commit): stores the state. commit = every limit allowed, so the charge
---             stands; otherwise only what a lone denial also keeps (a refill, a rolled window).
--- Nothing is written by the decide function itself, so a rule's limits can be tried first.
+-- A limit's state lives in one of two places. Most algorithms keep a few fields in the
+-- (resource, key)'s state hash, shared by every limit of the rule, so a decision reads all of
+-- them with one HMGET and writes them with one HSET and one PEXPIRE however many limits the rule
+-- stacks. FIELDS[tag] names such an algorithm's fields, and its decide function is
+--   algorithms[tag](stored, o, now, cost, p1, p2) -> decision, values, always
+--     stored    the hash's stored values; this limit's are stored[o + 1], stored[o + 2], ...
+--               in FIELDS order (false when absent)
+--     decision  {allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never)}
+--     values    the fields' new values in FIELDS order
+--     always    true when the values are written on a denial too (a refill, a rolled window);
+--               otherwise only when every limit allowed, so the charge stands
+-- The sliding log keeps a sorted set of its own, so it takes its keys instead (KEY_COUNT[tag]
+-- of them, in KEYS after the state hash) and returns a write(commit) function of its own.
+-- Nothing is written by a decide function itself, so a rule's limits can be tried first.
 local algorithms = {}
+local FIELDS = {}
 local KEY_COUNT = {}

@@ -1,15 +1,14 @@
 -- Sliding window counter, mirroring service/src/algorithm/sliding_window_counter.rs.
 -- Weights are integers in whole milliseconds; configuration keeps limit x window_ms below 2^51,
 -- so every product here is an exact double.
--- keys[1]  hash {start_us, current, previous}
+-- fields   start_us, current, previous
 -- p1, p2   limit, window_ms
-algorithms.swc = function(keys, now, cost, limit, w)
-  local key = keys[1]
+FIELDS.swc = {'start_us', 'current', 'previous'}
+algorithms.swc = function(stored, o, now, cost, limit, w)
   local window_us = w * 1000
-  local stored = redis.call('HMGET', key, 'start_us', 'current', 'previous')
-  local start = tonumber(stored[1] or '0')
-  local current = tonumber(stored[2] or '0')
-  local previous = tonumber(stored[3] or '0')
+  local start = tonumber(stored[o + 1] or '0')
+  local current = tonumber(stored[o + 2] or '0')
+  local previous = tonumber(stored[o + 3] or '0')
   local this_window = now - math.fmod(now, window_us)
   if this_window > start then
     if this_window - start == window_us then previous = current else previous = 0 end
@@ -53,9 +52,5 @@ algorithms.swc = function(keys, now, cost, limit, w)
     end
   end
   -- Written on denials too, so a rolled window is what the next check starts from.
-  local function write()
-    redis.call('HSET', key, 'start_us', num(start), 'current', num(current), 'previous', num(previous))
-    redis.call('PEXPIRE', key, ttl_ms(reset))
-  end
-  return {allowed and 1 or 0, remaining, reset, retry}, write
+  return {allowed and 1 or 0, remaining, reset, retry}, {num(start), num(current), num(previous)}, true
 end

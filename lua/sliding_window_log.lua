@@ -1,4 +1,5 @@
 -- Sliding window log, mirroring service/src/algorithm/sliding_window_log.rs.
+-- Not in the state hash: the log must expire with its sum, so both keep keys of their own.
 -- keys[1]  sorted set: member "<time_us>:<cost>" scored by time (one member per microsecond)
 -- keys[2]  string: the sum of the logged costs
 -- p1, p2   limit, window_us

@@ -3,17 +3,19 @@
 -- is charged; if any denies, none is. Under a ban policy a banned key is answered from its ban
 -- (limits read, not charged) and a denial counts as an offence that may start a ban. One script
 -- call, so it is atomic; every key shares the client key's hash tag, so it runs on Redis Cluster.
--- KEYS     each limit's state keys, in order (KEY_COUNT[tag] each, default one); then, with a
---          ban policy, its ban state key; then, when watching, the key-wide ban state key
+-- KEYS     the (resource, key)'s state hash; then each sliding log's keys, in limit order
+--          (KEY_COUNT[tag] each); then, with a ban policy, its ban state key; then, when
+--          watching, the key-wide ban state key
 -- ARGV     now_us ("" = Redis TIME; see prelude.lua), cost (0 = peek: compute, write nothing),
 --          "1" to refuse while the key-wide ban state bans the key (another rule's scope "key"
 --          ban), else "0"; "1" and the ban's after, within_us, duration_us, factor,
 --          max_duration_us, lookback_us, or "0" without a ban; then per limit: algorithm tag
---          (tb, gcra, fw, swc, swl), first and second parameter
+--          (tb, gcra, fw, swc, swl), name, first and second parameter
 -- Returns  per limit, flat: allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never);
 --          then banned_for_us (0 = not banned) and 1 if this request started the ban, else 0
 local now = now_us(ARGV[1])
 local cost = tonumber(ARGV[2])
+local state_key = KEYS[1]
 
 local watch_key_wide = ARGV[3] == '1'
 local ban = nil
@@ -26,20 +28,34 @@ if ARGV[4] == '1' then
   first_limit = 11
 end
 
-local limits = {}
-local next_key = 1
-for a = first_limit, #ARGV, 3 do
+-- Each limit, and the state hash fields of those kept there: `<name>:<tag>:<field>` (tags and
+-- field names hold no colon, so no two limits' fields can meet, whatever their names).
+local limits, fields = {}, {}
+local next_key = 2
+for a = first_limit, #ARGV, 4 do
   local tag = ARGV[a]
-  local count = KEY_COUNT[tag] or 1
-  local keys = {}
-  for k = 1, count do keys[k] = KEYS[next_key + k - 1] end
-  next_key = next_key + count
-  limits[#limits + 1] = {
-    decide = algorithms[tag], keys = keys, p1 = tonumber(ARGV[a + 1]), p2 = tonumber(ARGV[a + 2]),
-  }
+  local limit = {decide = algorithms[tag], p1 = tonumber(ARGV[a + 2]), p2 = tonumber(ARGV[a + 3])}
+  local own = FIELDS[tag]
+  if own then
+    limit.offset = #fields
+    local prefix = ARGV[a + 1] .. ':' .. tag .. ':'
+    for _, field in ipairs(own) do fields[#fields + 1] = prefix .. field end
+  else
+    local keys = {}
+    for k = 1, KEY_COUNT[tag] do keys[k] = KEYS[next_key + k - 1] end
+    next_key = next_key + KEY_COUNT[tag]
+    limit.keys = keys
+  end
+  limits[#limits + 1] = limit
 end
+local stored = {}
+if #fields > 0 then stored = redis.call('HMGET', state_key, unpack(fields)) end
 
-local function decide(limit, spend) return limit.decide(limit.keys, now, spend, limit.p1, limit.p2) end
+-- decision, and what to write: a function (a log of its own) or the hash values and `always`.
+local function decide(limit, spend)
+  if limit.keys then return limit.decide(limit.keys, now, spend, limit.p1, limit.p2) end
+  return limit.decide(stored, limit.offset, now, spend, limit.p1, limit.p2)
+end
 
 local function reply(decisions, banned_for, started)
   local flat = {}
@@ -51,7 +67,7 @@ local function reply(decisions, banned_for, started)
   return flat
 end
 
-local decisions, writes, all = {}, {}, true
+local decisions, writes, always, all = {}, {}, {}, true
 -- A banned key is answered from its ban: its limits read, nothing charged.
 local function refused(state)
   local remaining = ban_remaining(state, now)
@@ -76,17 +92,36 @@ if ban then
 end
 
 for i, limit in ipairs(limits) do
-  decisions[i], writes[i] = decide(limit, cost)
+  decisions[i], writes[i], always[i] = decide(limit, cost)
   if decisions[i][1] == 0 then all = false end
 end
 if not all then
   -- Allowed here, but another limit denied: charge nothing and report what is left.
   for i, limit in ipairs(limits) do
-    if decisions[i][1] == 1 then decisions[i], writes[i] = decide(limit, 0) end
+    if decisions[i][1] == 1 then decisions[i], writes[i], always[i] = decide(limit, 0) end
   end
 end
 if cost > 0 then
-  for i = 1, #limits do writes[i](all) end
+  -- The hash lives until its slowest limit is fresh again: each decision's reset is from the
+  -- state it leaves (written or kept), so a limit that wrote nothing still keeps its fields.
+  local assignments, reset = {}, 0
+  for i, limit in ipairs(limits) do
+    if limit.keys then
+      writes[i](all)
+    else
+      if all or always[i] then
+        for f, value in ipairs(writes[i]) do
+          assignments[#assignments + 1] = fields[limit.offset + f]
+          assignments[#assignments + 1] = value
+        end
+      end
+      reset = math.max(reset, decisions[i][3])
+    end
+  end
+  if #assignments > 0 then
+    redis.call('HSET', state_key, unpack(assignments))
+    redis.call('PEXPIRE', state_key, ttl_ms(reset))
+  end
 end
 
 local banned_for, started = 0, 0

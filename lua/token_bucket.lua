@@ -1,14 +1,13 @@
 -- Token bucket, mirroring service/src/algorithm/token_bucket.rs operation for operation.
--- keys[1]  hash {tokens, last_refill_us}
+-- fields   tokens, last_refill_us
 -- p1, p2   capacity, refill_per_us (shortest round-trip decimal of the Rust f64)
-algorithms.tb = function(keys, now, cost, capacity, rate)
-  local key = keys[1]
+FIELDS.tb = {'tokens', 'last_refill_us'}
+algorithms.tb = function(stored, o, now, cost, capacity, rate)
   local EPSILON = 1e-9
-  local stored = redis.call('HMGET', key, 'tokens', 'last_refill_us')
   local tokens, last = capacity, now
-  if stored[1] then
-    tokens = tonumber(stored[1])
-    last = tonumber(stored[2])
+  if stored[o + 1] then
+    tokens = tonumber(stored[o + 1])
+    last = tonumber(stored[o + 2])
   end
   local elapsed = now - last
   if elapsed < 0 then elapsed = 0 end
@@ -39,9 +38,5 @@ algorithms.tb = function(keys, now, cost, capacity, rate)
   end
   local reset = micros_to_gain(capacity)
   -- Written on denials too: the refilled state is what the next check must start from.
-  local function write()
-    redis.call('HSET', key, 'tokens', num(tokens), 'last_refill_us', num(last))
-    redis.call('PEXPIRE', key, ttl_ms(reset))
-  end
-  return {allowed and 1 or 0, math.floor(tokens), reset, retry}, write
+  return {allowed and 1 or 0, math.floor(tokens), reset, retry}, {num(tokens), num(last)}, true
 end

@@ -128,7 +128,8 @@ fn redis_benchmark_rate(redis: &LocalRedis, algorithm: &Algorithm, requests: u64
             "1",  // cost
             "0",  // no key-wide ban to watch
             "0",  // no ban policy
-            "tb", // one limit: a token bucket
+            "tb",    // one limit: a token bucket
+            "limit", // named
         ])
         .args([
             bucket.capacity().to_string(),

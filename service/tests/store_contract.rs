@@ -24,6 +24,9 @@ trait Harness: Send + Sync + 'static {
     type S: Store;
     fn store(&self) -> &Self::S;
     fn advance_us(&self, us: u64);
+    /// Moves time on by `us` and lets the store drop whatever it holds for that long: the
+    /// memory store sweeps, Redis expires keys (on its own clock: this waits in real time).
+    async fn pass_and_expire(&self, us: u64);
 }
 
 struct Memory(MemoryStore);
@@ -35,6 +38,10 @@ impl Harness for Memory {
     }
     fn advance_us(&self, us: u64) {
         self.0.clock().advance_us(us);
+    }
+    async fn pass_and_expire(&self, us: u64) {
+        self.advance_us(us);
+        self.0.sweep_expired();
     }
 }
 
@@ -51,6 +58,11 @@ impl<Server: Send + Sync + 'static> Harness for Redis<Server> {
     }
     fn advance_us(&self, us: u64) {
         self.store.clock().advance_us(us);
+    }
+    async fn pass_and_expire(&self, us: u64) {
+        self.advance_us(us);
+        // A key lives a second past its state's reset (lua/prelude.lua's ttl_ms).
+        tokio::time::sleep(std::time::Duration::from_micros(us + 1_200_000)).await;
     }
 }
 
@@ -186,6 +198,11 @@ macro_rules! contract {
             #[tokio::test]
             async fn stacked_limits_decide_exactly_like_the_pure_model() {
                 contract_stacked_model(&super::$backend().await).await;
+            }
+
+            #[tokio::test]
+            async fn stacked_state_lives_as_long_as_its_slowest_limit() {
+                contract_stacked_lifetime(&super::$backend().await).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,6 +431,38 @@ async fn contract_stacked<H: Harness>(harness: &H) {
         [1, 2],
         "reset forgets every limit"
     );
+}
+
+/// A fast limit that keeps writing (a refilling bucket) and a slow one that a denial leaves
+/// unwritten: the slow limit's count must outlive the fast limit's state.
+async fn contract_stacked_lifetime<H: Harness>(harness: &H) {
+    let store = harness.store();
+    let limits = [
+        Limit::new("fast", Algorithm::TokenBucket(TokenBucket::new(1, 1_000.0))),
+        Limit::new(
+            "hour",
+            Algorithm::FixedWindow(FixedWindow::new(2, 3_600_000_000)),
+        ),
+    ];
+    let bucket = key("lifetime", "k");
+    let first = store.check(bucket, &limits, Bans::NONE, 1).await.unwrap();
+    assert_eq!(remaining(&first), [0, 1]);
+    let denied = store.check(bucket, &limits, Bans::NONE, 1).await.unwrap();
+    assert_eq!(
+        (denied.allowed(), denied.deciding()),
+        (false, 0),
+        "the fast limit denies"
+    );
+    harness.pass_and_expire(2_000).await;
+    let second = store.check(bucket, &limits, Bans::NONE, 1).await.unwrap();
+    assert_eq!(
+        remaining(&second),
+        [0, 0],
+        "the hour still counts the first request after the fast limit's state went fresh"
+    );
+    harness.advance_us(2_000);
+    let spent = store.check(bucket, &limits, Bans::NONE, 1).await.unwrap();
+    assert_eq!((spent.allowed(), spent.deciding()), (false, 1));
 }
 
 async fn contract_stacked_model<H: Harness>(harness: &H) {

@@ -11,11 +11,22 @@ pub fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The short commit, marked when the work tree has uncommitted changes.
+/// The short commit, marked when the work tree has uncommitted changes (outside results/,
+/// which the benchmarks themselves write).
 pub fn commit() -> String {
     let commit = command_output("git", &["rev-parse", "--short=12", "HEAD"]);
-    let dirty =
-        !command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let dirty = !command_output(
+        "git",
+        &[
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ":/",
+            ":(top,exclude)results",
+        ],
+    )
+    .is_empty();
     if dirty {
         format!("`{commit}` (with uncommitted changes)")
     } else {

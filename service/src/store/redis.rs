@@ -49,7 +49,7 @@ pub const DECISION_SCRIPT: &str = concat!(
     include_str!("../../../lua/stacked.lua"),
 );
 
-/// The tag naming an algorithm in keys and in the script's arguments.
+/// The tag naming an algorithm in the script's arguments and in its state fields.
 fn tag_of(algorithm: &Algorithm) -> &'static str {
     match algorithm {
         Algorithm::TokenBucket(_) => "tb",
@@ -230,29 +230,40 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The Redis key of one limit's state for `bucket`:
-    /// `{prefix}{tag}:{<key>}:<resource>:<limit>`. The braces make a Redis Cluster hash tag on
-    /// the client key alone, so every state of one client (all its resources and limits) shares
-    /// a slot and one script can decide them together. Every part is escaped so no triple can
-    /// produce another's key (see [`escape_into`]).
-    pub fn state_key(&self, bucket: BucketKey<'_>, limit: &Limit) -> String {
-        let tag = tag_of(&limit.algorithm);
+    /// The Redis key of `bucket`'s state hash, `{prefix}s:{<key>}:<resource>`, where every
+    /// limit of its rule but a sliding log keeps its fields (see `lua/prelude.lua`). The braces
+    /// make a Redis Cluster hash tag on the client key alone, so every state of one client (all
+    /// its resources, limits and bans) shares a slot and one script can decide them together.
+    /// Every part is escaped so no pair can produce another's key (see [`escape_into`]).
+    pub fn state_key(&self, bucket: BucketKey<'_>) -> String {
+        self.key_of("s", bucket, None)
+    }
+
+    /// The Redis key of a sliding log's sorted set, `{prefix}swl:{<key>}:<resource>:<limit>`
+    /// (its sum is at the same key plus `:total`).
+    pub fn log_key(&self, bucket: BucketKey<'_>, limit: &Limit) -> String {
+        self.key_of("swl", bucket, Some(&limit.name))
+    }
+
+    fn key_of(&self, kind: &str, bucket: BucketKey<'_>, limit: Option<&str>) -> String {
         let mut key = String::with_capacity(
             self.prefix.len()
-                + tag.len()
+                + kind.len()
                 + bucket.key.len()
                 + bucket.resource.len()
-                + limit.name.len()
+                + limit.map_or(0, str::len)
                 + 8,
         );
         key.push_str(&self.prefix);
-        key.push_str(tag);
+        key.push_str(kind);
         key.push_str(":{");
         escape_into(&mut key, bucket.key);
         key.push_str("}:");
         escape_into(&mut key, bucket.resource);
-        key.push(':');
-        escape_into(&mut key, &limit.name);
+        if let Some(limit) = limit {
+            key.push(':');
+            escape_into(&mut key, limit);
+        }
         key
     }
 
@@ -272,13 +283,18 @@ impl RedisStore {
         key
     }
 
-    /// Every Redis key holding `limit`'s state for `bucket`.
-    fn push_state_keys(&self, keys: &mut Vec<String>, bucket: BucketKey<'_>, limit: &Limit) {
-        let key = self.state_key(bucket, limit);
-        let total = matches!(limit.algorithm, Algorithm::SlidingWindowLog(_))
-            .then(|| format!("{key}:total"));
-        keys.push(key);
-        keys.extend(total);
+    /// Every Redis key holding `bucket`'s state under `limits`, in the script's order: the
+    /// state hash, then each sliding log's set and sum.
+    fn push_state_keys(&self, keys: &mut Vec<String>, bucket: BucketKey<'_>, limits: &[Limit]) {
+        keys.push(self.state_key(bucket));
+        for limit in limits {
+            if matches!(limit.algorithm, Algorithm::SlidingWindowLog(_)) {
+                let log = self.log_key(bucket, limit);
+                let total = format!("{log}:total");
+                keys.push(log);
+                keys.push(total);
+            }
+        }
     }
 
     fn pick(&self) -> Picked {
@@ -339,10 +355,8 @@ impl RedisStore {
         bans: Bans<'_>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        let mut keys = Vec::with_capacity(limits.len() + 3);
-        for limit in limits {
-            self.push_state_keys(&mut keys, bucket, limit);
-        }
+        let mut keys = Vec::with_capacity(3);
+        self.push_state_keys(&mut keys, bucket, limits);
         if let Some(ban) = bans.policy {
             keys.push(self.ban_key(bucket, ban.scope));
         }
@@ -350,7 +364,7 @@ impl RedisStore {
         if watch {
             keys.push(self.ban_key(bucket, BanScope::Key));
         }
-        // The first key names the bucket and its rule's first limit in the deny cache.
+        // The first key, the state hash, names the bucket in the deny cache.
         let now = self.clock.now_us();
         if cost > 0
             && let Some(cached) = self.deny_cache.lookup(&keys[0], cost, now)
@@ -391,6 +405,7 @@ impl RedisStore {
             let [first, second] = parameters_of(&limit.algorithm);
             invocation
                 .arg(tag_of(&limit.algorithm))
+                .arg(&limit.name)
                 .arg(first)
                 .arg(second);
         }
@@ -435,13 +450,9 @@ impl RedisStore {
     }
 
     pub async fn reset(&self, bucket: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
-        let mut keys = Vec::with_capacity(limits.len() + 1);
-        for limit in limits {
-            self.push_state_keys(&mut keys, bucket, limit);
-        }
-        if let Some(first) = keys.first() {
-            self.deny_cache.forget(first);
-        }
+        let mut keys = Vec::with_capacity(1);
+        self.push_state_keys(&mut keys, bucket, limits);
+        self.deny_cache.forget(&keys[0]);
         let mut command = redis::cmd("DEL");
         for key in &keys {
             command.arg(key);
