@@ -124,10 +124,10 @@ fn redis_benchmark_rate(redis: &LocalRedis, algorithm: &Algorithm, requests: u64
             &sha,
             "1",
             "bench:rb:__rand_int__",
-            "",   // now: Redis TIME
-            "1",  // cost
-            "0",  // no key-wide ban to watch
-            "0",  // no ban policy
+            "",      // now: Redis TIME
+            "1",     // cost
+            "0",     // no key-wide ban to watch
+            "0",     // no ban policy
             "tb",    // one limit: a token bucket
             "limit", // named
         ])

@@ -505,6 +505,9 @@ impl<S: Store> Limiter<S> {
         if let Some(keys) = self.store.active_keys() {
             self.metrics.set_active_keys(keys);
         }
+        if let Some(bans) = self.store.active_bans() {
+            self.metrics.set_active_bans(bans);
+        }
         self.metrics.render()
     }
 

@@ -26,6 +26,7 @@ pub struct Metrics {
     invalid_requests: IntCounterVec,
     store_errors: IntCounterVec,
     active_keys: IntGauge,
+    active_bans: IntGauge,
     store_latency: Histogram,
     circuit_state: IntGauge,
     deny_cache_hits: IntCounter,
@@ -112,8 +113,16 @@ impl Metrics {
         for kind in crate::store::StoreError::KINDS {
             store_errors.with_label_values(&[kind]);
         }
-        let active_keys = IntGauge::new("sluice_active_keys", "Keys with state in the store.")
-            .expect("valid metric");
+        let active_keys = IntGauge::new(
+            "sluice_active_keys",
+            "Keys with state in the store (memory store only).",
+        )
+        .expect("valid metric");
+        let active_bans = IntGauge::new(
+            "sluice_active_bans",
+            "Keys banned now, as of the last sweep (memory store only).",
+        )
+        .expect("valid metric");
         let store_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "sluice_store_duration_seconds",
@@ -179,6 +188,7 @@ impl Metrics {
             Box::new(invalid_requests.clone()),
             Box::new(store_errors.clone()),
             Box::new(active_keys.clone()),
+            Box::new(active_bans.clone()),
             Box::new(store_latency.clone()),
             Box::new(circuit_state.clone()),
             Box::new(deny_cache_hits.clone()),
@@ -200,6 +210,7 @@ impl Metrics {
             invalid_requests,
             store_errors,
             active_keys,
+            active_bans,
             store_latency,
             circuit_state,
             deny_cache_hits,
@@ -256,6 +267,10 @@ impl Metrics {
 
     pub fn set_active_keys(&self, keys: u64) {
         self.active_keys.set(keys as i64);
+    }
+
+    pub fn set_active_bans(&self, bans: u64) {
+        self.active_bans.set(bans as i64);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -82,6 +82,11 @@ pub trait Store: Send + Sync + 'static {
     /// Keys currently held, where the store can tell cheaply.
     fn active_keys(&self) -> Option<u64>;
 
+    /// Keys banned now, where the store can tell cheaply (Redis cannot: it would have to scan).
+    fn active_bans(&self) -> Option<u64> {
+        None
+    }
+
     /// False while the store is known to be unreachable.
     fn healthy(&self) -> bool {
         true
@@ -172,6 +177,13 @@ impl Store for Backend {
         match self {
             Backend::Memory(store) => store.active_keys(),
             Backend::Redis(store) => Store::active_keys(store),
+        }
+    }
+
+    fn active_bans(&self) -> Option<u64> {
+        match self {
+            Backend::Memory(store) => Store::active_bans(store),
+            Backend::Redis(store) => Store::active_bans(store),
         }
     }
 

@@ -36,6 +36,8 @@ pub struct MemoryStore {
     hasher: foldhash::fast::RandomState,
     clock: Clock,
     evictions: AtomicU64,
+    /// Keys banned at the last sweep (counted there, where every entry is visited anyway).
+    active_bans: AtomicU64,
 }
 
 /// Aligned to its own cache lines so neighbouring shards' locks do not contend.
@@ -78,6 +80,7 @@ impl MemoryStore {
             hasher: foldhash::fast::RandomState::default(),
             clock,
             evictions: AtomicU64::new(0),
+            active_bans: AtomicU64::new(0),
         }
     }
 
@@ -239,18 +242,36 @@ impl MemoryStore {
         }
     }
 
-    /// Drops every entry whose state is back to fresh; returns how many.
+    /// Drops every entry whose state is back to fresh; returns how many. Counts the keys
+    /// banned now on the way ([`MemoryStore::active_bans`]).
     pub fn sweep_expired(&self) -> usize {
         let now = self.clock.now_us();
-        self.shards
+        let mut banned = 0;
+        let swept = self
+            .shards
             .iter()
             .map(|shard| {
                 let mut table = shard.0.lock();
                 let before = table.len();
-                table.retain(|entry| entry.expires_at_us > now);
+                table.retain(|entry| {
+                    if entry
+                        .ban_state()
+                        .is_some_and(|ban| ban.remaining_us(now).is_some())
+                    {
+                        banned += 1;
+                    }
+                    entry.expires_at_us > now
+                });
                 before - table.len()
             })
-            .sum()
+            .sum();
+        self.active_bans.store(banned, Ordering::Relaxed);
+        swept
+    }
+
+    /// Keys (per resource, or key-wide) under a ban at the last sweep.
+    pub fn active_bans(&self) -> u64 {
+        self.active_bans.load(Ordering::Relaxed)
     }
 
     pub fn len(&self) -> usize {
@@ -343,6 +364,10 @@ impl Store for MemoryStore {
 
     fn active_keys(&self) -> Option<u64> {
         Some(self.len() as u64)
+    }
+
+    fn active_bans(&self) -> Option<u64> {
+        Some(MemoryStore::active_bans(self))
     }
 
     fn upkeep(&self) {
@@ -478,6 +503,33 @@ mod tests {
                 "the second offence banned {key:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_sweep_counts_the_keys_banned_now() {
+        let store = store(4, 1_000);
+        let limits = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(1, 60_000_000)));
+        let ban = Ban {
+            after: 1,
+            within_us: 60_000_000,
+            duration_us: 5_000_000,
+            factor: 1.0,
+            max_duration_us: 5_000_000,
+            lookback_us: 0,
+            scope: BanScope::Resource,
+        };
+        for key in ["a", "b", "c"] {
+            store.check_now(bucket(key), &limits, Bans::policy(&ban), 1);
+        }
+        for key in ["a", "b"] {
+            store.check_now(bucket(key), &limits, Bans::policy(&ban), 1);
+        }
+        assert_eq!(store.active_bans(), 0, "not counted before a sweep");
+        store.sweep_expired();
+        assert_eq!(store.active_bans(), 2);
+        store.clock().advance_us(5_000_000);
+        store.sweep_expired();
+        assert_eq!(store.active_bans(), 0, "both bans ended");
     }
 
     #[test]
