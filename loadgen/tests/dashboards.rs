@@ -47,7 +47,7 @@ fn promtool_accepts_the_config_and_rules_and_the_rule_tests_pass() {
     let prometheus = dashboards().join("prometheus");
     promtool(&["check", "config", "prometheus.yml"], &prometheus);
     let said = promtool(&["check", "rules", "rules/sluice.rules.yml"], &prometheus);
-    assert!(said.contains("10 rules found"), "{said}");
+    assert!(said.contains("12 rules found"), "{said}");
     let said = promtool(
         &["test", "rules", "tests/sluice.test.yml"],
         &prometheus.join("rules"),
@@ -171,7 +171,7 @@ fn rule_expressions() -> Vec<(String, String)> {
             rules.push((name.clone(), expr));
         }
     }
-    assert_eq!(rules.len(), 10, "{rules:?}");
+    assert_eq!(rules.len(), 12, "{rules:?}");
     rules
 }
 
