@@ -41,11 +41,17 @@ impl Limit {
 
 /// Every limit's answer to one request, in the rule's order, and which of them decided.
 ///
-/// Small enough to move without a `memcpy` call: rules of one or two limits (nearly all) keep
-/// their answers inline; larger stacks spill to the heap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Rules of one or two limits (nearly all) keep their answers inline; larger stacks spill to
+/// the heap. A plain struct rather than an enum of the two, so building one writes its fields
+/// in place: copying a just-built enum stalled the memory store's hot path (store forwarding,
+/// results/benchmarks/service-decisions.md).
+#[derive(Debug, Clone)]
 pub struct Decisions {
-    items: Items,
+    inline: [Decision; INLINE],
+    /// How many of `inline` are answers; 0 once they spilled.
+    len: u8,
+    /// Every answer, once there are more than fit inline.
+    spilled: Vec<Decision>,
     /// Microseconds of ban left, when the key is banned (0 otherwise); see [`check_banned`].
     banned_for_us: u64,
     /// This request's denial started the ban.
@@ -54,12 +60,6 @@ pub struct Decisions {
 
 /// Decisions kept inline.
 const INLINE: usize = 2;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Items {
-    Inline { len: u8, items: [Decision; INLINE] },
-    Heap(Vec<Decision>),
-}
 
 const EMPTY: Decision = Decision {
     allowed: true,
@@ -72,25 +72,33 @@ const EMPTY: Decision = Decision {
 impl Default for Decisions {
     fn default() -> Self {
         Self {
-            items: Items::Inline {
-                len: 0,
-                items: [EMPTY; INLINE],
-            },
+            inline: [EMPTY; INLINE],
+            len: 0,
+            spilled: Vec::new(),
             banned_for_us: 0,
             ban_started: false,
         }
     }
 }
 
+impl PartialEq for Decisions {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+            && self.banned_for_us == other.banned_for_us
+            && self.ban_started == other.ban_started
+    }
+}
+
+impl Eq for Decisions {}
+
 impl Decisions {
     /// The answer of a rule of one limit.
     #[inline]
     pub fn one(decision: Decision) -> Self {
         Self {
-            items: Items::Inline {
-                len: 1,
-                items: [decision, EMPTY],
-            },
+            inline: [decision, EMPTY],
+            len: 1,
+            spilled: Vec::new(),
             banned_for_us: 0,
             ban_started: false,
         }
@@ -107,34 +115,36 @@ impl Decisions {
 
     #[inline]
     pub fn push(&mut self, decision: Decision) {
-        match &mut self.items {
-            Items::Inline { len, items } if usize::from(*len) < INLINE => {
-                items[usize::from(*len)] = decision;
-                *len += 1;
-            }
-            Items::Inline { items, .. } => {
-                let mut spilled = Vec::with_capacity(MAX_LIMITS);
-                spilled.extend_from_slice(items);
-                spilled.push(decision);
-                self.items = Items::Heap(spilled);
-            }
-            Items::Heap(items) => items.push(decision),
+        let len = usize::from(self.len);
+        if !self.spilled.is_empty() {
+            self.spilled.push(decision);
+        } else if len < INLINE {
+            self.inline[len] = decision;
+            self.len += 1;
+        } else {
+            let mut spilled = Vec::with_capacity(MAX_LIMITS);
+            spilled.extend_from_slice(&self.inline);
+            spilled.push(decision);
+            self.spilled = spilled;
+            self.len = 0;
         }
     }
 
     #[inline]
     pub fn as_slice(&self) -> &[Decision] {
-        match &self.items {
-            Items::Inline { len, items } => &items[..usize::from(*len)],
-            Items::Heap(items) => items,
+        if self.spilled.is_empty() {
+            &self.inline[..usize::from(self.len)]
+        } else {
+            &self.spilled
         }
     }
 
     #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [Decision] {
-        match &mut self.items {
-            Items::Inline { len, items } => &mut items[..usize::from(*len)],
-            Items::Heap(items) => items,
+        if self.spilled.is_empty() {
+            &mut self.inline[..usize::from(self.len)]
+        } else {
+            &mut self.spilled
         }
     }
 
@@ -243,7 +253,7 @@ pub fn fresh_states(limits: &[Limit], now_us: u64) -> Vec<State> {
 /// On a denial every state is still brought forward to `now_us` exactly as a lone algorithm's
 /// denial does (a token bucket keeps its refill), so each retry-after is computed from the
 /// state the retry will start from.
-#[inline]
+#[inline(always)]
 pub fn check(limits: &[Limit], states: &mut [State], cost: u64, now_us: u64) -> Decisions {
     debug_assert_eq!(limits.len(), states.len());
     debug_assert!(limits.len() <= MAX_LIMITS);
