@@ -375,6 +375,13 @@ async fn http_rejects_bad_input_naming_the_field() {
             "resource",
             "no rule",
         ),
+        (
+            http.post(url("?resource=tight"))
+                .header("X-API-Key", "k")
+                .header("X-API-Key", "someone-else"),
+            "key",
+            "sent more than once",
+        ),
     ];
     for (request, field, expected) in cases {
         let response = request.send().await.unwrap();
@@ -396,6 +403,77 @@ async fn http_rejects_bad_input_naming_the_field() {
         .await
         .unwrap();
     assert_eq!(status.status(), 400, "status needs a key too");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn http_reset_reads_its_body_and_one_key() {
+    let server = common::start(RULES).await;
+    let http = reqwest::Client::new();
+    let spend = || {
+        http.post(common::http_url(&server, "/check?resource=exact"))
+            .header("X-API-Key", "k")
+            .send()
+    };
+    let remaining = || async {
+        let status = http
+            .get(common::http_url(&server, "/status?resource=exact"))
+            .header("X-API-Key", "k")
+            .send()
+            .await
+            .unwrap();
+        status.json::<serde_json::Value>().await.unwrap()["remaining"]
+            .as_u64()
+            .unwrap()
+    };
+    spend().await.unwrap();
+    assert_eq!(remaining().await, 2);
+    let refused = [
+        (r#"{"key":"k"}"#, "body", "X-API-Key"),
+        ("{not json", "body", "not a valid reset request"),
+    ];
+    for (body, field, expected) in refused {
+        let response = http
+            .post(common::http_url(&server, "/reset"))
+            .header("X-API-Key", "k")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(problem["field"], field, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(expected),
+            "{problem}"
+        );
+    }
+    let two_keys = http
+        .post(common::http_url(&server, "/reset?resource=exact"))
+        .header("X-API-Key", "k")
+        .header("X-API-Key", "k2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two_keys.status(), 400);
+    assert_eq!(
+        remaining().await,
+        2,
+        "nothing was reset by a refused request"
+    );
+    let reset = http
+        .post(common::http_url(&server, "/reset"))
+        .header("X-API-Key", "k")
+        .body(r#"{"resource":"exact"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        reset.json::<serde_json::Value>().await.unwrap()["existed"],
+        true,
+        "the body's resource is the one reset"
+    );
+    assert_eq!(remaining().await, 3);
     server.stop().await.unwrap();
 }
 

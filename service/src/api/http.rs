@@ -83,6 +83,13 @@ struct CheckBody {
     cost: Option<u64>,
 }
 
+/// The client key always travels in `X-API-Key`, never in a body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    resource: Option<String>,
+}
+
 /// A 4xx/5xx answer as RFC 9457 problem details naming the field at fault.
 struct Problem {
     status: StatusCode,
@@ -140,12 +147,21 @@ impl HttpState {
 }
 
 fn api_key(headers: &HeaderMap) -> Result<&str, Problem> {
-    let value = headers.get(API_KEY_HEADER).ok_or_else(|| {
+    let mut values = headers.get_all(API_KEY_HEADER).iter();
+    let value = values.next().ok_or_else(|| {
         Problem::bad_request(
             "key",
             "missing X-API-Key header; send the client identity to limit",
         )
     })?;
+    // Two identities in one request: whichever a proxy or this server picked, the other
+    // client's quota could be spent or reset. Refuse rather than guess.
+    if values.next().is_some() {
+        return Err(Problem::bad_request(
+            "key",
+            "X-API-Key is sent more than once; send exactly one client identity",
+        ));
+    }
     std::str::from_utf8(value.as_bytes()).map_err(|_| {
         Problem::bad_request("key", "X-API-Key is not valid UTF-8; send a text identity")
     })
@@ -195,22 +211,8 @@ async fn check_inner(
 ) -> Result<Response, Problem> {
     let key = api_key(headers)?;
     let params = query(params)?;
-    let body: CheckBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CheckBody::default()
-    } else {
-        serde_json::from_slice(body).map_err(|err| {
-            Problem::bad_request("body", format!("body is not a valid check request ({err}); send JSON like {{\"resource\":\"api\",\"cost\":1}} or no body"))
-        })?
-    };
-    let resource = match (params.resource.as_deref(), body.resource.as_deref()) {
-        (Some(query), Some(body)) if query != body => {
-            return Err(Problem::bad_request(
-                "resource",
-                "resource is given in both the query and the body with different values; send it once",
-            ));
-        }
-        (query, body) => body.or(query).unwrap_or(""),
-    };
+    let body: CheckBody = json_body(body, "check", r#"{"resource":"api","cost":1}"#)?;
+    let resource = one_resource(params.resource.as_deref(), body.resource.as_deref())?;
     let query_cost = params
         .cost
         .as_deref()
@@ -388,6 +390,36 @@ pub fn rate_limit_headers(verdict: &Verdict<'_>, denied: bool) -> HeaderMap {
 }
 
 /// The client key and resource of a status or reset request.
+/// A request's optional JSON body: empty (or whitespace) is the default.
+fn json_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    what: &str,
+    example: &str,
+) -> Result<T, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|err| {
+        Problem::bad_request(
+            "body",
+            format!(
+                "body is not a valid {what} request ({err}); send JSON like {example} or no body (the client key goes in X-API-Key)"
+            ),
+        )
+    })
+}
+
+/// The resource from the query or the body; both only if they agree. Empty means `default`.
+fn one_resource<'a>(query: Option<&'a str>, body: Option<&'a str>) -> Result<&'a str, Problem> {
+    match (query, body) {
+        (Some(query), Some(body)) if query != body => Err(Problem::bad_request(
+            "resource",
+            "resource is given in both the query and the body with different values; send it once",
+        )),
+        (query, body) => Ok(body.or(query).unwrap_or("")),
+    }
+}
+
 fn key_and_resource(
     headers: &HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
@@ -427,12 +459,16 @@ async fn reset(
     State(state): State<Arc<HttpState>>,
     headers: HeaderMap,
     params: Result<Query<Params>, QueryRejection>,
+    body: Bytes,
 ) -> Response {
     let work = async {
-        let (key, resource) = key_and_resource(&headers, params)?;
+        let key = api_key(&headers)?;
+        let params = query(params)?;
+        let body: ResetBody = json_body(&body, "reset", r#"{"resource":"api"}"#)?;
+        let resource = one_resource(params.resource.as_deref(), body.resource.as_deref())?;
         let existed = state
             .limiter
-            .reset(key, &resource)
+            .reset(key, resource)
             .await
             .map_err(|err| state.problem(err))?;
         Ok(Json(json!({ "existed": existed })).into_response())
