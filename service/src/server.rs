@@ -36,8 +36,12 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
-    #[error("cannot start the store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    /// The store's error is part of this message, not a source, so it prints once.
+    #[error("cannot reach Redis at {urls} (backend.redis.urls): {reason}")]
+    Store {
+        urls: String,
+        reason: crate::store::StoreError,
+    },
 }
 
 /// A started service. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -75,9 +79,14 @@ impl RunningServer {
 pub async fn build_backend(config: &Config, metrics: &Metrics) -> Result<Backend, ServerError> {
     Ok(match &config.backend {
         BackendConfig::Memory(memory) => Backend::Memory(MemoryStore::new(memory, Clock::system())),
-        BackendConfig::Redis(redis) => {
-            Backend::Redis(RedisStore::connect(redis, metrics.redis()).await?)
-        }
+        BackendConfig::Redis(redis) => Backend::Redis(
+            RedisStore::connect(redis, metrics.redis())
+                .await
+                .map_err(|reason| ServerError::Store {
+                    urls: redis.urls.join(", "),
+                    reason,
+                })?,
+        ),
     })
 }
 

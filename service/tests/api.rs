@@ -577,6 +577,35 @@ async fn binary_exits_cleanly_on_sigterm_and_rejects_bad_config() {
         "{stderr}"
     );
 
+    // A Redis nobody listens on (port 1 of loopback): one line naming the URL and the field.
+    let unreachable = Command::new(binary)
+        .args(["--backend", "redis", "--redis-url", "redis://127.0.0.1:1"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        stderr.contains("cannot reach Redis at redis://127.0.0.1:1 (backend.redis.urls)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Connection refused").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
+    let bad_port = Command::new(binary)
+        .args(["--check-config", "--backend", "redis"])
+        .args(["--redis-url", "redis://127.0.0.1:99999"])
+        .output()
+        .unwrap();
+    assert_eq!(bad_port.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad_port.stderr);
+    assert!(
+        stderr.contains("backend.redis.urls[0]") && stderr.contains("port (1 to 65535)"),
+        "{stderr}"
+    );
+
     let from_env = Command::new(binary)
         .arg("--check-config")
         .env("SLUICE_BACKEND", "etcd")

@@ -449,10 +449,19 @@ impl RawRedis {
             );
         }
         for (index, url) in urls.iter().enumerate() {
-            if !url.starts_with("redis://") {
+            // Parsed as the Redis client will parse it at start, so a port out of range or a
+            // bad host fails here, named, instead of when the node starts.
+            let problem = match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                _ if !url.starts_with("redis://") => Some("is not a redis:// URL".to_owned()),
+                Err(err) => Some(format!(
+                    "is not a valid Redis URL: check its host and its port (1 to 65535) ({err})"
+                )),
+                Ok(_) => None,
+            };
+            if let Some(problem) = problem {
                 issues.add(
                     format!("backend.redis.urls[{index}]"),
-                    format!("`{url}` is not a redis:// URL; write e.g. \"redis://127.0.0.1:6379\""),
+                    format!("`{url}` {problem}; write e.g. \"redis://127.0.0.1:6379\""),
                 );
             }
         }

@@ -285,6 +285,38 @@ fn redis_backend_and_failure_modes() {
 }
 
 #[test]
+fn redis_urls_are_parsed_as_the_client_will_parse_them() {
+    let config = r#"
+        [backend]
+        kind = "redis"
+        [backend.redis]
+        cluster = true
+        urls = ["redis://127.0.0.1:99999", "redis://[::1", "rediss://127.0.0.1:6379", "redis://127.0.0.1:6380"]
+        [default_rule]
+        algorithm = "gcra"
+        rate_per_second = 1
+        burst = 1
+        "#;
+    assert_eq!(
+        issue_paths(config),
+        [
+            "backend.redis.urls[0]",
+            "backend.redis.urls[1]",
+            "backend.redis.urls[2]"
+        ]
+    );
+    let message = parse(config).unwrap_err().to_string();
+    assert!(
+        message.contains("`redis://127.0.0.1:99999` is not a valid Redis URL"),
+        "{message}"
+    );
+    assert!(
+        message.contains("write e.g. \"redis://127.0.0.1:6379\""),
+        "{message}"
+    );
+}
+
+#[test]
 fn a_rule_stacks_named_limits_in_order() {
     let config = parse(
         r#"
