@@ -136,6 +136,7 @@ pub async fn start_with(
         .expect("embedded descriptors are valid");
 
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.server.grpc_max_concurrent_streams))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -666,3 +666,29 @@ async fn binary_exits_cleanly_on_sigterm_and_rejects_bad_config() {
     };
     assert!(status.success(), "exit {status:?}");
 }
+
+#[tokio::test]
+async fn grpc_advertises_its_stream_limit() {
+    let server = common::start(&format!(
+        "[server]\ngrpc_max_concurrent_streams = 8\n{RULES}"
+    ))
+    .await;
+    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let client = client.ready().await.unwrap();
+    // The server's SETTINGS frame arrives after the handshake; wait for it, boundedly.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while client.current_max_send_streams() != 8 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        client.current_max_send_streams(),
+        8,
+        "one connection may hold at most the configured streams"
+    );
+    driver.abort();
+    server.stop().await.unwrap();
+}

@@ -56,7 +56,13 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Every rule in shadow mode: nothing is denied; would-be denials are counted and logged.
     pub shadow: bool,
+    /// Streams one gRPC connection may have open at once (advertised in HTTP/2 SETTINGS), so
+    /// one client cannot hold unbounded work on the node.
+    pub grpc_max_concurrent_streams: u32,
 }
+
+/// Default of `server.grpc_max_concurrent_streams`.
+pub const DEFAULT_GRPC_MAX_CONCURRENT_STREAMS: u32 = 1024;
 
 /// Bounds on what a request may carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +239,7 @@ struct RawServer {
     http_addr: Option<String>,
     shutdown_grace: Option<String>,
     shadow: Option<bool>,
+    grpc_max_concurrent_streams: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -357,11 +364,21 @@ impl RawServer {
             self.shutdown_grace,
             Duration::from_secs(10),
         );
+        let streams = self
+            .grpc_max_concurrent_streams
+            .unwrap_or(DEFAULT_GRPC_MAX_CONCURRENT_STREAMS.into());
+        if !(1..=1_000_000).contains(&streams) {
+            issues.add(
+                "server.grpc_max_concurrent_streams",
+                format!("{streams} is out of range; use 1 to 1000000 (default {DEFAULT_GRPC_MAX_CONCURRENT_STREAMS})"),
+            );
+        }
         ServerConfig {
             grpc_addr,
             http_addr,
             shutdown_grace,
             shadow: self.shadow.unwrap_or(false),
+            grpc_max_concurrent_streams: streams.clamp(1, 1_000_000) as u32,
         }
     }
 }

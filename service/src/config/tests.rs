@@ -285,6 +285,26 @@ fn redis_backend_and_failure_modes() {
 }
 
 #[test]
+fn the_grpc_stream_limit_is_bounded() {
+    let rule = "[default_rule]\nalgorithm = \"gcra\"\nrate_per_second = 1\nburst = 1\n";
+    assert_eq!(
+        issue_paths(&format!(
+            "[server]\ngrpc_max_concurrent_streams = 0\n{rule}"
+        )),
+        ["server.grpc_max_concurrent_streams"]
+    );
+    let config = parse(&format!(
+        "[server]\ngrpc_max_concurrent_streams = 64\n{rule}"
+    ))
+    .unwrap();
+    assert_eq!(config.server.grpc_max_concurrent_streams, 64);
+    assert_eq!(
+        parse(rule).unwrap().server.grpc_max_concurrent_streams,
+        DEFAULT_GRPC_MAX_CONCURRENT_STREAMS
+    );
+}
+
+#[test]
 fn redis_urls_are_parsed_as_the_client_will_parse_them() {
     let config = r#"
         [backend]
