@@ -11,7 +11,7 @@ use std::{
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use self::entry::{Entry, PairName, States};
+use self::entry::{Entry, Expiry, PairName, States};
 use super::{BucketKey, Store, StoreError};
 use crate::{
     algorithm::{
@@ -27,6 +27,9 @@ mod entry;
 
 /// How many entries eviction compares when a shard is full.
 const EVICTION_SAMPLE: usize = 8;
+
+/// How many samples eviction takes, at most, looking for a key with quota left to forget.
+const EVICTION_ATTEMPTS: u64 = 4;
 
 #[derive(Debug)]
 pub struct MemoryStore {
@@ -133,7 +136,7 @@ impl MemoryStore {
                     if let States::Ban(state) = &mut entry.states {
                         **state = ban_state;
                     }
-                    entry.expires_at_us = expires_at_us;
+                    entry.expiry = Expiry::new(expires_at_us, 0);
                 }
                 None => self.insert(
                     &mut table,
@@ -141,7 +144,8 @@ impl MemoryStore {
                     Entry {
                         name: PairName::new(ban_key),
                         states: States::Ban(Box::new(ban_state)),
-                        expires_at_us,
+                        // A ban record is the last thing to drop: that would lift the ban.
+                        expiry: Expiry::new(expires_at_us, 0),
                     },
                     now,
                 ),
@@ -167,7 +171,8 @@ impl MemoryStore {
                 entry.states = States::fresh(limits, now);
             }
             let decisions = decide(entry.states.as_mut_slice());
-            entry.expires_at_us = now.saturating_add(decisions.reset_after_us());
+            entry.expiry =
+                Expiry::after(now.saturating_add(decisions.reset_after_us()), &decisions);
             return decisions;
         }
         let mut states = States::fresh(limits, now);
@@ -180,7 +185,7 @@ impl MemoryStore {
                 Entry {
                     name: PairName::new(key),
                     states,
-                    expires_at_us: now.saturating_add(reset_after_us),
+                    expiry: Expiry::after(now.saturating_add(reset_after_us), &decisions),
                 },
                 now,
             );
@@ -260,7 +265,7 @@ impl MemoryStore {
                     {
                         banned += 1;
                     }
-                    entry.expires_at_us > now
+                    entry.expiry.at_us() > now
                 });
                 before - table.len()
             })
@@ -309,22 +314,52 @@ impl MemoryStore {
         }
     }
 
-    /// Makes room in a full shard: an expired entry if the sample has one (that loses
-    /// nothing), else the live entry closest to expiring.
+    /// Makes room in a full shard at the least cost: from a sample of entries at a random
+    /// place in the table, an expired one if there is one (that loses nothing), else the one
+    /// whose key had the most quota left (forgetting it gives that key the least), the
+    /// soonest-expiring among equals. A key that spent its quota, or a ban record, goes only
+    /// when the whole sample is such keys, so a flood of new keys cannot reset them.
     fn evict_one(&self, table: &mut Table, now: u64) {
-        let Some(victim) = table
-            .iter()
-            .take(EVICTION_SAMPLE)
-            .min_by_key(|entry| entry.expires_at_us)
-            .map(|entry| {
-                let entry: &Entry = entry;
-                (
-                    self.entry_hash(entry),
-                    entry as *const Entry,
-                    entry.expires_at_us,
-                )
-            })
-        else {
+        let len = table.len();
+        if len == 0 {
+            return;
+        }
+        let cost = |entry: &Entry| {
+            let expiry = entry.expiry;
+            (
+                expiry.at_us() > now,
+                u8::MAX - expiry.headroom(),
+                expiry.at_us(),
+            )
+        };
+        let mut victim: Option<&Entry> = None;
+        for attempt in 0..EVICTION_ATTEMPTS {
+            let draw = self.evictions.load(Ordering::Relaxed) ^ now ^ attempt;
+            let start = (self.hasher.hash_one(draw) % len as u64) as usize;
+            let best = table
+                .iter()
+                .skip(start)
+                .chain(table.iter())
+                .take(EVICTION_SAMPLE.min(len))
+                .map(|entry| &**entry)
+                .min_by_key(|entry| cost(entry));
+            victim = match (victim, best) {
+                (Some(kept), Some(best)) if cost(kept) <= cost(best) => Some(kept),
+                (_, best) => best,
+            };
+            // A sample of only spent keys and bans is rare unless most of the table is such
+            // keys; only then is another place worth a look.
+            if victim.is_some_and(|entry| entry.expiry.headroom() > 0) {
+                break;
+            }
+        }
+        let Some(victim) = victim.map(|entry| {
+            (
+                self.entry_hash(entry),
+                entry as *const Entry,
+                entry.expiry.at_us(),
+            )
+        }) else {
             return;
         };
         let (hash, address, expires_at_us) = victim;
@@ -450,6 +485,33 @@ mod tests {
                 .remaining,
             8,
             "a rule that changed its number of limits starts afresh"
+        );
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_never_resets_a_spent_key() {
+        let store = store(1, 1_000);
+        let limits = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(5, 60_000_000)));
+        let spent: Vec<String> = (0..200).map(|i| format!("spent-{i}")).collect();
+        for key in &spent {
+            store.check_now(bucket(key), &limits, Bans::NONE, 5);
+        }
+        for i in 0..100_000 {
+            store.check_now(bucket(&format!("flood-{i}")), &limits, Bans::NONE, 1);
+        }
+        assert!(store.evictions() > 90_000, "the flood filled the store");
+        let reset: Vec<&String> = spent
+            .iter()
+            .filter(|key| {
+                store
+                    .check_now(bucket(key), &limits, Bans::NONE, 1)
+                    .allowed()
+            })
+            .collect();
+        assert!(
+            reset.is_empty(),
+            "{} got their quota back: {reset:?}",
+            reset.len()
         );
     }
 
