@@ -268,13 +268,14 @@ pub fn check(limits: &[Limit], states: &mut [State], cost: u64, now_us: u64) -> 
         *trial = Some(charged);
     }
     let allowed = decisions.allowed();
+    // By reference: moving the array into the iterator would copy all of it.
     for (((limit, state), trial), decision) in limits
         .iter()
         .zip(states.iter_mut())
-        .zip(trials)
+        .zip(trials.iter_mut())
         .zip(decisions.as_mut_slice())
     {
-        match trial {
+        match trial.take() {
             // A denying limit's trial charged nothing; an allowing one's stands if all allowed.
             Some(trial) if allowed || !decision.allowed => *state = trial,
             // Allowed here, but another limit denied: charge nothing and report what is left.
