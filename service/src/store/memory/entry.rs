@@ -169,6 +169,7 @@ impl PairName {
     }
 
     /// The resource's bytes and the key's.
+    #[inline]
     pub fn parts(&self) -> (&[u8], &[u8]) {
         let (bytes, resource_len) = match self {
             PairName::Inline {
@@ -184,8 +185,35 @@ impl PairName {
         bytes.split_at(resource_len.min(bytes.len()))
     }
 
+    #[inline]
     pub fn is(&self, key: BucketKey<'_>) -> bool {
-        self.parts() == (key.resource.as_bytes(), key.key.as_bytes())
+        let (resource, client) = self.parts();
+        same_bytes(resource, key.resource.as_bytes()) && same_bytes(client, key.key.as_bytes())
+    }
+}
+
+/// Slice equality that compares short slices (names mostly are) with a few overlapping word
+/// loads instead of a call into libc: it runs on every lookup.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |bytes: &[u8], at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap());
+    let half = |bytes: &[u8], at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        17..=32 => {
+            word(a, 0) == word(b, 0)
+                && word(a, 8) == word(b, 8)
+                && word(a, n - 16) == word(b, n - 16)
+                && word(a, n - 8) == word(b, n - 8)
+        }
+        _ => a == b,
     }
 }
 
@@ -235,6 +263,27 @@ mod tests {
             [0, 64, 128, 128, 192, 255],
             "more left, more headroom"
         );
+    }
+
+    #[test]
+    fn same_bytes_is_slice_equality_at_every_length_and_position() {
+        let texts: Vec<Vec<u8>> = (0..48)
+            .map(|len| (0..len).map(|i| b'a' + (i % 26) as u8).collect())
+            .collect();
+        for a in &texts {
+            for b in &texts {
+                assert_eq!(same_bytes(a, b), a == b);
+            }
+            for at in 0..a.len() {
+                let mut other = a.clone();
+                other[at] ^= 1;
+                assert!(
+                    !same_bytes(a, &other),
+                    "{} bytes, differing at {at}",
+                    a.len()
+                );
+            }
+        }
     }
 
     #[test]

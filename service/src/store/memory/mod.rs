@@ -106,11 +106,12 @@ impl MemoryStore {
         bans: Bans<'_>,
         cost: u64,
     ) -> Decisions {
-        let hash = self.pair_hash(key);
+        let key_hash = self.key_hash(key.key);
+        let hash = self.pair_hash(key_hash, key.resource);
         let now = self.clock.now_us();
-        let mut table = self.shard(key).lock();
+        let mut table = self.shard(key_hash).lock();
         if bans.watches_key_wide() {
-            let key_wide = self.ban_state(&table, key_wide(key));
+            let key_wide = self.ban_state(&table, key_hash, key_wide(key));
             if key_wide.remaining_us(now).is_some() {
                 return self.decide(&mut table, key, hash, limits, now, |states| {
                     stacked::peek_banned(limits, states, &key_wide, now)
@@ -123,8 +124,8 @@ impl MemoryStore {
             });
         };
         let ban_key = ban_key(key, ban);
-        let ban_hash = self.ban_hash(ban_key);
-        let before = self.ban_state(&table, ban_key);
+        let ban_hash = self.ban_hash(key_hash, ban_key);
+        let before = self.ban_state(&table, key_hash, ban_key);
         let mut ban_state = before;
         let decisions = self.decide(&mut table, key, hash, limits, now, |states| {
             stacked::check_banned(limits, states, ban, &mut ban_state, cost, now)
@@ -165,7 +166,12 @@ impl MemoryStore {
         now: u64,
         decide: impl FnOnce(&mut [State]) -> Decisions,
     ) -> Decisions {
-        if let Some(entry) = table.find_mut(hash, |entry| entry.is_limits_of(key)) {
+        // `iter_hash_mut` rather than `find_mut`, whose comparison is a dynamic call: this is
+        // the hot path.
+        if let Some(entry) = table
+            .iter_hash_mut(hash)
+            .find(|entry| entry.is_limits_of(key))
+        {
             if entry.states.as_slice().len() != limits.len() {
                 // The rule gained or lost limits: the old states answer nothing about the new ones.
                 entry.states = States::fresh(limits, now);
@@ -194,9 +200,11 @@ impl MemoryStore {
     }
 
     /// The ban state kept under `ban_key` (fresh when there is none).
-    fn ban_state(&self, table: &Table, ban_key: BucketKey<'_>) -> BanState {
+    fn ban_state(&self, table: &Table, key_hash: u64, ban_key: BucketKey<'_>) -> BanState {
         table
-            .find(self.ban_hash(ban_key), |entry| entry.is_ban_of(ban_key))
+            .find(self.ban_hash(key_hash, ban_key), |entry| {
+                entry.is_ban_of(ban_key)
+            })
             .and_then(|entry| entry.ban_state())
             .unwrap_or_default()
     }
@@ -209,9 +217,10 @@ impl MemoryStore {
     }
 
     pub fn peek_now(&self, key: BucketKey<'_>, limits: &[Limit], bans: Bans<'_>) -> Decisions {
-        let hash = self.pair_hash(key);
+        let key_hash = self.key_hash(key.key);
+        let hash = self.pair_hash(key_hash, key.resource);
         let now = self.clock.now_us();
-        let table = self.shard(key).lock();
+        let table = self.shard(key_hash).lock();
         let fresh;
         let states = match table.find(hash, |entry| entry.is_limits_of(key)) {
             Some(entry) if entry.states.as_slice().len() == limits.len() => entry.states.as_slice(),
@@ -222,13 +231,13 @@ impl MemoryStore {
         };
         // As a check reads them: a key-wide ban first, then the rule's own.
         let key_wide = if bans.watches_key_wide() {
-            self.ban_state(&table, key_wide(key))
+            self.ban_state(&table, key_hash, key_wide(key))
         } else {
             BanState::default()
         };
         let ban_state = match bans.policy {
             _ if key_wide.remaining_us(now).is_some() => key_wide,
-            Some(ban) => self.ban_state(&table, ban_key(key, ban)),
+            Some(ban) => self.ban_state(&table, key_hash, ban_key(key, ban)),
             None => BanState::default(),
         };
         stacked::peek_banned(limits, states, &ban_state, now)
@@ -236,8 +245,9 @@ impl MemoryStore {
 
     /// Forgets the key's limit states; its bans stay (see [`Store::reset`]).
     pub fn reset_now(&self, key: BucketKey<'_>) -> bool {
-        let hash = self.pair_hash(key);
-        let mut table = self.shard(key).lock();
+        let key_hash = self.key_hash(key.key);
+        let hash = self.pair_hash(key_hash, key.resource);
+        let mut table = self.shard(key_hash).lock();
         match table.find_entry(hash, |entry| entry.is_limits_of(key)) {
             Ok(entry) => {
                 entry.remove();
@@ -287,27 +297,33 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// The shard of every state of `key`'s client key, whatever the resource.
-    fn shard(&self, key: BucketKey<'_>) -> &Mutex<Table> {
-        let hash = self.hasher.hash_one(key.key);
-        &self.shards[(hash & self.shard_mask) as usize].0
+    /// A client key's hash, computed once per request: it picks the shard and seeds the
+    /// hash of each of the key's entries.
+    fn key_hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key.as_bytes())
+    }
+
+    /// The shard of every state of a client key, whatever the resource. The high bits, so
+    /// the shard says nothing about where an entry sits in its table.
+    fn shard(&self, key_hash: u64) -> &Mutex<Table> {
+        &self.shards[((key_hash >> 40) & self.shard_mask) as usize].0
     }
 
     /// Where a pair's limit states are found.
-    fn pair_hash(&self, key: BucketKey<'_>) -> u64 {
-        self.hasher
-            .hash_one((key.resource.as_bytes(), key.key.as_bytes()))
+    fn pair_hash(&self, key_hash: u64, resource: &str) -> u64 {
+        self.hasher.hash_one((key_hash, resource.as_bytes()))
     }
 
     /// Where the ban state of `ban_key` is found: apart from the same pair's limit states.
-    fn ban_hash(&self, ban_key: BucketKey<'_>) -> u64 {
-        self.pair_hash(ban_key) ^ BAN_HASH_SALT
+    fn ban_hash(&self, key_hash: u64, ban_key: BucketKey<'_>) -> u64 {
+        self.pair_hash(key_hash, ban_key.resource) ^ BAN_HASH_SALT
     }
 
     /// The hash an entry was inserted under, recomputed when the table grows (a stored hash
     /// would cost every entry 8 bytes to save a rare rehash).
     fn entry_hash(&self, entry: &Entry) -> u64 {
-        let hash = self.hasher.hash_one(entry.name.parts());
+        let (resource, key) = entry.name.parts();
+        let hash = self.hasher.hash_one((self.hasher.hash_one(key), resource));
         match entry.states {
             States::Ban(_) => hash ^ BAN_HASH_SALT,
             _ => hash,
