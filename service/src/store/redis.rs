@@ -60,16 +60,18 @@ fn tag_of(algorithm: &Algorithm) -> &'static str {
     }
 }
 
-/// The two parameters the algorithm's decide function takes, as the script reads them.
-fn parameters_of(algorithm: &Algorithm) -> [String; 2] {
+/// Appends the two parameters the algorithm's decide function takes, as the script reads
+/// them. Numbers go in as numbers: integers in decimal, the one float as its shortest decimal
+/// that round-trips (ryu), so Lua computes with the very same double, and no per-call
+/// strings are built.
+fn push_parameters(invocation: &mut redis::Cmd, algorithm: &Algorithm) {
     match algorithm {
-        // The shortest decimal that round-trips, so Lua computes with the very same double.
-        Algorithm::TokenBucket(a) => [a.capacity().to_string(), a.refill_per_us().to_string()],
-        Algorithm::Gcra(a) => [a.emission_interval_us().to_string(), a.burst().to_string()],
-        Algorithm::FixedWindow(a) => [a.limit().to_string(), a.window_us().to_string()],
-        Algorithm::SlidingWindowCounter(a) => [a.limit().to_string(), a.window_ms().to_string()],
-        Algorithm::SlidingWindowLog(a) => [a.limit().to_string(), a.window_us().to_string()],
-    }
+        Algorithm::TokenBucket(a) => invocation.arg(a.capacity()).arg(a.refill_per_us()),
+        Algorithm::Gcra(a) => invocation.arg(a.emission_interval_us()).arg(a.burst()),
+        Algorithm::FixedWindow(a) => invocation.arg(a.limit()).arg(a.window_us()),
+        Algorithm::SlidingWindowCounter(a) => invocation.arg(a.limit()).arg(a.window_ms()),
+        Algorithm::SlidingWindowLog(a) => invocation.arg(a.limit()).arg(a.window_us()),
+    };
 }
 
 enum Connection {
@@ -372,10 +374,12 @@ impl RedisStore {
             self.metrics.deny_cache_hits.inc();
             return Ok(cached);
         }
-        let mut invocation = self.script.prepare_invoke();
-        for key in &keys {
-            invocation.key(key);
-        }
+        // EVALSHA built as one command buffer (a script invocation would allocate per argument).
+        let mut invocation = redis::cmd("EVALSHA");
+        invocation
+            .arg(self.script.get_hash())
+            .arg(keys.len())
+            .arg(&keys[..]);
         let pinned = if self.pinned_time {
             now.to_string()
         } else {
@@ -393,7 +397,7 @@ impl RedisStore {
                     .arg(ban.within_us)
                     .arg(ban.duration_us)
                     // The shortest decimal that round-trips: Lua multiplies by the same double.
-                    .arg(ban.factor.to_string())
+                    .arg(ban.factor)
                     .arg(ban.max_duration_us)
                     .arg(ban.lookback_us);
             }
@@ -402,16 +406,24 @@ impl RedisStore {
             }
         }
         for limit in limits {
-            let [first, second] = parameters_of(&limit.algorithm);
-            invocation
-                .arg(tag_of(&limit.algorithm))
-                .arg(&limit.name)
-                .arg(first)
-                .arg(second);
+            invocation.arg(tag_of(&limit.algorithm)).arg(&limit.name);
+            push_parameters(&mut invocation, &limit.algorithm);
         }
         self.metrics.script_calls.inc();
         let reply: Vec<i64> = self
-            .run(async |connection| invocation.invoke_async(connection).await)
+            .run(
+                async |connection| match invocation.query_async(connection).await {
+                    // Redis restarted or its scripts were flushed: load it, then ask again.
+                    Err(err)
+                        if err.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        self.script.load_async(connection).await?;
+                        invocation.query_async(connection).await
+                    }
+                    result => result,
+                },
+            )
             .await?;
         let decisions = decisions_of(&reply, limits)?;
         let banned = decisions.banned_for_us().is_some();
