@@ -106,8 +106,8 @@ impl MemoryStore {
         bans: Bans<'_>,
         cost: u64,
     ) -> Decisions {
-        let key_hash = self.key_hash(key.key);
-        let hash = self.pair_hash(key_hash, key.resource);
+        let key_hash = self.key_hash(key.key.as_bytes());
+        let hash = self.pair_hash(key_hash, key.resource.as_bytes());
         let now = self.clock.now_us();
         let mut table = self.shard(key_hash).lock();
         if bans.watches_key_wide() {
@@ -217,8 +217,8 @@ impl MemoryStore {
     }
 
     pub fn peek_now(&self, key: BucketKey<'_>, limits: &[Limit], bans: Bans<'_>) -> Decisions {
-        let key_hash = self.key_hash(key.key);
-        let hash = self.pair_hash(key_hash, key.resource);
+        let key_hash = self.key_hash(key.key.as_bytes());
+        let hash = self.pair_hash(key_hash, key.resource.as_bytes());
         let now = self.clock.now_us();
         let table = self.shard(key_hash).lock();
         let fresh;
@@ -245,8 +245,8 @@ impl MemoryStore {
 
     /// Forgets the key's limit states; its bans stay (see [`Store::reset`]).
     pub fn reset_now(&self, key: BucketKey<'_>) -> bool {
-        let key_hash = self.key_hash(key.key);
-        let hash = self.pair_hash(key_hash, key.resource);
+        let key_hash = self.key_hash(key.key.as_bytes());
+        let hash = self.pair_hash(key_hash, key.resource.as_bytes());
         let mut table = self.shard(key_hash).lock();
         match table.find_entry(hash, |entry| entry.is_limits_of(key)) {
             Ok(entry) => {
@@ -299,8 +299,8 @@ impl MemoryStore {
 
     /// A client key's hash, computed once per request: it picks the shard and seeds the
     /// hash of each of the key's entries.
-    fn key_hash(&self, key: &str) -> u64 {
-        self.hasher.hash_one(key.as_bytes())
+    fn key_hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     /// The shard of every state of a client key, whatever the resource. The high bits, so
@@ -310,20 +310,21 @@ impl MemoryStore {
     }
 
     /// Where a pair's limit states are found.
-    fn pair_hash(&self, key_hash: u64, resource: &str) -> u64 {
-        self.hasher.hash_one((key_hash, resource.as_bytes()))
+    fn pair_hash(&self, key_hash: u64, resource: &[u8]) -> u64 {
+        self.hasher.hash_one((key_hash, resource))
     }
 
     /// Where the ban state of `ban_key` is found: apart from the same pair's limit states.
     fn ban_hash(&self, key_hash: u64, ban_key: BucketKey<'_>) -> u64 {
-        self.pair_hash(key_hash, ban_key.resource) ^ BAN_HASH_SALT
+        self.pair_hash(key_hash, ban_key.resource.as_bytes()) ^ BAN_HASH_SALT
     }
 
     /// The hash an entry was inserted under, recomputed when the table grows (a stored hash
     /// would cost every entry 8 bytes to save a rare rehash).
     fn entry_hash(&self, entry: &Entry) -> u64 {
         let (resource, key) = entry.name.parts();
-        let hash = self.hasher.hash_one((self.hasher.hash_one(key), resource));
+        // The very functions a lookup uses, so the two can never disagree.
+        let hash = self.pair_hash(self.key_hash(key), resource);
         match entry.states {
             States::Ban(_) => hash ^ BAN_HASH_SALT,
             _ => hash,
@@ -446,6 +447,20 @@ mod tests {
         BucketKey { resource: "r", key }
     }
 
+    /// Banned on the resource for `duration_us` at the `after`-th denial within a minute,
+    /// every time for as long.
+    fn fixed_ban(after: u64, duration_us: u64) -> Ban {
+        Ban {
+            after,
+            within_us: 60_000_000,
+            duration_us,
+            factor: 1.0,
+            max_duration_us: duration_us,
+            lookback_us: 0,
+            scope: BanScope::Resource,
+        }
+    }
+
     #[test]
     fn sweep_drops_only_state_that_is_back_to_fresh() {
         let store = store(4, 1_000);
@@ -537,15 +552,7 @@ mod tests {
         // under another hash, which must survive the rehashing too.
         let store = store(1, 100_000);
         let limits = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(1, 60_000_000)));
-        let ban = Ban {
-            after: 2,
-            within_us: 60_000_000,
-            duration_us: 60_000_000,
-            factor: 1.0,
-            max_duration_us: 60_000_000,
-            lookback_us: 0,
-            scope: BanScope::Resource,
-        };
+        let ban = fixed_ban(2, 60_000_000);
         let keys: Vec<String> = (0..5_000)
             .map(|i| format!("a-key-long-enough-to-live-on-the-heap-{i}"))
             .chain((0..5_000).map(|i| i.to_string()))
@@ -587,15 +594,7 @@ mod tests {
     fn the_sweep_counts_the_keys_banned_now() {
         let store = store(4, 1_000);
         let limits = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(1, 60_000_000)));
-        let ban = Ban {
-            after: 1,
-            within_us: 60_000_000,
-            duration_us: 5_000_000,
-            factor: 1.0,
-            max_duration_us: 5_000_000,
-            lookback_us: 0,
-            scope: BanScope::Resource,
-        };
+        let ban = fixed_ban(1, 5_000_000);
         for key in ["a", "b", "c"] {
             store.check_now(bucket(key), &limits, Bans::policy(&ban), 1);
         }
