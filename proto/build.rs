@@ -5,7 +5,7 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = ["sluice/v1/ratelimiter.proto"];
+    let protos = ["sluice/v1/ratelimiter.proto", "sluice/v1/admin.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -12,6 +12,7 @@ use sluice::{
 };
 
 use crate::{
+    admin::AdminAccess,
     engine::{LoadModel, RunConfig},
     keys::Distribution,
     schedule::Schedule,
@@ -55,10 +56,13 @@ pub struct DemoOptions {
 async fn start_node(
     backend: &str,
     (grpc_port, http_port): (u16, u16),
+    admin_token: &str,
 ) -> anyhow::Result<RunningServer> {
     let overrides = Overrides {
         grpc_addr: Some(format!("127.0.0.1:{grpc_port}")),
         http_addr: Some(format!("127.0.0.1:{http_port}")),
+        admin_addr: Some("127.0.0.1:0".into()),
+        admin_tokens: Some(format!("demo:admin:{admin_token}")),
         ..Overrides::default()
     };
     let config = Config::parse(&format!("{backend}{RULES}"), "demo", &overrides)?;
@@ -74,6 +78,8 @@ pub struct DemoNodes {
     pub targets: Vec<Endpoint>,
     /// Each node's /metrics URL.
     pub metrics: Vec<String>,
+    /// Each node's admin API, with this run's admin token (random, made at start).
+    pub admin: AdminAccess,
 }
 
 impl DemoNodes {
@@ -97,10 +103,19 @@ impl DemoNodes {
             );
             local_redis = Some(local);
         }
+        let token = crate::admin::random_token();
         let mut nodes = Vec::new();
         for &pair in ports {
-            nodes.push(start_node(&backend, pair).await?);
+            nodes.push(start_node(&backend, pair, &token).await?);
         }
+        let admin = AdminAccess {
+            addrs: nodes
+                .iter()
+                .filter_map(|node| node.admin_addr)
+                .map(|addr| addr.to_string())
+                .collect(),
+            token,
+        };
         let mut targets = Vec::new();
         for node in &nodes {
             for url in [
@@ -119,6 +134,7 @@ impl DemoNodes {
             redis: local_redis,
             targets,
             metrics,
+            admin,
         })
     }
 
@@ -156,6 +172,7 @@ pub async fn run_demo(options: &DemoOptions) -> anyhow::Result<SessionOutcome> {
     config.distribution = DEMO_DISTRIBUTION;
     config.resource = DEMO_RESOURCE.into();
     config.reset = true;
+    config.admin = Some(nodes.admin.clone());
     config.interval = Duration::from_millis(500);
     let session = SessionOptions {
         command: options.command.clone(),

@@ -5,6 +5,7 @@
 //! previous request completes. Every run is bounded by a request count or a duration and
 //! stops itself.
 
+use anyhow::Context as _;
 use parking_lot::{Mutex, RwLock};
 use std::{
     pin::Pin,
@@ -19,6 +20,7 @@ use timeline::Timeline;
 use tokio::sync::watch;
 
 use crate::{
+    admin::{self, AdminAccess},
     keys::{Distribution, KeyPicker, KeySpace},
     metrics::ClientMetrics,
     schedule::Schedule,
@@ -58,8 +60,10 @@ pub struct RunConfig {
     pub retry_backoff: Duration,
     /// Retry denied requests after the retry-after the service returned (within `retries`).
     pub honor_retry_after: bool,
-    /// Reset the limiter's state of every key before the run.
+    /// Reset the limiter's state of every key before the run (through `admin`).
     pub reset: bool,
+    /// The limiter's admin API, which a reset goes through.
+    pub admin: Option<AdminAccess>,
     pub interval: Duration,
     pub call: Call,
     /// The generator's own Prometheus metrics, when served (`--metrics-addr`).
@@ -87,6 +91,7 @@ impl RunConfig {
             retry_backoff: Duration::from_millis(50),
             honor_retry_after: false,
             reset: false,
+            admin: None,
             interval: Duration::from_secs(1),
             call: Call::Check,
             metrics: None,
@@ -102,6 +107,12 @@ impl RunConfig {
         }
         let staged =
             matches!(&self.model, LoadModel::Open { schedule, .. } if schedule.length().is_some());
+        if self.reset && self.admin.is_none() {
+            problems.push(format!(
+                "--reset: resetting keys is an admin call; give --admin-addr HOST:PORT (the service's admin.addr) and an admin token in {}",
+                crate::admin::TOKEN_ENV
+            ));
+        }
         if self.requests.is_none() && self.duration.is_none() && !staged {
             problems.push("--requests or --duration: a run must be bounded; give one".into());
         }
@@ -399,8 +410,10 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Run> {
         &config.resource,
         config.cost,
     )?;
-    if config.reset {
-        reset_keys(&mut clients[0], &keys, &config.resource).await?;
+    if config.reset
+        && let Some(admin) = &config.admin
+    {
+        admin::reset_keys(admin, &keys, &config.resource).await?;
     }
     let workers = match &config.model {
         LoadModel::Closed { concurrency } => *concurrency,
@@ -653,25 +666,16 @@ fn due_before(schedule: &Schedule, window: Duration) -> u64 {
     low
 }
 
-async fn reset_keys(
-    client: &mut TargetClient,
-    keys: &KeySpace,
-    resource: &str,
-) -> anyhow::Result<()> {
-    for name in keys.names() {
-        client.reset(name, resource).await?;
-    }
-    Ok(())
-}
-
-/// Resets the limiter's state of every key on every target (a live run's `r` key).
+/// Resets the limiter's state of every key (a live run's `r` key), through its admin API.
 pub async fn reset_all(config: &RunConfig) -> anyhow::Result<()> {
+    let admin = config.admin.as_ref().with_context(|| {
+        format!(
+            "reset needs the limiter's admin API: start with --admin-addr and {}",
+            crate::admin::TOKEN_ENV
+        )
+    })?;
     let keys = KeySpace::new(&config.key_prefix, config.keys);
-    for endpoint in &config.targets {
-        let mut client = TargetClient::connect(endpoint, 1).await?;
-        reset_keys(&mut client, &keys, &config.resource).await?;
-    }
-    Ok(())
+    admin::reset_keys(admin, &keys, &config.resource).await
 }
 
 /// How many recorders `workers` share: two per core the generator may run on, at most one

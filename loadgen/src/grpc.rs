@@ -29,7 +29,6 @@ use crate::hpack;
 use crate::target::ErrorKind;
 
 pub const CHECK: &str = "/sluice.v1.RateLimiter/Check";
-pub const RESET: &str = "/sluice.v1.RateLimiter/Reset";
 pub const HEALTH: &str = "/grpc.health.v1.Health/Check";
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -5,6 +5,7 @@
 //! `engine` drives load into `stats`; `session` runs one test end to end (ledger, `report`);
 //! `demo` embeds the service and runs a session against it; `main.rs` only parses flags.
 
+pub mod admin;
 pub mod compare;
 pub mod demo;
 pub mod engine;

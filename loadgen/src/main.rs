@@ -5,6 +5,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use loadgen::{
+    admin::AdminAccess,
     compare,
     demo::{DEMO_DISTRIBUTION, DEMO_KEYS, DEMO_RESOURCE, DemoNodes, DemoOptions, run_demo},
     engine::{LoadModel, RunConfig},
@@ -131,9 +132,15 @@ struct RunArgs {
     /// Also retry denied requests once their retry-after has passed (within --retries).
     #[arg(long)]
     honor_retry_after: bool,
-    /// Reset the limiter's state of every key before the run.
+    /// Reset the limiter's state of every key before the run, through its admin API
+    /// (needs --admin-addr).
     #[arg(long)]
     reset: bool,
+    /// The service's admin API (its admin.addr), HOST:PORT, for --reset; repeat it for
+    /// memory-backed nodes, which each hold their own state. The admin-role token is read
+    /// from SLUICE_ADMIN_TOKEN, never from a flag (the command line goes into reports).
+    #[arg(long = "admin-addr")]
+    admin_addrs: Vec<String>,
     /// Timeline resolution.
     #[arg(long, value_parser = duration, default_value = "1s")]
     interval: Duration,
@@ -165,6 +172,10 @@ struct TuiArgs {
     /// A service's /metrics URL for the service's own view (repeatable).
     #[arg(long = "service-metrics")]
     service_metrics: Vec<String>,
+    /// The service's admin API (HOST:PORT, repeatable) for the reset key; the token is read
+    /// from SLUICE_ADMIN_TOKEN.
+    #[arg(long = "admin-addr")]
+    admin_addrs: Vec<String>,
     /// Open model rate (req/s).
     #[arg(long)]
     rate: Option<f64>,
@@ -199,8 +210,9 @@ struct TuiArgs {
 }
 
 impl TuiArgs {
-    fn form(&self) -> Form {
+    fn form(&self) -> anyhow::Result<Form> {
         let mut form = Form::with_targets(&self.targets, &self.service_metrics);
+        form.admin = AdminAccess::from_env(self.admin_addrs.clone())?;
         let set = |slot: &mut String, value: Option<String>| {
             if let Some(value) = value {
                 *slot = value;
@@ -218,7 +230,7 @@ impl TuiArgs {
         set(&mut form.cost, self.cost.map(|c| c.to_string()));
         set(&mut form.timeout, self.timeout.clone());
         set(&mut form.retries, self.retries.map(|r| r.to_string()));
-        form
+        Ok(form)
     }
 }
 
@@ -290,6 +302,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
             let mut config = run_config(&args);
+            config.admin = AdminAccess::from_env(args.admin_addrs.clone())?;
             if let Some(addr) = args.metrics_addr {
                 let targets: Vec<String> = config.targets.iter().map(|t| t.url.clone()).collect();
                 let metrics = loadgen::metrics::ClientMetrics::new(&targets);
@@ -315,7 +328,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Tui(args) => {
             let options = TuiOptions {
-                form: args.form(),
+                form: args.form()?,
                 results: args.results.clone(),
                 name: args.name.clone(),
                 command: command_line(),
@@ -335,6 +348,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             form.keys = DEMO_KEYS.to_string();
             form.distribution = DEMO_DISTRIBUTION.to_string();
             form.resource = DEMO_RESOURCE.into();
+            form.admin = Some(nodes.admin.clone());
             let options = TuiOptions {
                 form,
                 results: args.results.clone(),

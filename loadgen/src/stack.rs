@@ -73,6 +73,12 @@ impl Stack {
                 i + 1
             ));
         }
+        lines.push(format!(
+            "admin       {} (export {}={} for loadgen --reset --admin-addr)",
+            self.nodes.admin.addrs.join("  "),
+            crate::admin::TOKEN_ENV,
+            self.nodes.admin.token
+        ));
         lines
     }
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use hyper::{Uri, header::HeaderValue};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
-use sluice_proto::v1::{CheckRequest, Decision, ResetRequest};
+use sluice_proto::v1::{CheckRequest, Decision};
 use tonic_health::pb::{HealthCheckResponse, health_check_response::ServingStatus};
 
 use crate::{grpc, http1};
@@ -315,7 +315,6 @@ pub struct GrpcClient {
     connection: grpc::Connection,
     check: grpc::RequestHead,
     health: grpc::RequestHead,
-    reset: grpc::RequestHead,
 }
 
 impl GrpcClient {
@@ -324,7 +323,6 @@ impl GrpcClient {
         Ok(Self {
             check: connection.request_head(grpc::CHECK),
             health: connection.request_head(grpc::HEALTH),
-            reset: connection.request_head(grpc::RESET),
             connection,
         })
     }
@@ -381,7 +379,7 @@ pub enum TargetClient {
 /// Sends the request made of `parts` on the worker's connection, dialed if it has none (or
 /// the server closed it while idle), and returns the status and body. A connection that failed
 /// or will not be kept is dropped, so the next request redials.
-async fn http_exchange(
+pub(crate) async fn http_exchange(
     slot: &mut Option<http1::Connection>,
     authority: &str,
     parts: &[&[u8]],
@@ -408,7 +406,7 @@ fn request_line(method: &str, target: &str) -> Result<Bytes, hyper::http::uri::I
 
 const HEALTH_LINE: &[u8] = b"GET /healthz HTTP/1.1\r\n";
 
-/// The parts of a POST with no body that carries `key` as its API key (check and reset).
+/// The parts of a POST with no body that carries `key` as its API key.
 fn keyed_post<'a>(line: &'a [u8], host: &'a [u8], key: &'a [u8]) -> [&'a [u8]; 5] {
     [
         line,
@@ -684,43 +682,6 @@ impl TargetClient {
                 })
             }
         }
-    }
-
-    /// Forgets the limiter's state for `key` so a run starts from a full quota.
-    pub async fn reset(&mut self, key: &str, resource: &str) -> anyhow::Result<()> {
-        match self {
-            TargetClient::Grpc(clients) => {
-                let client = &mut clients[0];
-                let request = grpc::frame(&ResetRequest {
-                    key: key.to_owned(),
-                    resource: resource.to_owned(),
-                });
-                let reset = async {
-                    client.reconnect_if_closed().await?;
-                    client.connection.unary(&client.reset, &request).await
-                };
-                reset
-                    .await
-                    .map_err(|kind| anyhow::anyhow!("reset of {key}: {}", kind.label()))?;
-            }
-            TargetClient::Http {
-                authority,
-                host,
-                connection,
-            } => {
-                let line = request_line("POST", &format!("/reset?resource={resource}"))?;
-                let key_value = HeaderValue::from_str(key)?;
-                let request = keyed_post(&line, host, key_value.as_bytes());
-                let (status, _) = http_exchange(connection, authority, &request)
-                    .await
-                    .map_err(|kind| anyhow::anyhow!("reset of {key}: {}", kind.label()))?;
-                anyhow::ensure!(
-                    (200..300).contains(&status),
-                    "reset of {key} answered {status}"
-                );
-            }
-        }
-        Ok(())
     }
 }
 

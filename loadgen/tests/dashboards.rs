@@ -262,6 +262,7 @@ async fn every_panel_and_rule_returns_data_from_a_live_run() {
     config.distribution = Distribution::Hot(0.5);
     config.resource = "api".into();
     config.reset = true;
+    config.admin = Some(stack.nodes.admin.clone());
     config.metrics = Some(metrics);
     let session = SessionOptions {
         command: "dashboards test".into(),

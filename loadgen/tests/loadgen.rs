@@ -12,11 +12,13 @@ use std::{
 };
 
 use loadgen::{
+    admin::{self, AdminAccess},
     engine::{LoadModel, RunConfig},
+    keys::KeySpace,
     report::{self, CHART_FILES},
     schedule::Schedule,
     session::{SessionOptions, run_session},
-    target::Endpoint,
+    target::{Endpoint, TargetClient},
 };
 use sluice::{
     config::{Config, Overrides},
@@ -27,10 +29,15 @@ use sluice::{
 /// Load tests measure time on two cores; run them one at a time so they do not skew each other.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The admin token of every service these tests start.
+const ADMIN_TOKEN: &str = "loadgen-test-admin-token";
+
 async fn start_service(config: &str) -> RunningServer {
     let overrides = Overrides {
         grpc_addr: Some("127.0.0.1:0".into()),
         http_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        admin_tokens: Some(format!("loadgen:admin:{ADMIN_TOKEN}")),
         ..Overrides::default()
     };
     server::start(Config::parse(config, "test", &overrides).unwrap())
@@ -198,7 +205,77 @@ fn ledger_run(nodes: &[RunningServer]) -> RunConfig {
     config.keys = 5;
     config.resource = "ledger".into();
     config.reset = true;
+    config.admin = Some(admin_access(nodes));
     config
+}
+
+fn admin_access(nodes: &[RunningServer]) -> AdminAccess {
+    AdminAccess {
+        addrs: nodes
+            .iter()
+            .map(|node| node.admin_addr.unwrap().to_string())
+            .collect(),
+        token: ADMIN_TOKEN.into(),
+    }
+}
+
+#[tokio::test]
+async fn reset_goes_through_the_admin_api_with_its_token() {
+    let node = start_service(NO_REFILL).await;
+    let mut client = TargetClient::connect(&grpc(&node), 1).await.unwrap();
+    let timeout = Duration::from_secs(2);
+    assert!(
+        client
+            .check("key-0", "ledger", 50, timeout)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        !client
+            .check("key-0", "ledger", 1, timeout)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let keys = KeySpace::new("key-", 1);
+    let mut wrong = admin_access(std::slice::from_ref(&node));
+    wrong.token = "not-the-admin-token-at-all".into();
+    let refused = admin::reset_keys(&wrong, &keys, "ledger")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("answered 401"),
+        "{refused:#}"
+    );
+    assert!(
+        !client
+            .check("key-0", "ledger", 1, timeout)
+            .await
+            .unwrap()
+            .allowed
+    );
+    admin::reset_keys(&admin_access(std::slice::from_ref(&node)), &keys, "ledger")
+        .await
+        .unwrap();
+    assert!(
+        client
+            .check("key-0", "ledger", 1, timeout)
+            .await
+            .unwrap()
+            .allowed
+    );
+
+    let mut config = ledger_run(std::slice::from_ref(&node));
+    config.admin = None;
+    let problems = config.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|problem| problem.starts_with("--reset") && problem.contains("--admin-addr")),
+        "{problems:?}"
+    );
+    node.stop().await.unwrap();
 }
 
 fn metrics_urls(nodes: &[RunningServer]) -> Vec<String> {

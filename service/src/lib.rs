@@ -4,8 +4,10 @@
 //! metrics) → [`store::Store`] (state, atomically per key) → [`algorithm`] (pure decision).
 //! See `docs/architecture.md`.
 
+pub mod admin;
 pub mod algorithm;
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod decision_log;

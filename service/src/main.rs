@@ -41,6 +41,11 @@ struct Args {
     /// (server.shadow).
     #[arg(long, env = "SLUICE_SHADOW")]
     shadow: bool,
+    /// Admin API listen address (admin.addr); off unless set. Its tokens come from
+    /// admin.tokens_file or the SLUICE_ADMIN_TOKENS environment variable (`name:role:token`
+    /// entries, comma-separated), never from a flag, which any local user could read.
+    #[arg(long, env = "SLUICE_ADMIN_ADDR")]
+    admin_addr: Option<String>,
     /// Validate the configuration, print a summary and exit.
     #[arg(long)]
     check_config: bool,
@@ -63,6 +68,8 @@ fn main() -> ExitCode {
         max_key_bytes: args.max_key_bytes,
         shards: args.shards,
         shadow: args.shadow.then_some(true),
+        admin_addr: args.admin_addr,
+        admin_tokens: std::env::var("SLUICE_ADMIN_TOKENS").ok(),
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(config) => config,
@@ -104,6 +111,10 @@ fn main() -> ExitCode {
                 limits.join(", "),
                 if rule.shadow { " (shadow)" } else { "" }
             );
+        }
+        match &config.admin {
+            Some(admin) => println!("admin API on {}: {:?}", admin.addr, admin.tokens),
+            None => println!("admin API off (no admin.addr)"),
         }
         return ExitCode::SUCCESS;
     }

@@ -34,6 +34,7 @@ pub struct Metrics {
     fallback_decisions: IntCounterVec,
     fallback_active: IntGauge,
     bans_started: IntCounterVec,
+    admin_requests: IntCounterVec,
 }
 
 /// Handles resolved once per rule, so the hot path never looks up a label set.
@@ -181,6 +182,14 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::BUILD_COMMIT])
             .set(1);
+        let admin_requests = IntCounterVec::new(
+            Opts::new(
+                "sluice_admin_requests_total",
+                "Admin API requests by action and result (ok, invalid, error, unauthenticated, forbidden).",
+            ),
+            &["action", "result"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(remaining_ratio.clone()),
@@ -196,6 +205,7 @@ impl Metrics {
             Box::new(fallback_decisions.clone()),
             Box::new(fallback_active.clone()),
             Box::new(bans_started.clone()),
+            Box::new(admin_requests.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -218,7 +228,20 @@ impl Metrics {
             fallback_decisions,
             fallback_active,
             bans_started,
+            admin_requests,
         }
+    }
+
+    /// One admin request: `action` is a route's name, from code, never from the request.
+    pub fn admin_request(&self, action: &str, result: &str) {
+        self.admin_requests
+            .with_label_values(&[action, result])
+            .inc();
+    }
+
+    /// An admin request refused before it reached an action.
+    pub fn admin_refused(&self, result: &str) {
+        self.admin_request("any", result);
     }
 
     /// The handles the Redis store records into.

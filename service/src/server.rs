@@ -16,6 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::{
+    admin,
     api::{grpc::GrpcApi, http},
     clock::Clock,
     config::{BackendConfig, Config},
@@ -36,6 +37,8 @@ pub enum ServerError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error("admin API server failed: {0}")]
+    Admin(std::io::Error),
     /// The store's error is part of this message, not a source, so it prints once.
     #[error("cannot reach Redis at {urls} (backend.redis.urls): {reason}")]
     Store {
@@ -48,6 +51,8 @@ pub enum ServerError {
 pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The admin API's address, when `admin.addr` is configured.
+    pub admin_addr: Option<SocketAddr>,
     limiter: Arc<Limiter<Backend>>,
     shutdown: watch::Sender<bool>,
     done: JoinHandle<Result<(), ServerError>>,
@@ -117,6 +122,15 @@ pub async fn start_with(
     };
     let grpc_addr = local(&grpc_listener, "gRPC", config.server.grpc_addr)?;
     let http_addr = local(&http_listener, "HTTP", config.server.http_addr)?;
+    let admin_listener = match &config.admin {
+        Some(admin) => {
+            let listener = bind("admin", admin.addr).await?;
+            let addr = local(&listener, "admin", admin.addr)?;
+            Some((listener, addr, admin.tokens.clone()))
+        }
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().map(|(_, addr, _)| *addr);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(true));
@@ -148,12 +162,23 @@ pub async fn start_with(
     let http = axum::serve(http_listener, http::router(limiter.clone(), ready.clone()))
         .with_graceful_shutdown(drained(shutdown_rx.clone()));
 
+    let admin = admin_listener.map(|(listener, _, tokens)| {
+        axum::serve(listener, admin::router(limiter.clone(), tokens))
+            .with_graceful_shutdown(drained(shutdown_rx.clone()))
+    });
+
     let upkeep = spawn_upkeep(&config, limiter.clone(), shutdown_rx.clone());
     let grace = config.server.shutdown_grace;
     let mut on_shutdown = shutdown_rx;
     let done = tokio::spawn(async move {
         let grpc = tokio::spawn(grpc);
         let http = tokio::spawn(async move { http.await.map_err(ServerError::Http) });
+        let admin = tokio::spawn(async move {
+            match admin {
+                Some(admin) => admin.await.map_err(ServerError::Admin),
+                None => Ok(()),
+            }
+        });
         let _ = on_shutdown.wait_for(|stop| *stop).await;
         ready.store(false, Ordering::Relaxed);
         health_reporter
@@ -163,7 +188,8 @@ pub async fn start_with(
         let drain = async {
             let grpc = grpc.await.expect("gRPC task does not panic");
             let http = http.await.expect("HTTP task does not panic");
-            grpc.map_err(ServerError::from).and(http)
+            let admin = admin.await.expect("admin task does not panic");
+            grpc.map_err(ServerError::from).and(http).and(admin)
         };
         let result = match tokio::time::timeout(grace, drain).await {
             Ok(result) => result,
@@ -175,10 +201,14 @@ pub async fn start_with(
         upkeep.abort();
         result
     });
-    info!(%grpc_addr, %http_addr, "sluice listening");
+    match admin_addr {
+        Some(admin_addr) => info!(%grpc_addr, %http_addr, %admin_addr, "sluice listening"),
+        None => info!(%grpc_addr, %http_addr, "sluice listening (admin API off: no admin.addr)"),
+    }
     Ok(RunningServer {
         grpc_addr,
         http_addr,
+        admin_addr,
         limiter,
         shutdown,
         done,

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use sluice_proto::v1::{CheckRequest, Decision, ResetRequest, StatusRequest};
+use sluice_proto::v1::{CheckRequest, Decision, StatusRequest};
 use tonic::Code;
 
 const RULES: &str = r#"
@@ -90,7 +90,7 @@ async fn grpc_check_reports_the_whole_decision() {
 }
 
 #[tokio::test]
-async fn grpc_status_reads_and_reset_clears() {
+async fn grpc_status_reads_a_key_without_spending() {
     let server = common::start(RULES).await;
     let mut client = common::grpc_client(&server).await;
     let status = |key: &str| StatusRequest {
@@ -118,21 +118,6 @@ async fn grpc_status_reads_and_reset_clears() {
         "per-key override"
     );
 
-    let reset = ResetRequest {
-        key: "carol".into(),
-        resource: "exact".into(),
-    };
-    assert!(
-        client
-            .reset(reset.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .existed
-    );
-    assert!(!client.reset(reset).await.unwrap().into_inner().existed);
-    let read = client.status(status("carol")).await.unwrap().into_inner();
-    assert_eq!((read.used, read.remaining), (0, 3));
     server.stop().await.unwrap();
 }
 
@@ -407,77 +392,6 @@ async fn http_rejects_bad_input_naming_the_field() {
 }
 
 #[tokio::test]
-async fn http_reset_reads_its_body_and_one_key() {
-    let server = common::start(RULES).await;
-    let http = reqwest::Client::new();
-    let spend = || {
-        http.post(common::http_url(&server, "/check?resource=exact"))
-            .header("X-API-Key", "k")
-            .send()
-    };
-    let remaining = || async {
-        let status = http
-            .get(common::http_url(&server, "/status?resource=exact"))
-            .header("X-API-Key", "k")
-            .send()
-            .await
-            .unwrap();
-        status.json::<serde_json::Value>().await.unwrap()["remaining"]
-            .as_u64()
-            .unwrap()
-    };
-    spend().await.unwrap();
-    assert_eq!(remaining().await, 2);
-    let refused = [
-        (r#"{"key":"k"}"#, "body", "X-API-Key"),
-        ("{not json", "body", "not a valid reset request"),
-    ];
-    for (body, field, expected) in refused {
-        let response = http
-            .post(common::http_url(&server, "/reset"))
-            .header("X-API-Key", "k")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400);
-        let problem: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(problem["field"], field, "{problem}");
-        assert!(
-            problem["detail"].as_str().unwrap().contains(expected),
-            "{problem}"
-        );
-    }
-    let two_keys = http
-        .post(common::http_url(&server, "/reset?resource=exact"))
-        .header("X-API-Key", "k")
-        .header("X-API-Key", "k2")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(two_keys.status(), 400);
-    assert_eq!(
-        remaining().await,
-        2,
-        "nothing was reset by a refused request"
-    );
-    let reset = http
-        .post(common::http_url(&server, "/reset"))
-        .header("X-API-Key", "k")
-        .body(r#"{"resource":"exact"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        reset.json::<serde_json::Value>().await.unwrap()["existed"],
-        true,
-        "the body's resource is the one reset"
-    );
-    assert_eq!(remaining().await, 3);
-    server.stop().await.unwrap();
-}
-
-#[tokio::test]
 async fn http_status_reset_metrics_and_probes() {
     let server = common::start(RULES).await;
     let http = reqwest::Client::new();
@@ -502,16 +416,7 @@ async fn http_status_reset_metrics_and_probes() {
         (Some(2), Some(1))
     );
 
-    let reset = http
-        .post(common::http_url(&server, "/reset?resource=exact"))
-        .header("X-API-Key", "secret-client-key")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        reset.json::<serde_json::Value>().await.unwrap()["existed"],
-        true
-    );
+    assert!(common::admin_reset(&server, "secret-client-key", "exact").await);
 
     let metrics = common::metrics_text(&server).await;
     assert!(
@@ -690,5 +595,32 @@ async fn grpc_advertises_its_stream_limit() {
         "one connection may hold at most the configured streams"
     );
     driver.abort();
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn http_refuses_two_api_keys_and_spends_neither() {
+    let server = common::start(RULES).await;
+    let http = reqwest::Client::new();
+    let two_keys = http
+        .post(common::http_url(&server, "/check?resource=exact"))
+        .header("X-API-Key", "k")
+        .header("X-API-Key", "k2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two_keys.status(), 400);
+    let problem: serde_json::Value = two_keys.json().await.unwrap();
+    assert_eq!(problem["field"], "key", "{problem}");
+    for key in ["k", "k2"] {
+        let status = http
+            .get(common::http_url(&server, "/status?resource=exact"))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = status.json().await.unwrap();
+        assert_eq!(body["remaining"], 3, "{key} was not charged");
+    }
     server.stop().await.unwrap();
 }

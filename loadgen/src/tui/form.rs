@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::{
+    admin::AdminAccess,
     engine::{LoadModel, MAX_RUN, RunConfig},
     keys::Distribution,
     schedule::Schedule,
@@ -109,6 +110,9 @@ pub struct Form {
     pub retries: String,
     pub service_metrics: String,
     pub selected: usize,
+    /// The service's admin API, for the reset key; not a field of the form (its token comes
+    /// from the environment).
+    pub admin: Option<AdminAccess>,
 }
 
 impl Default for Form {
@@ -129,6 +133,7 @@ impl Default for Form {
             retries: "0".into(),
             service_metrics: String::new(),
             selected: 0,
+            admin: None,
         }
     }
 }
@@ -408,6 +413,7 @@ impl Form {
         config.timeout = duration(&self.timeout).unwrap_or(config.timeout);
         config.retries = self.retries.trim().parse().unwrap_or(0);
         config.interval = LIVE_INTERVAL;
+        config.admin = self.admin.clone();
         // The engine's own checks, placed next to the field they concern.
         let problems: Vec<(Field, String)> = config
             .problems()

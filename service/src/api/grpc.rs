@@ -19,7 +19,6 @@ pub struct GrpcApi {
     limiter: Arc<Limiter<Backend>>,
     check_duration: Histogram,
     status_duration: Histogram,
-    reset_duration: Histogram,
 }
 
 impl GrpcApi {
@@ -28,7 +27,6 @@ impl GrpcApi {
         RateLimiterServer::new(Self {
             check_duration: metrics.request_duration(Api::Grpc, "check"),
             status_duration: metrics.request_duration(Api::Grpc, "status"),
-            reset_duration: metrics.request_duration(Api::Grpc, "reset"),
             limiter,
         })
     }
@@ -49,15 +47,20 @@ impl GrpcApi {
     }
 
     fn status_of(&self, err: LimiterError) -> Status {
-        match err {
-            LimiterError::Invalid(err) => {
-                self.limiter
-                    .metrics()
-                    .invalid_request(Api::Grpc, err.field());
-                Status::invalid_argument(err.to_string())
-            }
-            LimiterError::Store(err) => Status::unavailable(err.to_string()),
+        if let LimiterError::Invalid(err) = &err {
+            self.limiter
+                .metrics()
+                .invalid_request(Api::Grpc, err.field());
         }
+        grpc_status(err)
+    }
+}
+
+/// A limiter error as the gRPC status a client sees: its own mistake, or the store's.
+pub fn grpc_status(err: LimiterError) -> Status {
+    match err {
+        LimiterError::Invalid(err) => Status::invalid_argument(err.to_string()),
+        LimiterError::Store(err) => Status::unavailable(err.to_string()),
     }
 }
 
@@ -155,17 +158,5 @@ impl RateLimiter for GrpcApi {
             })
         };
         self.timed(&self.status_duration, work).await
-    }
-
-    async fn reset(
-        &self,
-        request: Request<pb::ResetRequest>,
-    ) -> Result<Response<pb::ResetResponse>, Status> {
-        let request = request.into_inner();
-        let work = async {
-            let existed = self.limiter.reset(&request.key, &request.resource).await?;
-            Ok(pb::ResetResponse { existed })
-        };
-        self.timed(&self.reset_duration, work).await
     }
 }

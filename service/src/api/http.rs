@@ -1,5 +1,5 @@
-//! The HTTP API: `POST /check`, `GET /status`, `POST /reset`, plus `/metrics`, `/healthz`
-//! and `/readyz`. Check and status answers carry the IETF `RateLimit-Policy` / `RateLimit`
+//! The public HTTP API: `POST /check`, `GET /status`, plus `/metrics`, `/healthz` and
+//! `/readyz`. Resetting a key is an admin call (`crate::admin`), never on this port. Check and status answers carry the IETF `RateLimit-Policy` / `RateLimit`
 //! headers, `Retry-After` on 429, and the `X-RateLimit-*` forms gateways still expect.
 
 use std::{
@@ -17,7 +17,7 @@ use axum::{
     extract::{Query, State, rejection::QueryRejection},
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get, post},
 };
 use prometheus::Histogram;
 use serde::Deserialize;
@@ -47,7 +47,6 @@ struct HttpState {
     ready: Arc<AtomicBool>,
     check_duration: Histogram,
     status_duration: Histogram,
-    reset_duration: Histogram,
 }
 
 /// The router; `ready` turns false when the server starts draining.
@@ -56,14 +55,13 @@ pub fn router(limiter: Arc<Limiter<Backend>>, ready: Arc<AtomicBool>) -> Router 
     let state = Arc::new(HttpState {
         check_duration: metrics.request_duration(Api::Http, "check"),
         status_duration: metrics.request_duration(Api::Http, "status"),
-        reset_duration: metrics.request_duration(Api::Http, "reset"),
         limiter,
         ready,
     });
     Router::new()
         .route("/check", post(check))
         .route("/status", get(status))
-        .route("/reset", post(reset))
+        .route("/reset", any(reset_moved))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -83,22 +81,15 @@ struct CheckBody {
     cost: Option<u64>,
 }
 
-/// The client key always travels in `X-API-Key`, never in a body.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResetBody {
-    resource: Option<String>,
-}
-
 /// A 4xx/5xx answer as RFC 9457 problem details naming the field at fault.
-struct Problem {
-    status: StatusCode,
-    field: &'static str,
-    detail: String,
+pub(crate) struct Problem {
+    pub(crate) status: StatusCode,
+    pub(crate) field: &'static str,
+    pub(crate) detail: String,
 }
 
 impl Problem {
-    fn bad_request(field: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(field: &'static str, detail: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             field,
@@ -125,8 +116,8 @@ impl IntoResponse for Problem {
     }
 }
 
-impl HttpState {
-    fn problem(&self, err: LimiterError) -> Problem {
+impl From<LimiterError> for Problem {
+    fn from(err: LimiterError) -> Self {
         match err {
             LimiterError::Invalid(err) => Problem::bad_request(err.field(), err.to_string()),
             LimiterError::Store(err) => Problem {
@@ -135,6 +126,12 @@ impl HttpState {
                 detail: err.to_string(),
             },
         }
+    }
+}
+
+impl HttpState {
+    fn problem(&self, err: LimiterError) -> Problem {
+        Problem::from(err)
     }
 
     fn count_invalid(&self, problem: &Problem) {
@@ -247,7 +244,7 @@ async fn check_inner(
 }
 
 /// Every limit of the verdict's rule with its answer, for a JSON body.
-fn limits_json(verdict: &Verdict<'_>) -> Value {
+pub(crate) fn limits_json(verdict: &Verdict<'_>) -> Value {
     verdict
         .limits()
         .map(|(limit, decision)| {
@@ -389,9 +386,8 @@ pub fn rate_limit_headers(verdict: &Verdict<'_>, denied: bool) -> HeaderMap {
     headers
 }
 
-/// The client key and resource of a status or reset request.
 /// A request's optional JSON body: empty (or whitespace) is the default.
-fn json_body<T: serde::de::DeserializeOwned + Default>(
+pub(crate) fn json_body<T: serde::de::DeserializeOwned + Default>(
     body: &[u8],
     what: &str,
     example: &str,
@@ -455,25 +451,14 @@ async fn status(
     respond(&state, &state.status_duration, work).await
 }
 
-async fn reset(
-    State(state): State<Arc<HttpState>>,
-    headers: HeaderMap,
-    params: Result<Query<Params>, QueryRejection>,
-    body: Bytes,
-) -> Response {
-    let work = async {
-        let key = api_key(&headers)?;
-        let params = query(params)?;
-        let body: ResetBody = json_body(&body, "reset", r#"{"resource":"api"}"#)?;
-        let resource = one_resource(params.resource.as_deref(), body.resource.as_deref())?;
-        let existed = state
-            .limiter
-            .reset(key, resource)
-            .await
-            .map_err(|err| state.problem(err))?;
-        Ok(Json(json!({ "existed": existed })).into_response())
-    };
-    respond(&state, &state.reset_duration, work).await
+/// Reset used to be public, which let any client clear any key's quota; say where it went.
+async fn reset_moved() -> Response {
+    Problem {
+        status: StatusCode::NOT_FOUND,
+        field: "path",
+        detail: "reset is an admin call now: POST /v1/keys/reset on the admin listener (admin.addr) with an admin token; see docs/admin-api.md".to_owned(),
+    }
+    .into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<HttpState>>) -> Response {

@@ -2,6 +2,7 @@
 //! whole. Validation reports every problem at once, each with its field path and the fix, and
 //! yields either a complete [`Config`] or nothing: the service never starts half-configured.
 
+mod admin_config;
 mod ban_config;
 mod duration;
 pub mod rule_config;
@@ -15,6 +16,7 @@ use std::{
 
 use serde::Deserialize;
 
+pub use admin_config::AdminConfig;
 pub use duration::parse_duration;
 
 use crate::rules::RuleSet;
@@ -45,6 +47,8 @@ pub struct Config {
     pub limits: RequestLimits,
     pub backend: BackendConfig,
     pub rules: RuleSet,
+    /// Off unless `admin.addr` is set.
+    pub admin: Option<AdminConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +154,10 @@ pub struct Overrides {
     pub shards: Option<u64>,
     /// `Some(true)` puts every rule in shadow mode (`server.shadow`).
     pub shadow: Option<bool>,
+    /// `admin.addr`.
+    pub admin_addr: Option<String>,
+    /// Admin tokens as `name:role:token` entries; replaces `admin.tokens_file`.
+    pub admin_tokens: Option<String>,
 }
 
 /// One problem found by validation.
@@ -226,6 +234,7 @@ impl Config {
 #[serde(default, deny_unknown_fields)]
 struct RawConfig {
     server: RawServer,
+    admin: admin_config::RawAdmin,
     limits: RawLimits,
     backend: RawBackend,
     default_rule: Option<rule_config::RawRule>,
@@ -309,11 +318,14 @@ impl RawConfig {
         self.backend.memory.shards = overrides.shards.or(self.backend.memory.shards);
         self.limits.max_key_bytes = overrides.max_key_bytes.or(self.limits.max_key_bytes);
         self.server.shadow = overrides.shadow.or(self.server.shadow);
+        replace(&mut self.admin.addr, &overrides.admin_addr);
+        self.admin.tokens_env.clone_from(&overrides.admin_tokens);
     }
 
     fn validate(self) -> Result<Config, ConfigError> {
         let mut issues = Issues::default();
         let server = self.server.validate(&mut issues);
+        let admin = self.admin.validate(&server, &mut issues);
         let limits = self.limits.validate(&mut issues);
         let backend = self.backend.validate(&mut issues);
         let mut rules = rule_config::build_rule_set(
@@ -331,6 +343,7 @@ impl RawConfig {
                 limits,
                 backend,
                 rules,
+                admin,
             })
         } else {
             Err(ConfigError::Invalid(issues.0))

@@ -9,13 +9,22 @@ use sluice::{
     config::{Config, Overrides},
     server::{self, RunningServer},
 };
-use sluice_proto::v1::rate_limiter_client::RateLimiterClient;
+use sluice_proto::v1::{admin_client::AdminClient, rate_limiter_client::RateLimiterClient};
 use tonic::transport::Channel;
 
+/// The admin-role token of every test server.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The read-role token of every test server.
+pub const READ_TOKEN: &str = "test-read-token-0123456789";
+
+/// Every listener on a free loopback port, the admin API on, with [`ADMIN_TOKEN`] (caller
+/// `ops`) and [`READ_TOKEN`] (caller `grafana`).
 pub fn loopback_overrides() -> Overrides {
     Overrides {
         grpc_addr: Some("127.0.0.1:0".into()),
         http_addr: Some("127.0.0.1:0".into()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        admin_tokens: Some(format!("ops:admin:{ADMIN_TOKEN},grafana:read:{READ_TOKEN}")),
         ..Overrides::default()
     }
 }
@@ -42,6 +51,36 @@ pub async fn grpc_client(server: &RunningServer) -> RateLimiterClient<Channel> {
 
 pub fn http_url(server: &RunningServer, path: &str) -> String {
     format!("http://{}{}", server.http_addr, path)
+}
+
+pub fn admin_url(server: &RunningServer, path: &str) -> String {
+    let addr = server.admin_addr.expect("test servers run the admin API");
+    format!("http://{addr}{path}")
+}
+
+/// An admin gRPC client; its calls carry no token unless the test adds one.
+pub async fn admin_grpc_client(server: &RunningServer) -> AdminClient<Channel> {
+    let url = admin_url(server, "");
+    let channel = Channel::from_shared(url)
+        .expect("valid uri")
+        .connect()
+        .await
+        .expect("admin gRPC connects");
+    AdminClient::new(channel)
+}
+
+/// Resets `key` on `resource` through the admin API with the admin token; whether it had state.
+pub async fn admin_reset(server: &RunningServer, key: &str, resource: &str) -> bool {
+    let response = reqwest::Client::new()
+        .post(admin_url(server, "/v1/keys/reset"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "key": key, "resource": resource }))
+        .send()
+        .await
+        .expect("admin reset answers");
+    assert_eq!(response.status(), 200, "admin reset");
+    let body: serde_json::Value = response.json().await.expect("a JSON body");
+    body["existed"].as_bool().expect("existed is a bool")
 }
 
 /// The server's Prometheus text page, fetched over HTTP as a scraper would.

@@ -1,0 +1,166 @@
+//! The admin API: its own listener (`admin.addr`), never the public ports. Every request needs
+//! a bearer token ([`crate::auth`]); calls that change state need the admin role, and each one
+//! is written to the audit log ([`audit`]). One listener serves both protocols: JSON over HTTP
+//! (`http.rs`) and the `sluice.v1.Admin` gRPC service (`grpc.rs`), both thin adapters over the
+//! same [`Limiter`].
+
+mod audit;
+mod grpc;
+mod http;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{
+    api::http::limits_json,
+    auth::{AuthError, Principal, Role, Tokens},
+    limiter::{Limiter, LimiterError, Verdict},
+    metrics::Metrics,
+    store::Backend,
+};
+
+/// The admin router: authentication around everything, the admin role around what changes
+/// state.
+pub fn router(limiter: Arc<Limiter<Backend>>, tokens: Tokens) -> Router {
+    let metrics = limiter.metrics().clone();
+    let read = http::read_routes(limiter.clone());
+    let change = http::change_routes(limiter.clone())
+        .merge(grpc::routes(limiter))
+        .route_layer(middleware::from_fn_with_state(
+            metrics.clone(),
+            require_admin,
+        ));
+    read.merge(change).layer(middleware::from_fn_with_state(
+        (Arc::new(tokens), metrics),
+        authenticate,
+    ))
+}
+
+/// Forgets a key's limit state (its bans stay) and writes the audit line: the key's state
+/// before, and whether there was any.
+async fn reset_key(
+    limiter: &Limiter<Backend>,
+    who: &Principal,
+    key: &str,
+    resource: &str,
+) -> Result<bool, LimiterError> {
+    let before = explain_json(&limiter.status(key, resource).await?);
+    let existed = limiter.reset(key, resource).await?;
+    let resource = before["resource"].as_str().unwrap_or(resource);
+    audit::change(
+        who,
+        "reset",
+        resource,
+        key,
+        &before,
+        &json!({ "existed": existed }),
+    );
+    Ok(existed)
+}
+
+/// Which rule and limits apply to a key, its state under each, and its ban.
+fn explain_json(verdict: &Verdict<'_>) -> serde_json::Value {
+    let rule = verdict.rule;
+    json!({
+        "resource": verdict.resource,
+        "rule": rule.name,
+        "shadow": rule.shadow,
+        "failure_mode": rule.failure_mode.map(|mode| mode.label()),
+        "decision": verdict.outcome.label(),
+        "banned_for_ms": verdict.decisions.banned_for_us().map(|us| us as f64 / 1e3),
+        "limits": limits_json(verdict),
+    })
+}
+
+async fn authenticate(
+    State((tokens, metrics)): State<(Arc<Tokens>, Metrics)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
+    // Two Authorization headers are ambiguous: refuse rather than pick one.
+    let presented = match (values.next(), values.next()) {
+        (Some(value), None) => Some(value.as_bytes()),
+        _ => None,
+    };
+    match tokens.authenticate(presented) {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(err) => {
+            metrics.admin_refused(refusal_label(&err));
+            refuse(&request, &err)
+        }
+    }
+}
+
+async fn require_admin(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .expect("authenticate runs first");
+    match principal.require(Role::Admin) {
+        Ok(()) => next.run(request).await,
+        Err(err) => {
+            metrics.admin_refused(refusal_label(&err));
+            refuse(&request, &err)
+        }
+    }
+}
+
+fn refusal_label(err: &AuthError) -> &'static str {
+    match err {
+        AuthError::Missing | AuthError::Unknown => "unauthenticated",
+        AuthError::Forbidden { .. } => "forbidden",
+    }
+}
+
+/// 401 or 403, as problem JSON, or as the gRPC status a gRPC client understands.
+fn refuse(request: &Request, err: &AuthError) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    let forbidden = matches!(err, AuthError::Forbidden { .. });
+    if grpc {
+        let status = if forbidden {
+            tonic::Status::permission_denied(err.to_string())
+        } else {
+            tonic::Status::unauthenticated(err.to_string())
+        };
+        return status.into_http::<axum::body::Body>();
+    }
+    let status = if forbidden {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    let mut response = (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        json!({
+            "type": "about:blank",
+            "title": status.canonical_reason(),
+            "status": status.as_u16(),
+            "detail": err.to_string(),
+        })
+        .to_string(),
+    )
+        .into_response();
+    if !forbidden {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"sluice-admin\""),
+        );
+    }
+    response
+}
