@@ -223,24 +223,17 @@ fn admin_access(nodes: &[RunningServer]) -> AdminAccess {
 async fn reset_goes_through_the_admin_api_with_its_token() {
     let node = start_service(NO_REFILL).await;
     let mut client = TargetClient::connect(&grpc(&node), 1).await.unwrap();
-    let timeout = Duration::from_secs(2);
-    assert!(
-        client
-            .check("key-0", "ledger", 50, timeout)
-            .await
-            .unwrap()
-            .allowed
-    );
-    assert!(
-        !client
-            .check("key-0", "ledger", 1, timeout)
-            .await
-            .unwrap()
-            .allowed
-    );
+    let mut allowed = async |cost| {
+        let answer = client.check("key-0", "ledger", cost, Duration::from_secs(2));
+        answer.await.unwrap().allowed
+    };
+    assert!(allowed(50).await && !allowed(1).await, "key-0 is spent");
     let keys = KeySpace::new("key-", 1);
-    let mut wrong = admin_access(std::slice::from_ref(&node));
-    wrong.token = "not-the-admin-token-at-all".into();
+    let access = admin_access(std::slice::from_ref(&node));
+    let wrong = AdminAccess {
+        token: "not-the-admin-token-at-all".into(),
+        ..access.clone()
+    };
     let refused = admin::reset_keys(&wrong, &keys, "ledger")
         .await
         .unwrap_err();
@@ -248,23 +241,9 @@ async fn reset_goes_through_the_admin_api_with_its_token() {
         format!("{refused:#}").contains("answered 401"),
         "{refused:#}"
     );
-    assert!(
-        !client
-            .check("key-0", "ledger", 1, timeout)
-            .await
-            .unwrap()
-            .allowed
-    );
-    admin::reset_keys(&admin_access(std::slice::from_ref(&node)), &keys, "ledger")
-        .await
-        .unwrap();
-    assert!(
-        client
-            .check("key-0", "ledger", 1, timeout)
-            .await
-            .unwrap()
-            .allowed
-    );
+    assert!(!allowed(1).await, "a refused reset changed nothing");
+    admin::reset_keys(&access, &keys, "ledger").await.unwrap();
+    assert!(allowed(1).await, "reset with the admin token");
 
     let mut config = ledger_run(std::slice::from_ref(&node));
     config.admin = None;
