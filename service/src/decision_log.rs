@@ -58,7 +58,13 @@ impl LogBudget {
 /// A short, stable stand-in for a client key in logs: 64-bit FNV-1a as 16 hex digits. The same
 /// on every node and version, so an operator can grep every node for one key's lines.
 pub fn key_hash(key: &str) -> String {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+    short_hash(key.as_bytes())
+}
+
+/// 64-bit FNV-1a of `bytes` as 16 hex digits: stable across nodes, versions and platforms
+/// (client keys in logs, configuration versions).
+pub fn short_hash(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
     });
     format!("{hash:016x}")

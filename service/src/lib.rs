@@ -14,6 +14,8 @@ pub mod decision_log;
 pub mod limiter;
 pub mod local_redis;
 pub mod metrics;
+pub mod policy;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -1,6 +1,10 @@
 //! The decision core, independent of any API: validates a request, finds its rule, asks the
 //! store, and counts the outcome. gRPC, HTTP (and later Envoy RLS) are thin adapters over it.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
 use crate::{
     algorithm::{
         Decision,
@@ -12,8 +16,9 @@ use crate::{
         rule_config::MAX_RESOURCE_BYTES,
     },
     decision_log::{LINES_PER_SECOND, LogBudget, key_hash},
-    metrics::{Metrics, RuleMetrics},
-    rules::{DEFAULT_RESOURCE, Rule, RuleSet},
+    metrics::Metrics,
+    policy::Policy,
+    rules::{DEFAULT_RESOURCE, Rule, RuleSet, same_layout},
     store::{BucketKey, MemoryStore, Store, StoreError},
 };
 
@@ -62,8 +67,9 @@ impl Outcome {
     }
 }
 
-/// A decision with the rule that made it.
-#[derive(Debug, Clone, PartialEq)]
+/// A decision with the rule that made it (and the policy that rule belongs to, which a reload
+/// may have replaced since).
+#[derive(Debug, Clone)]
 pub struct Verdict<'a> {
     pub outcome: Outcome,
     /// The deciding limit's answer, which is the request's: see [`Decisions::deciding`].
@@ -72,17 +78,23 @@ pub struct Verdict<'a> {
     pub decisions: Decisions,
     /// The index of the deciding limit in the rule's limits.
     pub deciding: usize,
-    pub rule: &'a Rule,
+    policy: Arc<Policy>,
+    rule: usize,
     /// The resource decided for (the request's, or [`DEFAULT_RESOURCE`]).
     pub resource: &'a str,
     /// Why the decision is not the store's own, when a failure mode made it.
     pub reason: Option<&'static str>,
 }
 
-impl<'a> Verdict<'a> {
+impl Verdict<'_> {
+    /// The rule that decided.
+    pub fn rule(&self) -> &Rule {
+        self.policy.rule(self.rule)
+    }
+
     /// The limit that decided.
-    pub fn limit(&self) -> &'a Limit {
-        &self.rule.limits[self.deciding]
+    pub fn limit(&self) -> &Limit {
+        &self.rule().limits[self.deciding]
     }
 
     /// The window the deciding limit is restored over, for `RateLimit-Policy`.
@@ -91,8 +103,8 @@ impl<'a> Verdict<'a> {
     }
 
     /// Each limit with its answer, in the rule's order.
-    pub fn limits(&self) -> impl Iterator<Item = (&'a Limit, &Decision)> {
-        self.rule.limits.iter().zip(self.decisions.as_slice())
+    pub fn limits(&self) -> impl Iterator<Item = (&Limit, &Decision)> {
+        self.rule().limits.iter().zip(self.decisions.as_slice())
     }
 }
 
@@ -153,16 +165,10 @@ const STORE_DOWN_RETRY_US: u64 = 1_000_000;
 pub struct FailurePolicy {
     /// For rules without a `failure_mode` of their own.
     pub default_mode: FailureMode,
-    /// The node-local limiter of `local` mode, if the store can fail at all.
-    pub local: Option<LocalFallback>,
-}
-
-/// This node's memory, holding each rule's limits scaled to its share.
-#[derive(Debug)]
-pub struct LocalFallback {
-    pub store: MemoryStore,
-    /// Indexed by rule id.
-    pub limits: Vec<Vec<Limit>>,
+    /// This node's memory for the `local` mode (holding each rule's limits scaled to
+    /// `fallback_share`), if the store can fail at all.
+    pub local: Option<MemoryStore>,
+    pub fallback_share: Option<f64>,
 }
 
 impl FailurePolicy {
@@ -171,10 +177,11 @@ impl FailurePolicy {
         Self {
             default_mode: FailureMode::Deny,
             local: None,
+            fallback_share: None,
         }
     }
 
-    pub fn for_redis(config: &RedisConfig, rules: &RuleSet) -> Self {
+    pub fn for_redis(config: &RedisConfig) -> Self {
         let memory = MemoryConfig {
             shards: 16,
             max_keys: 100_000,
@@ -182,32 +189,16 @@ impl FailurePolicy {
         };
         Self {
             default_mode: config.failure_mode,
-            local: Some(LocalFallback {
-                store: MemoryStore::new(&memory, Clock::system()),
-                limits: rules
-                    .rules()
-                    .iter()
-                    .map(|rule| {
-                        rule.limits
-                            .iter()
-                            .map(|limit| {
-                                Limit::new(
-                                    limit.name.clone(),
-                                    limit.algorithm.scaled(config.fallback_share),
-                                )
-                            })
-                            .collect()
-                    })
-                    .collect(),
-            }),
+            local: Some(MemoryStore::new(&memory, Clock::system())),
+            fallback_share: Some(config.fallback_share),
         }
     }
 }
 
 #[derive(Debug)]
 pub struct Limiter<S> {
-    rules: RuleSet,
-    rule_metrics: Vec<RuleMetrics>,
+    /// Swapped whole by [`Limiter::replace_rules`].
+    policy: ArcSwap<Policy>,
     limits: RequestLimits,
     store: S,
     metrics: Metrics,
@@ -216,34 +207,28 @@ pub struct Limiter<S> {
     shadow_log: LogBudget,
     /// Bounds the lines logged about bans started.
     ban_log: LogBudget,
-    /// Some rule bans key-wide, so every rule's check reads the key-wide ban state.
-    key_wide_bans: bool,
 }
 
 impl<S: Store> Limiter<S> {
+    /// `version`: which configuration the rules came from (see [`crate::policy::Version`]).
     pub fn new(
         rules: RuleSet,
+        version: String,
         limits: RequestLimits,
         store: S,
         metrics: Metrics,
         failure: FailurePolicy,
     ) -> Self {
-        let key_wide_bans = rules.has_key_wide_bans();
-        let rule_metrics = rules
-            .rules()
-            .iter()
-            .map(|rule| metrics.for_rule(rule))
-            .collect();
+        let policy = Policy::new(rules, &metrics, failure.fallback_share, version);
+        metrics.set_config_version(&policy.version().id, policy.version().loaded_at);
         Self {
-            rules,
-            rule_metrics,
+            policy: ArcSwap::from_pointee(policy),
             limits,
             store,
             metrics,
             failure,
             shadow_log: LogBudget::new(LINES_PER_SECOND),
             ban_log: LogBudget::new(LINES_PER_SECOND),
-            key_wide_bans,
         }
     }
 
@@ -251,9 +236,16 @@ impl<S: Store> Limiter<S> {
     pub fn from_config(config: &Config, store: S, metrics: Metrics) -> Self {
         let failure = match &config.backend {
             BackendConfig::Memory(_) => FailurePolicy::infallible(),
-            BackendConfig::Redis(redis) => FailurePolicy::for_redis(redis, &config.rules),
+            BackendConfig::Redis(redis) => FailurePolicy::for_redis(redis),
         };
-        Self::new(config.rules.clone(), config.limits, store, metrics, failure)
+        Self::new(
+            config.rules.clone(),
+            config.version.clone(),
+            config.limits,
+            store,
+            metrics,
+            failure,
+        )
     }
 
     /// Whether this node should receive traffic: the store is reachable, or its failure mode
@@ -272,7 +264,8 @@ impl<S: Store> Limiter<S> {
         &'a self,
         request: CheckRequest<'a>,
     ) -> Result<Verdict<'a>, LimiterError> {
-        let (rule, resource) = self.resolve(request.key, request.resource)?;
+        let policy = self.policy.load_full();
+        let (rule, resource) = self.resolve(&policy, request.key, request.resource)?;
         let cost = request.cost.unwrap_or(1);
         let limit = rule.max_cost();
         if cost == 0 {
@@ -290,18 +283,24 @@ impl<S: Store> Limiter<S> {
             resource,
             key: request.key,
         };
+        let rule_id = rule.id;
         let decisions = match self
             .store
-            .check(bucket, &rule.limits, rule.bans(self.key_wide_bans), cost)
+            .check(
+                bucket,
+                &rule.limits,
+                rule.bans(policy.key_wide_bans()),
+                cost,
+            )
             .await
         {
             Ok(decisions) => {
                 self.metrics.set_fallback_active(false);
                 decisions
             }
-            Err(err) => return self.decide_without_store(rule, bucket, cost, err),
+            Err(err) => return self.decide_without_store(policy, rule_id, bucket, cost, err),
         };
-        Ok(self.verdict(rule, bucket, decisions, None))
+        Ok(self.verdict(policy, rule_id, bucket, decisions, None))
     }
 
     /// The verdict of `decisions`, counted under its rule. A shadowed rule's denial becomes
@@ -309,16 +308,18 @@ impl<S: Store> Limiter<S> {
     /// denial leaves them, so the shadow count is what enforcing the rule would deny.
     fn verdict<'a>(
         &self,
-        rule: &'a Rule,
+        policy: Arc<Policy>,
+        rule_id: usize,
         bucket: BucketKey<'a>,
         decisions: Decisions,
         reason: Option<&'static str>,
     ) -> Verdict<'a> {
+        let rule = policy.rule(rule_id);
         let deciding = decisions.deciding();
         let decision = decisions.decision_of(deciding);
         let (outcome, reason) = if decisions.banned_for_us().is_some() {
             if decisions.ban_started() {
-                self.rule_metrics[rule.id].bans_started.inc();
+                policy.metrics_of(rule).bans_started.inc();
                 self.log_ban(rule, bucket, decision.retry_after_us);
             }
             (Outcome::Banned, reason.or(Some(BANNED_REASON)))
@@ -330,12 +331,14 @@ impl<S: Store> Limiter<S> {
         } else {
             (Outcome::Denied, reason)
         };
+        let outcome = Self::count(&policy, rule, &decision, outcome);
         Verdict {
-            outcome: self.count(rule, &decision, outcome),
+            outcome,
             decision,
             decisions,
             deciding,
-            rule,
+            policy,
+            rule: rule_id,
             resource: bucket.resource,
             reason,
         }
@@ -371,11 +374,13 @@ impl<S: Store> Limiter<S> {
     /// The rule's failure mode answers when the store could not.
     fn decide_without_store<'a>(
         &'a self,
-        rule: &'a Rule,
+        policy: Arc<Policy>,
+        rule_id: usize,
         bucket: BucketKey<'a>,
         cost: u64,
         err: StoreError,
     ) -> Result<Verdict<'a>, LimiterError> {
+        let rule = policy.rule(rule_id);
         let mode = rule.failure_mode.unwrap_or(self.failure.default_mode);
         tracing::debug!(rule = %rule.name, error = %err, mode = mode.label(), "store failed");
         self.metrics.set_fallback_active(true);
@@ -388,7 +393,8 @@ impl<S: Store> Limiter<S> {
             }
             decisions
         };
-        let (decisions, reason) = match (mode, &self.failure.local) {
+        let local = self.failure.local.as_ref().zip(policy.local_limits(rule));
+        let (decisions, reason) = match (mode, local) {
             (FailureMode::Allow, _) => (
                 every_limit(&|limit| Decision {
                     allowed: true,
@@ -399,13 +405,8 @@ impl<S: Store> Limiter<S> {
                 }),
                 "store unavailable; failing open",
             ),
-            (FailureMode::Local, Some(local)) => (
-                local.store.check_now(
-                    bucket,
-                    &local.limits[rule.id],
-                    rule.bans(self.key_wide_bans),
-                    cost,
-                ),
+            (FailureMode::Local, Some((store, limits))) => (
+                store.check_now(bucket, limits, rule.bans(policy.key_wide_bans()), cost),
                 "store unavailable; decided on this node's share of the limit",
             ),
             (FailureMode::Deny | FailureMode::Local, _) => (
@@ -419,12 +420,12 @@ impl<S: Store> Limiter<S> {
                 "store unavailable",
             ),
         };
-        Ok(self.verdict(rule, bucket, decisions, Some(reason)))
+        Ok(self.verdict(policy, rule_id, bucket, decisions, Some(reason)))
     }
 
     /// Counts a decision's outcome under its rule, and returns it.
-    fn count(&self, rule: &Rule, decision: &Decision, outcome: Outcome) -> Outcome {
-        let counters = &self.rule_metrics[rule.id];
+    fn count(policy: &Policy, rule: &Rule, decision: &Decision, outcome: Outcome) -> Outcome {
+        let counters = policy.metrics_of(rule);
         counters
             .remaining_ratio
             .observe(decision.remaining as f64 / decision.limit as f64);
@@ -439,9 +440,16 @@ impl<S: Store> Limiter<S> {
 
     /// Periodic upkeep: sweeps in-process state that is back to fresh.
     pub fn upkeep(&self) {
-        self.store.upkeep();
+        let policy = self.policy.load_full();
+        let limits_of = |resource: &str, key: &str| {
+            Some(policy.rules().resolve(resource, key)?.limits.as_slice())
+        };
+        self.store.upkeep(&limits_of);
         if let Some(local) = &self.failure.local {
-            local.store.sweep_expired();
+            let local_limits_of = |resource: &str, key: &str| {
+                policy.local_limits(policy.rules().resolve(resource, key)?)
+            };
+            local.sweep_expired_under(&local_limits_of);
         }
     }
 
@@ -451,13 +459,15 @@ impl<S: Store> Limiter<S> {
         key: &str,
         resource: &'a str,
     ) -> Result<Verdict<'a>, LimiterError> {
-        let (rule, resource) = self.resolve(key, resource)?;
+        let policy = self.policy.load_full();
+        let (rule, resource) = self.resolve(&policy, key, resource)?;
+        let rule_id = rule.id;
         let decisions = self
             .store
             .peek(
                 BucketKey { resource, key },
                 &rule.limits,
-                rule.bans(self.key_wide_bans),
+                rule.bans(policy.key_wide_bans()),
             )
             .await?;
         let deciding = decisions.deciding();
@@ -473,7 +483,8 @@ impl<S: Store> Limiter<S> {
             decision,
             decisions,
             deciding,
-            rule,
+            policy,
+            rule: rule_id,
             resource,
             reason: None,
         })
@@ -481,7 +492,8 @@ impl<S: Store> Limiter<S> {
 
     /// Forgets the key's state; true when it had any.
     pub async fn reset(&self, key: &str, resource: &str) -> Result<bool, LimiterError> {
-        let (rule, resource) = self.resolve(key, resource)?;
+        let policy = self.policy.load_full();
+        let (rule, resource) = self.resolve(&policy, key, resource)?;
         Ok(self
             .store
             .reset(BucketKey { resource, key }, &rule.limits)
@@ -492,8 +504,41 @@ impl<S: Store> Limiter<S> {
         &self.store
     }
 
-    pub fn rules(&self) -> &RuleSet {
-        &self.rules
+    /// The policy requests are decided under now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Decides every request from now on under `rules` (from the configuration `version`):
+    /// one swap, so no request sees a mix. Each key's state under a limit whose name and
+    /// algorithm are unchanged carries over (the algorithm applies the new numbers to it); a
+    /// new limit starts fresh, a removed one is forgotten ([`Store::remap`]).
+    pub fn replace_rules(&self, rules: RuleSet, version: String) {
+        let new = Arc::new(Policy::new(
+            rules,
+            &self.metrics,
+            self.failure.fallback_share,
+            version,
+        ));
+        let old = self.policy.load_full();
+        let layouts = |resource: &str, key: &str| {
+            let before = old.rules().resolve(resource, key)?;
+            let after = new.rules().resolve(resource, key)?;
+            (!same_layout(&before.limits, &after.limits))
+                .then_some((before.limits.as_slice(), after.limits.as_slice()))
+        };
+        let remap_needed = !old.rules().same_layouts(new.rules());
+        if remap_needed && let Some(local) = &self.failure.local {
+            local.remap(&layouts, || {});
+        }
+        let mut swap = || self.policy.store(new.clone());
+        if remap_needed {
+            self.store.remap(&layouts, &mut swap);
+        } else {
+            swap();
+        }
+        self.metrics
+            .set_config_version(&new.version().id, new.version().loaded_at);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -511,11 +556,12 @@ impl<S: Store> Limiter<S> {
         self.metrics.render()
     }
 
-    fn resolve<'a>(
-        &'a self,
+    fn resolve<'p, 'a>(
+        &self,
+        policy: &'p Policy,
         key: &str,
         resource: &'a str,
-    ) -> Result<(&'a Rule, &'a str), RequestError> {
+    ) -> Result<(&'p Rule, &'a str), RequestError> {
         if key.is_empty() {
             return Err(RequestError::EmptyKey);
         }
@@ -537,7 +583,8 @@ impl<S: Store> Limiter<S> {
             });
         }
         let rule =
-            self.rules
+            policy
+                .rules()
                 .resolve(resource, key)
                 .ok_or_else(|| RequestError::UnknownResource {
                     resource: resource.to_owned(),

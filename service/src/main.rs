@@ -3,7 +3,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use sluice::config::{Config, Overrides};
+use sluice::{
+    config::{Config, Overrides},
+    reload::ConfigSource,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Sluice rate-limiting service: gRPC and HTTP APIs over one decision core.
@@ -57,6 +60,8 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal; log collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let overrides = Overrides {
@@ -125,7 +130,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(sluice::server::run_until_signal(config)) {
+    let source = args.config.map(|path| ConfigSource { path, overrides });
+    match runtime.block_on(sluice::server::run_until_signal(config, source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

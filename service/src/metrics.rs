@@ -35,6 +35,9 @@ pub struct Metrics {
     fallback_active: IntGauge,
     bans_started: IntCounterVec,
     admin_requests: IntCounterVec,
+    config_info: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    config_loaded_at: prometheus::Gauge,
 }
 
 /// Handles resolved once per rule, so the hot path never looks up a label set.
@@ -190,6 +193,27 @@ impl Metrics {
             &["action", "result"],
         )
         .expect("valid metric");
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "sluice_config_info",
+                "1 for the configuration version this node decides under (a hash of its text).",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "sluice_config_reloads_total",
+                "Configuration reloads by result: applied, unchanged, invalid, refused (a change that needs a restart), unreadable.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_loaded_at = prometheus::Gauge::new(
+            "sluice_config_last_reload_timestamp_seconds",
+            "When the running rules were loaded, in Unix seconds.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(remaining_ratio.clone()),
@@ -206,6 +230,9 @@ impl Metrics {
             Box::new(fallback_active.clone()),
             Box::new(bans_started.clone()),
             Box::new(admin_requests.clone()),
+            Box::new(config_info.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_loaded_at.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -229,7 +256,25 @@ impl Metrics {
             fallback_active,
             bans_started,
             admin_requests,
+            config_info,
+            config_reloads,
+            config_loaded_at,
         }
+    }
+
+    /// The version now running, and when it was loaded; the previous version's series goes.
+    pub fn set_config_version(&self, version: &str, loaded_at: std::time::SystemTime) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[version]).set(1);
+        let seconds = loaded_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        self.config_loaded_at.set(seconds);
+    }
+
+    /// One reload attempt; `result` is one of the documented results, from code.
+    pub fn config_reload(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// One admin request: `action` is a route's name, from code, never from the request.

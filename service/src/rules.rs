@@ -103,6 +103,37 @@ impl RuleSet {
         })
     }
 
+    /// Whether every (resource, key) resolves to limits of the same layout
+    /// ([`same_layout`]) in both sets. Conservative: `false` whenever the
+    /// resources or overrides differ, and then each key's rules are compared one by one.
+    pub fn same_layouts(&self, other: &RuleSet) -> bool {
+        let same_group = |a: &RuleGroup, b: &RuleGroup| {
+            fn layout(set: &RuleSet, id: usize) -> &[Limit] {
+                &set.rules[id].limits
+            }
+            same_layout(layout(self, a.rule), layout(other, b.rule))
+                && a.overrides.len() == b.overrides.len()
+                && a.overrides.iter().all(|(key, &id)| {
+                    b.overrides.get(key).is_some_and(|&other_id| {
+                        same_layout(layout(self, id), layout(other, other_id))
+                    })
+                })
+        };
+        let same_default = match (&self.default, &other.default) {
+            (None, None) => true,
+            (Some(a), Some(b)) => same_group(a, b),
+            _ => false,
+        };
+        same_default
+            && self.by_resource.len() == other.by_resource.len()
+            && self.by_resource.iter().all(|(resource, group)| {
+                other
+                    .by_resource
+                    .get(resource)
+                    .is_some_and(|theirs| same_group(group, theirs))
+            })
+    }
+
     /// Puts every rule in shadow mode (the node-wide switch).
     pub(crate) fn shadow_all(&mut self) {
         for rule in &mut self.rules {
@@ -124,4 +155,15 @@ impl RuleSet {
             None => self.default = Some(group),
         }
     }
+}
+
+/// Whether two rules keep their limits' states alike: the same limits (by name and
+/// algorithm) in the same order. Parameters may differ: a state carries over a change of
+/// numbers, and the algorithm applies the new bounds to it.
+pub fn same_layout(a: &[Limit], b: &[Limit]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| {
+            a.name == b.name
+                && std::mem::discriminant(&a.algorithm) == std::mem::discriminant(&b.algorithm)
+        })
 }

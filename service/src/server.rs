@@ -22,6 +22,7 @@ use crate::{
     config::{BackendConfig, Config},
     limiter::Limiter,
     metrics::Metrics,
+    reload::{self, ConfigSource},
     store::{Backend, MemoryStore, RedisStore},
 };
 
@@ -61,6 +62,11 @@ pub struct RunningServer {
 impl RunningServer {
     pub fn limiter(&self) -> &Arc<Limiter<Backend>> {
         &self.limiter
+    }
+
+    /// A receiver that turns true when shutdown is requested.
+    pub fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     /// Starts draining: readiness turns false, listeners close, in-flight requests finish.
@@ -252,17 +258,60 @@ fn spawn_upkeep(
     })
 }
 
-/// Runs until SIGINT or SIGTERM, then drains: what the `ratelimiter` binary does.
-pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+/// Runs until SIGINT or SIGTERM, then drains: what the `ratelimiter` binary does. With a
+/// config `source`, its rules reload on SIGHUP and when the file changes ([`reload`]).
+pub async fn run_until_signal(config: Config, source: Option<ConfigSource>) -> anyhow::Result<()> {
     // Handlers go in before the listeners open: a SIGTERM that arrives as soon as the node
     // says it listens (a rollout, a test) must drain it, not kill it with the default action.
     let signal = shutdown_signal().context("installing the SIGINT and SIGTERM handlers")?;
+    let reloads = reload_requests().context("installing the SIGHUP handler")?;
+    let poll = config.server.config_poll_interval;
+    let running = config.clone();
     let server = start(config).await?;
+    match source {
+        Some(source) => {
+            info!(path = %source.path.display(), ?poll, "rules reload on SIGHUP and when the file changes");
+            tokio::spawn(reload::watch(
+                server.limiter().clone(),
+                running,
+                source,
+                poll,
+                reloads,
+                server.shutdown_receiver(),
+            ));
+        }
+        None => {
+            tokio::spawn(async move {
+                let mut reloads = reloads;
+                while reloads.recv().await.is_some() {
+                    warn!("SIGHUP: no config file to reload (start with --config to reload rules)");
+                }
+            });
+        }
+    }
     signal.await;
     info!("shutdown signal received");
     server.stop().await?;
     info!("stopped");
     Ok(())
+}
+
+/// Installs the SIGHUP handler now; each SIGHUP sends one message (a burst collapses into one).
+fn reload_requests() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    let (send, receive) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                let _ = send.try_send(());
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    drop(send);
+    Ok(receive)
 }
 
 /// Installs the handlers now; the future completes on the first SIGINT or SIGTERM.

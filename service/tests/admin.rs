@@ -269,6 +269,25 @@ async fn explain_shows_a_keys_rule_and_state_to_a_reader() {
         let problem: serde_json::Value = refused.json().await.unwrap();
         assert_eq!(problem["field"], field, "{bad}: {problem}");
     }
+    let running = http
+        .get(common::admin_url(&server, "/v1/config"))
+        .bearer_auth(common::READ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        running["version"].as_str().unwrap(),
+        common::config(RULES).version
+    );
+    assert_eq!(running["rules"][0]["name"], "login");
+    assert_eq!(running["rules"][0]["limits"][0]["limit"], 5);
+    assert_eq!(
+        running["rules"][0]["limits"][0]["policy_window_ms"],
+        60_000.0
+    );
     let who = http
         .get(common::admin_url(&server, "/v1/whoami"))
         .bearer_auth(common::READ_TOKEN)

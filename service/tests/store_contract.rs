@@ -185,6 +185,11 @@ macro_rules! contract {
                 contract_rule_change(&super::$backend().await).await;
             }
 
+            #[tokio::test]
+            async fn a_reload_keeps_each_limits_state_by_name_and_applies_the_new_numbers() {
+                contract_remap(&super::$backend().await).await;
+            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_storm_admits_exactly_capacity() {
                 contract_storm(Arc::new(super::$backend().await)).await;
@@ -344,6 +349,88 @@ async fn contract_rule_change<H: Harness>(harness: &H) {
     check(store, bucket, &before, 2).await;
     let after = Algorithm::SlidingWindowLog(SlidingWindowLog::new(5, 60_000_000));
     assert_eq!(check(store, bucket, &after, 1).await.remaining, 4);
+}
+
+/// Rules change under live keys (a reload): limits are reordered, one is added, the numbers
+/// change. Each limit that keeps its name and algorithm keeps its state, whatever its new
+/// position, and is read with its new numbers: a count against a grown limit, tokens clamped to
+/// a shrunk capacity. A new limit starts fresh.
+async fn contract_remap<H: Harness>(harness: &H) {
+    let store = harness.store();
+    let day = 86_400_000_000;
+    let before = [
+        Limit::new("burst", Algorithm::TokenBucket(TokenBucket::new(5, 1e-6))),
+        Limit::new("daily", Algorithm::FixedWindow(FixedWindow::new(10, day))),
+    ];
+    let after = [
+        Limit::new("daily", Algorithm::FixedWindow(FixedWindow::new(20, day))),
+        Limit::new(
+            "extra",
+            Algorithm::SlidingWindowLog(SlidingWindowLog::new(4, 60_000_000)),
+        ),
+        Limit::new("burst", Algorithm::TokenBucket(TokenBucket::new(3, 1e-6))),
+    ];
+    let (spent, light) = (key("remap", "spent"), key("remap", "light"));
+    let remaining = |decisions: &Decisions| -> Vec<u64> {
+        decisions.as_slice().iter().map(|d| d.remaining).collect()
+    };
+    let first = store.check(spent, &before, Bans::NONE, 3).await.unwrap();
+    assert_eq!(remaining(&first), [2, 7]);
+    let first = store.check(light, &before, Bans::NONE, 1).await.unwrap();
+    assert_eq!(remaining(&first), [4, 9]);
+
+    let layouts =
+        |resource: &str, _key: &str| (resource == "remap").then_some((&before[..], &after[..]));
+    let mut committed = false;
+    store.remap(&layouts, &mut || committed = true);
+    assert!(
+        committed,
+        "the new rules go live once the states are remapped"
+    );
+
+    let next = store.check(spent, &after, Bans::NONE, 1).await.unwrap();
+    assert!(next.allowed());
+    assert_eq!(
+        remaining(&next),
+        [16, 3, 1],
+        "daily counted 3 of 20 now, extra fresh, burst kept its 2 tokens"
+    );
+    let next = store.check(light, &after, Bans::NONE, 1).await.unwrap();
+    assert_eq!(
+        remaining(&next),
+        [18, 3, 2],
+        "4 tokens clamp to the new capacity of 3"
+    );
+
+    // Two limits of one algorithm change places: each state follows its name, not its slot.
+    let hour = 3_600_000_000;
+    let windows = |first: (&'static str, u64, u64), second: (&'static str, u64, u64)| {
+        [first, second].map(|(name, limit, window)| {
+            Limit::new(
+                name,
+                Algorithm::FixedWindow(FixedWindow::new(limit, window)),
+            )
+        })
+    };
+    let (swapped_before, swapped_after) = (
+        windows(("daily", 100, day), ("hourly", 10, hour)),
+        windows(("hourly", 10, hour), ("daily", 100, day)),
+    );
+    let twin = key("twins", "k");
+    let first = store
+        .check(twin, &swapped_before, Bans::NONE, 4)
+        .await
+        .unwrap();
+    assert_eq!(remaining(&first), [96, 6]);
+    let layouts = |resource: &str, _key: &str| {
+        (resource == "twins").then_some((&swapped_before[..], &swapped_after[..]))
+    };
+    store.remap(&layouts, &mut || {});
+    let next = store
+        .check(twin, &swapped_after, Bans::NONE, 1)
+        .await
+        .unwrap();
+    assert_eq!(remaining(&next), [5, 95]);
 }
 
 async fn contract_storm<H: Harness>(harness: Arc<H>) {

@@ -24,6 +24,7 @@ type Shared = Arc<Limiter<Backend>>;
 pub(super) fn read_routes(limiter: Shared) -> Router {
     Router::new()
         .route("/v1/whoami", get(whoami))
+        .route("/v1/config", get(running_config))
         .route("/v1/keys/explain", post(explain))
         .with_state(limiter)
 }
@@ -56,6 +57,53 @@ fn key_body(body: &[u8]) -> Result<KeyBody, Problem> {
 
 async fn whoami(Extension(principal): Extension<Principal>) -> Json<Value> {
     Json(json!({ "name": principal.name, "role": principal.role.label() }))
+}
+
+/// The rules this node decides under now, and which configuration they came from.
+async fn running_config(State(limiter): State<Shared>) -> Json<Value> {
+    let policy = limiter.policy();
+    let version = policy.version();
+    let loaded_at = version
+        .loaded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    let rules: Vec<Value> = policy.rules().rules().iter().map(rule_json).collect();
+    limiter.metrics().admin_request("config", "ok");
+    Json(json!({
+        "version": version.id,
+        "loaded_at_unix_seconds": loaded_at,
+        "rules": rules,
+    }))
+}
+
+fn rule_json(rule: &crate::rules::Rule) -> Value {
+    let limits: Vec<Value> = rule
+        .limits
+        .iter()
+        .map(|limit| {
+            json!({
+                "name": limit.name,
+                "algorithm": limit.algorithm.name(),
+                "limit": limit.algorithm.limit(),
+                "policy_window_ms": limit.algorithm.policy_window_us() as f64 / 1e3,
+            })
+        })
+        .collect();
+    json!({
+        "name": rule.name,
+        "resource": rule.resource_label,
+        "shadow": rule.shadow,
+        "failure_mode": rule.failure_mode.map(|mode| mode.label()),
+        "ban": rule.ban.as_ref().map(|ban| json!({
+            "after": ban.after,
+            "within_ms": ban.within_us as f64 / 1e3,
+            "duration_ms": ban.duration_us as f64 / 1e3,
+            "factor": ban.factor,
+            "max_duration_ms": ban.max_duration_us as f64 / 1e3,
+            "scope": ban.scope.label(),
+        })),
+        "limits": limits,
+    })
 }
 
 async fn explain(State(limiter): State<Shared>, body: Bytes) -> Response {

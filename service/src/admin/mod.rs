@@ -68,7 +68,7 @@ async fn reset_key(
 
 /// Which rule and limits apply to a key, its state under each, and its ban.
 fn explain_json(verdict: &Verdict<'_>) -> serde_json::Value {
-    let rule = verdict.rule;
+    let rule = verdict.rule();
     json!({
         "resource": verdict.resource,
         "rule": rule.name,

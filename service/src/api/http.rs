@@ -271,7 +271,7 @@ fn verdict_response(verdict: &Verdict<'_>) -> Response {
         "remaining": decision.remaining,
         "reset_after_ms": decision.reset_after_us as f64 / 1e3,
         "retry_after_ms": decision.retry_after_us as f64 / 1e3,
-        "rule": verdict.rule.name,
+        "rule": verdict.rule().name,
         "resource": verdict.resource,
         "algorithm": verdict.limit().algorithm.name(),
         "policy_window_ms": verdict.policy_window_us() as f64 / 1e3,
@@ -442,7 +442,7 @@ async fn status(
             "used": decision.limit - decision.remaining,
             "remaining": decision.remaining,
             "reset_after_ms": decision.reset_after_us as f64 / 1e3,
-            "rule": verdict.rule.name,
+            "rule": verdict.rule().name,
             "resource": verdict.resource,
             "limits": limits_json(&verdict),
         }));

@@ -49,6 +49,9 @@ pub struct Config {
     pub rules: RuleSet,
     /// Off unless `admin.addr` is set.
     pub admin: Option<AdminConfig>,
+    /// A stable hash of the configuration's text (before overrides): every node that loaded
+    /// the same file reports the same version.
+    pub version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +66,8 @@ pub struct ServerConfig {
     /// Streams one gRPC connection may have open at once (advertised in HTTP/2 SETTINGS), so
     /// one client cannot hold unbounded work on the node.
     pub grpc_max_concurrent_streams: u32,
+    /// How often the config file is reread for changes (zero: only on SIGHUP).
+    pub config_poll_interval: Duration,
 }
 
 /// Default of `server.grpc_max_concurrent_streams`.
@@ -142,7 +147,7 @@ pub struct MemoryConfig {
 }
 
 /// Values from flags or environment variables; each replaces the file's value when set.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default, PartialEq)]
 pub struct Overrides {
     pub grpc_addr: Option<String>,
     pub http_addr: Option<String>,
@@ -158,6 +163,27 @@ pub struct Overrides {
     pub admin_addr: Option<String>,
     /// Admin tokens as `name:role:token` entries; replaces `admin.tokens_file`.
     pub admin_tokens: Option<String>,
+}
+
+/// Never prints the admin tokens.
+impl fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Overrides")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("backend", &self.backend)
+            .field("redis_url", &self.redis_url)
+            .field("max_keys", &self.max_keys)
+            .field("max_key_bytes", &self.max_key_bytes)
+            .field("shards", &self.shards)
+            .field("shadow", &self.shadow)
+            .field("admin_addr", &self.admin_addr)
+            .field(
+                "admin_tokens",
+                &self.admin_tokens.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// One problem found by validation.
@@ -226,7 +252,9 @@ impl Config {
             message: err.to_string(),
         })?;
         raw.apply(overrides);
-        raw.validate()
+        let mut config = raw.validate()?;
+        config.version = crate::decision_log::short_hash(text.as_bytes());
+        Ok(config)
     }
 }
 
@@ -249,6 +277,7 @@ struct RawServer {
     shutdown_grace: Option<String>,
     shadow: Option<bool>,
     grpc_max_concurrent_streams: Option<u64>,
+    config_poll_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -344,6 +373,7 @@ impl RawConfig {
                 backend,
                 rules,
                 admin,
+                version: String::new(),
             })
         } else {
             Err(ConfigError::Invalid(issues.0))
@@ -386,7 +416,14 @@ impl RawServer {
                 format!("{streams} is out of range; use 1 to 1000000 (default {DEFAULT_GRPC_MAX_CONCURRENT_STREAMS})"),
             );
         }
+        let config_poll_interval = duration_field(
+            issues,
+            "server.config_poll_interval",
+            self.config_poll_interval,
+            Duration::from_secs(1),
+        );
         ServerConfig {
+            config_poll_interval,
             grpc_addr,
             http_addr,
             shutdown_grace,

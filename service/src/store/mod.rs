@@ -20,6 +20,13 @@ use crate::algorithm::{
     stacked::{Decisions, Limit},
 };
 
+/// For a (resource, key): the limits its state was kept under and those it is decided under
+/// next, when a change of rules changed them.
+pub type Layouts<'a> = dyn Fn(&str, &str) -> Option<(&'a [Limit], &'a [Limit])> + 'a;
+
+/// For a (resource, key): the limits it is decided under now, if any rule applies.
+pub type LimitsOf<'a> = dyn Fn(&str, &str) -> Option<&'a [Limit]> + 'a;
+
 /// Identifies one key's state: the client key spending one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BucketKey<'a> {
@@ -79,6 +86,17 @@ pub trait Store: Send + Sync + 'static {
         limits: &[Limit],
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Carries keys' states over a change of rules, then calls `commit` (which swaps the
+    /// rules in) before any request can see a state in its new layout. `layouts(resource,
+    /// key)` names the limits a pair's state was kept under and the limits it is decided under
+    /// next, when the two differ ([`crate::rules::same_layout`]). A state under a limit of
+    /// the same name and algorithm carries over; the rest start fresh. Stores that keep each
+    /// limit's state under its name and algorithm (Redis) need do nothing but commit.
+    fn remap(&self, layouts: &Layouts<'_>, commit: &mut dyn FnMut()) {
+        let _ = layouts;
+        commit();
+    }
+
     /// Keys currently held, where the store can tell cheaply.
     fn active_keys(&self) -> Option<u64>;
 
@@ -92,8 +110,11 @@ pub trait Store: Send + Sync + 'static {
         true
     }
 
-    /// Periodic housekeeping (the server calls it every sweep interval).
-    fn upkeep(&self) {}
+    /// Periodic housekeeping (the server calls it every sweep interval); `limits_of` names the
+    /// limits each pair is decided under now.
+    fn upkeep(&self, limits_of: &LimitsOf<'_>) {
+        let _ = limits_of;
+    }
 }
 
 /// The store a server runs on, chosen by configuration.
@@ -194,9 +215,16 @@ impl Store for Backend {
         }
     }
 
-    fn upkeep(&self) {
+    fn upkeep(&self, limits_of: &LimitsOf<'_>) {
         if let Backend::Memory(store) = self {
-            store.upkeep();
+            store.upkeep(limits_of);
+        }
+    }
+
+    fn remap(&self, layouts: &Layouts<'_>, commit: &mut dyn FnMut()) {
+        match self {
+            Backend::Memory(store) => Store::remap(store, layouts, commit),
+            Backend::Redis(store) => Store::remap(store, layouts, commit),
         }
     }
 }

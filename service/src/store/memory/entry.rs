@@ -120,6 +120,31 @@ impl States {
         }
     }
 
+    /// From states kept under the limits `before` to the same key's states under `after`: a
+    /// limit of the same name and algorithm keeps its state, any other starts fresh.
+    pub fn remap(&mut self, before: &[Limit], after: &[Limit], now_us: u64) {
+        let mut old: Vec<Option<State>> =
+            match std::mem::replace(self, States::fresh(after, now_us)) {
+                States::One(state) => vec![Some(state)],
+                States::Many(states) => states.into_vec().into_iter().map(Some).collect(),
+                ban @ States::Ban(_) => {
+                    *self = ban;
+                    return;
+                }
+            };
+        for (limit, state) in after.iter().zip(self.as_mut_slice()) {
+            let kept = before.iter().zip(old.iter_mut()).find_map(|(was, slot)| {
+                let same = was.name == limit.name
+                    && std::mem::discriminant(&was.algorithm)
+                        == std::mem::discriminant(&limit.algorithm);
+                if same { slot.take() } else { None }
+            });
+            if let Some(kept) = kept {
+                *state = kept;
+            }
+        }
+    }
+
     pub fn as_slice(&self) -> &[State] {
         match self {
             States::One(state) => std::slice::from_ref(state),

@@ -12,7 +12,7 @@ use hashbrown::HashTable;
 use parking_lot::Mutex;
 
 use self::entry::{Entry, Expiry, PairName, States};
-use super::{BucketKey, Store, StoreError};
+use super::{BucketKey, Layouts, LimitsOf, Store, StoreError};
 use crate::{
     algorithm::{
         State,
@@ -257,9 +257,18 @@ impl MemoryStore {
         }
     }
 
-    /// Drops every entry whose state is back to fresh; returns how many. Counts the keys
-    /// banned now on the way ([`MemoryStore::active_bans`]).
+    /// Drops every entry whose expiry has passed; returns how many. See
+    /// [`MemoryStore::sweep_expired_under`].
     pub fn sweep_expired(&self) -> usize {
+        self.sweep_expired_under(&|_, _| None)
+    }
+
+    /// Drops every entry whose state is back to fresh; returns how many. An entry's expiry
+    /// was worked out under the rules of its last decision; when `limits_of` names the limits
+    /// its (resource, key) is decided under now (a reload may have changed them), the state is
+    /// read under those before it goes, and kept, with a new expiry, if it is not fresh under
+    /// them. Counts the keys banned now on the way ([`MemoryStore::active_bans`]).
+    pub fn sweep_expired_under(&self, limits_of: &LimitsOf<'_>) -> usize {
         let now = self.clock.now_us();
         let mut banned = 0;
         let swept = self
@@ -269,19 +278,47 @@ impl MemoryStore {
                 let mut table = shard.0.lock();
                 let before = table.len();
                 table.retain(|entry| {
-                    if entry
-                        .ban_state()
-                        .is_some_and(|ban| ban.remaining_us(now).is_some())
-                    {
-                        banned += 1;
+                    if let Some(ban) = entry.ban_state() {
+                        if ban.remaining_us(now).is_some() {
+                            banned += 1;
+                        }
+                        return entry.expiry.at_us() > now;
                     }
-                    entry.expiry.at_us() > now
+                    entry.expiry.at_us() > now || still_in_use(entry, limits_of, now)
                 });
                 before - table.len()
             })
             .sum();
         self.active_bans.store(banned, Ordering::Relaxed);
         swept
+    }
+
+    /// See [`Store::remap`]. Every shard stays locked from the first state remapped until
+    /// `commit` has run: no request meets a remapped state under the old rules, or an old one
+    /// under the new rules. Returns how many keys' states were remapped.
+    pub fn remap(&self, layouts: &Layouts<'_>, commit: impl FnOnce()) -> usize {
+        let now = self.clock.now_us();
+        let mut tables: Vec<_> = self.shards.iter().map(|shard| shard.0.lock()).collect();
+        let mut remapped = 0;
+        for table in &mut tables {
+            for entry in table.iter_mut() {
+                if matches!(entry.states, States::Ban(_)) {
+                    continue;
+                }
+                let (resource, key) = entry.name.parts();
+                let (Ok(resource), Ok(key)) =
+                    (std::str::from_utf8(resource), std::str::from_utf8(key))
+                else {
+                    continue;
+                };
+                if let Some((before, after)) = layouts(resource, key) {
+                    entry.states.remap(before, after, now);
+                    remapped += 1;
+                }
+            }
+        }
+        commit();
+        remapped
     }
 
     /// Keys (per resource, or key-wide) under a ban at the last sweep.
@@ -422,9 +459,35 @@ impl Store for MemoryStore {
         Some(MemoryStore::active_bans(self))
     }
 
-    fn upkeep(&self) {
-        self.sweep_expired();
+    fn upkeep(&self, limits_of: &LimitsOf<'_>) {
+        self.sweep_expired_under(limits_of);
     }
+
+    fn remap(&self, layouts: &Layouts<'_>, commit: &mut dyn FnMut()) {
+        MemoryStore::remap(self, layouts, commit);
+    }
+}
+
+/// Whether an entry whose expiry has passed must stay: its state is not fresh under the limits
+/// its pair is decided under now (then its expiry moves to when it will be).
+fn still_in_use(entry: &mut Entry, limits_of: &LimitsOf<'_>, now: u64) -> bool {
+    let (resource, key) = entry.name.parts();
+    let (Ok(resource), Ok(key)) = (std::str::from_utf8(resource), std::str::from_utf8(key)) else {
+        return false;
+    };
+    let Some(limits) = limits_of(resource, key) else {
+        return false;
+    };
+    if entry.states.as_slice().len() != limits.len() {
+        return false;
+    }
+    let decisions = stacked::peek(limits, entry.states.as_slice(), now);
+    let reset_after_us = decisions.reset_after_us();
+    if reset_after_us == 0 {
+        return false;
+    }
+    entry.expiry = Expiry::after(now.saturating_add(reset_after_us), &decisions);
+    true
 }
 
 #[cfg(test)]
@@ -459,6 +522,29 @@ mod tests {
             lookback_us: 0,
             scope: BanScope::Resource,
         }
+    }
+
+    #[test]
+    fn sweep_keeps_state_a_reload_made_slower_to_recover() {
+        let store = store(4, 1_000);
+        let fast = Limit::alone(Algorithm::TokenBucket(TokenBucket::new(2, 1.0)));
+        let slow = Limit::alone(Algorithm::TokenBucket(TokenBucket::new(2, 0.1)));
+        store.check_now(bucket("k"), &fast, Bans::NONE, 2);
+        // Under the old rule the bucket is full again after 2 s; under the new one it is not.
+        store.clock().advance_us(2_500_000);
+        let now_under = |limits: &'static [Limit]| {
+            move |_: &str, _: &str| -> Option<&'static [Limit]> { Some(limits) }
+        };
+        let slow: &'static [Limit] = Box::leak(Box::new(slow));
+        assert_eq!(store.sweep_expired_under(&now_under(slow)), 0);
+        let answer = store.check_now(bucket("k"), slow, Bans::NONE, 1);
+        assert!(
+            !answer.allowed(),
+            "0.25 tokens: the spent state survived the sweep {answer:?}"
+        );
+        // Once it is full under the new rule too, it goes.
+        store.clock().advance_us(30_000_000);
+        assert_eq!(store.sweep_expired_under(&now_under(slow)), 1);
     }
 
     #[test]

@@ -1,0 +1,98 @@
+//! The rules a node decides under, and everything derived from them, as one immutable value.
+//! A reload builds a new [`Policy`] and swaps it in whole, so a request is decided entirely
+//! under the old rules or entirely under the new ones, never a mix.
+
+use std::time::SystemTime;
+
+use crate::{
+    algorithm::stacked::Limit,
+    metrics::{Metrics, RuleMetrics},
+    rules::{Rule, RuleSet},
+};
+
+#[derive(Debug)]
+pub struct Policy {
+    rules: RuleSet,
+    /// Indexed by rule id.
+    rule_metrics: Vec<RuleMetrics>,
+    /// Some rule bans with scope `key`, so every rule's check reads the key-wide ban state.
+    key_wide_bans: bool,
+    /// Each rule's limits scaled to this node's share, for the `local` failure mode; indexed
+    /// by rule id, empty when the store cannot fail.
+    local_limits: Vec<Vec<Limit>>,
+    version: Version,
+}
+
+/// Which configuration a policy came from, as a node reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// A stable hash of the configuration's text: equal on every node that loaded the same
+    /// file, so a fleet's convergence can be read off its metrics.
+    pub id: String,
+    pub loaded_at: SystemTime,
+}
+
+impl Policy {
+    /// `fallback_share`: the share of each limit this node allows alone when the store fails
+    /// in `local` mode (`None` when the store cannot fail).
+    pub fn new(
+        rules: RuleSet,
+        metrics: &Metrics,
+        fallback_share: Option<f64>,
+        version_id: String,
+    ) -> Self {
+        let rule_metrics = rules
+            .rules()
+            .iter()
+            .map(|rule| metrics.for_rule(rule))
+            .collect();
+        let local_limits = match fallback_share {
+            Some(share) => rules
+                .rules()
+                .iter()
+                .map(|rule| {
+                    rule.limits
+                        .iter()
+                        .map(|limit| Limit::new(limit.name.clone(), limit.algorithm.scaled(share)))
+                        .collect()
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        Self {
+            key_wide_bans: rules.has_key_wide_bans(),
+            rules,
+            rule_metrics,
+            local_limits,
+            version: Version {
+                id: version_id,
+                loaded_at: SystemTime::now(),
+            },
+        }
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    pub fn rule(&self, id: usize) -> &Rule {
+        &self.rules.rules()[id]
+    }
+
+    pub fn metrics_of(&self, rule: &Rule) -> &RuleMetrics {
+        &self.rule_metrics[rule.id]
+    }
+
+    pub fn key_wide_bans(&self) -> bool {
+        self.key_wide_bans
+    }
+
+    /// The rule's limits at this node's share, when the store can fail.
+    pub fn local_limits(&self, rule: &Rule) -> Option<&[Limit]> {
+        self.local_limits.get(rule.id).map(Vec::as_slice)
+    }
+
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+}

@@ -1,0 +1,154 @@
+//! Live configuration from a file: a node rereads its config file on SIGHUP and when the
+//! file's content changes (polled, so an edit in place, a rename over it and the symlink swap
+//! of a Kubernetes ConfigMap are all seen alike), validates it in full, and swaps the new rules
+//! in whole ([`Limiter::replace_rules`]). An invalid file changes nothing: the node keeps its
+//! rules and logs every problem with its path. Only rules reload: a change to the listeners,
+//! the backend, the request limits or the admin API needs a restart, and a file that changes
+//! them is refused whole, so nothing half-applies.
+
+use std::{path::PathBuf, time::Duration};
+
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, ConfigError, Overrides},
+    decision_log::short_hash,
+    limiter::Limiter,
+    store::Backend,
+};
+
+/// Where a node's configuration comes from, to read it again.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// The flags and environment the node started with; they apply to every reload too.
+    pub overrides: Overrides,
+}
+
+/// What one reload did.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The new rules are live.
+    Applied { version: String },
+    /// The file's configuration is the one running.
+    Unchanged,
+    /// The file is invalid; nothing changed.
+    Invalid(ConfigError),
+    /// The file changes settings only a restart applies; nothing changed.
+    Refused { sections: Vec<&'static str> },
+}
+
+impl Reloaded {
+    /// The `result` label of `sluice_config_reloads_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Reloaded::Applied { .. } => "applied",
+            Reloaded::Unchanged => "unchanged",
+            Reloaded::Invalid(ConfigError::Read { .. }) => "unreadable",
+            Reloaded::Invalid(_) => "invalid",
+            Reloaded::Refused { .. } => "refused",
+        }
+    }
+}
+
+/// Reads `source` again and, when it is valid and changes only rules, makes its rules live.
+/// `running` is the configuration in force; it follows an applied reload.
+pub fn reload(limiter: &Limiter<Backend>, running: &mut Config, source: &ConfigSource) -> Reloaded {
+    let outcome = match Config::load(Some(&source.path), &source.overrides) {
+        Err(err) => Reloaded::Invalid(err),
+        Ok(next) if next.version == running.version => Reloaded::Unchanged,
+        Ok(next) => {
+            let sections = restart_only_changes(running, &next);
+            if !sections.is_empty() {
+                Reloaded::Refused { sections }
+            } else if next.rules == running.rules {
+                running.version = next.version;
+                Reloaded::Unchanged
+            } else {
+                limiter.replace_rules(next.rules.clone(), next.version.clone());
+                let version = next.version.clone();
+                *running = next;
+                Reloaded::Applied { version }
+            }
+        }
+    };
+    limiter.metrics().config_reload(outcome.label());
+    let path = source.path.display();
+    match &outcome {
+        Reloaded::Applied { version } => info!(%path, %version, "configuration reloaded"),
+        Reloaded::Unchanged => info!(%path, "configuration reread; rules unchanged"),
+        Reloaded::Invalid(err) => {
+            warn!(%path, "configuration reload failed; keeping the running rules: {err}");
+        }
+        Reloaded::Refused { sections } => warn!(
+            %path,
+            sections = sections.join(", "),
+            "configuration reload refused: these sections change only on restart; keeping the running rules"
+        ),
+    }
+    outcome
+}
+
+/// The sections, other than rules, in which `next` differs from `running`.
+fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str> {
+    let mut sections = Vec::new();
+    if running.server != next.server {
+        sections.push("server");
+    }
+    if running.limits != next.limits {
+        sections.push("limits");
+    }
+    if running.backend != next.backend {
+        sections.push("backend");
+    }
+    if running.admin != next.admin {
+        sections.push("admin");
+    }
+    sections
+}
+
+/// Reloads on every message of `requests` (SIGHUP) and whenever the file's content changes
+/// (read every `poll`; `Duration::ZERO` reads it only on request), until `shutdown`.
+pub async fn watch(
+    limiter: std::sync::Arc<Limiter<Backend>>,
+    mut running: Config,
+    source: ConfigSource,
+    poll: Duration,
+    mut requests: mpsc::Receiver<()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut seen = content_hash(&source);
+    let mut ticker = tokio::time::interval(if poll.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        poll
+    });
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            request = requests.recv() => {
+                if request.is_none() {
+                    return;
+                }
+                seen = content_hash(&source);
+                reload(&limiter, &mut running, &source);
+            }
+            _ = ticker.tick(), if !poll.is_zero() => {
+                let now = content_hash(&source);
+                if now != seen {
+                    seen = now;
+                    reload(&limiter, &mut running, &source);
+                }
+            }
+        }
+    }
+}
+
+/// The file's content, hashed; `None` while it cannot be read (mid-swap, say).
+fn content_hash(source: &ConfigSource) -> Option<String> {
+    std::fs::read(&source.path)
+        .ok()
+        .map(|bytes| short_hash(&bytes))
+}
