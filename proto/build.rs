@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
     tonic_prost_build::configure()
+        .codec_path("crate::codec::Codec")
         .file_descriptor_set_path(out_dir.join("sluice_descriptor.bin"))
         .compile_with_config(config, &protos, &["."])?;
     Ok(())

@@ -1,5 +1,7 @@
 //! The Sluice gRPC API, generated from `proto/sluice/v1/*.proto`.
 
+pub mod codec;
+
 /// `sluice.v1`: the rate limiter's own API (check, status) and its admin API (reset).
 pub mod v1 {
     tonic::include_proto!("sluice.v1");

@@ -38,6 +38,15 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     config_reloads: IntCounterVec,
     config_loaded_at: prometheus::Gauge,
+    connections_open: IntGaugeVec,
+    connections_refused: IntCounterVec,
+}
+
+/// One HTTP listener's connections: open now, and refused over its cap.
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    pub open: IntGauge,
+    pub refused: IntCounter,
 }
 
 /// Handles resolved once per rule, so the hot path never looks up a label set.
@@ -214,6 +223,22 @@ impl Metrics {
             "When the running rules were loaded, in Unix seconds.",
         )
         .expect("valid metric");
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "sluice_http_connections",
+                "HTTP connections open now, by listener (public, admin).",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "sluice_http_connections_refused_total",
+                "HTTP connections closed on arrival because the listener had server.http_max_connections open.",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(remaining_ratio.clone()),
@@ -233,6 +258,8 @@ impl Metrics {
             Box::new(config_info.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_loaded_at.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -259,6 +286,16 @@ impl Metrics {
             config_info,
             config_reloads,
             config_loaded_at,
+            connections_open,
+            connections_refused,
+        }
+    }
+
+    /// The handles of one HTTP listener (`public` or `admin`).
+    pub fn connections(&self, listener: &str) -> ConnectionMetrics {
+        ConnectionMetrics {
+            open: self.connections_open.with_label_values(&[listener]),
+            refused: self.connections_refused.with_label_values(&[listener]),
         }
     }
 

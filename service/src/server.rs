@@ -17,7 +17,11 @@ use tracing::{info, warn};
 
 use crate::{
     admin,
-    api::{grpc::GrpcApi, http},
+    api::{
+        grpc::GrpcApi,
+        http,
+        serve::{self, ConnectionLimits},
+    },
     clock::Clock,
     config::{BackendConfig, Config},
     limiter::Limiter,
@@ -36,10 +40,6 @@ pub enum ServerError {
     },
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
-    #[error("HTTP server failed: {0}")]
-    Http(std::io::Error),
-    #[error("admin API server failed: {0}")]
-    Admin(std::io::Error),
     /// The store's error is part of this message, not a source, so it prints once.
     #[error("cannot reach Redis at {urls} (backend.redis.urls): {reason}")]
     Store {
@@ -165,12 +165,26 @@ pub async fn start_with(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             drained(shutdown_rx.clone()),
         );
-    let http = axum::serve(http_listener, http::router(limiter.clone(), ready.clone()))
-        .with_graceful_shutdown(drained(shutdown_rx.clone()));
+    let connection_limits = ConnectionLimits {
+        max_connections: config.server.http_max_connections,
+        header_timeout: config.server.http_header_timeout,
+    };
+    let http = serve::serve(
+        http_listener,
+        http::router(limiter.clone(), ready.clone()),
+        connection_limits,
+        limiter.metrics().connections("public"),
+        shutdown_rx.clone(),
+    );
 
     let admin = admin_listener.map(|(listener, _, tokens)| {
-        axum::serve(listener, admin::router(limiter.clone(), tokens))
-            .with_graceful_shutdown(drained(shutdown_rx.clone()))
+        serve::serve(
+            listener,
+            admin::router(limiter.clone(), tokens),
+            connection_limits,
+            limiter.metrics().connections("admin"),
+            shutdown_rx.clone(),
+        )
     });
 
     let upkeep = spawn_upkeep(&config, limiter.clone(), shutdown_rx.clone());
@@ -178,11 +192,10 @@ pub async fn start_with(
     let mut on_shutdown = shutdown_rx;
     let done = tokio::spawn(async move {
         let grpc = tokio::spawn(grpc);
-        let http = tokio::spawn(async move { http.await.map_err(ServerError::Http) });
+        let http = tokio::spawn(http);
         let admin = tokio::spawn(async move {
-            match admin {
-                Some(admin) => admin.await.map_err(ServerError::Admin),
-                None => Ok(()),
+            if let Some(admin) = admin {
+                admin.await;
             }
         });
         let _ = on_shutdown.wait_for(|stop| *stop).await;
@@ -193,9 +206,9 @@ pub async fn start_with(
         info!(grace = ?grace, "draining in-flight requests");
         let drain = async {
             let grpc = grpc.await.expect("gRPC task does not panic");
-            let http = http.await.expect("HTTP task does not panic");
-            let admin = admin.await.expect("admin task does not panic");
-            grpc.map_err(ServerError::from).and(http).and(admin)
+            http.await.expect("HTTP task does not panic");
+            admin.await.expect("admin task does not panic");
+            grpc.map_err(ServerError::from)
         };
         let result = match tokio::time::timeout(grace, drain).await {
             Ok(result) => result,

@@ -624,3 +624,155 @@ async fn http_refuses_two_api_keys_and_spends_neither() {
     }
     server.stop().await.unwrap();
 }
+
+/// Reads until the server closes the connection (or `within` passes): the bytes read, and
+/// whether it closed.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    within: Duration,
+) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (seen, true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buffer[..n]),
+            Err(_) => return (seen, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn http_closes_half_sent_requests_and_idle_connections_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server = common::start(&format!(
+        "[server]\nhttp_header_timeout = \"300ms\"\n{RULES}"
+    ))
+    .await;
+    let mut half_sent = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    half_sent
+        .write_all(b"POST /check?resource=tight HTTP/1.1\r\nhost: sluice\r\nx-api-key: slow")
+        .await
+        .unwrap();
+    let mut idle = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: sluice\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (answer, closed) = read_until_closed(&mut idle, Duration::from_secs(3)).await;
+    assert!(closed, "an idle keep-alive connection is closed");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "served first"
+    );
+    let (_, closed) = read_until_closed(&mut half_sent, Duration::from_secs(3)).await;
+    assert!(closed, "a request whose headers never end is dropped");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "closed after about the timeout, took {:?}",
+        started.elapsed()
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn http_refuses_connections_over_its_cap_at_once_and_serves_again_below_it() {
+    use tokio::io::AsyncWriteExt;
+    let server = common::start(&format!(
+        "[server]\nhttp_max_connections = 4\nhttp_header_timeout = \"30s\"\n{RULES}"
+    ))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(server.http_addr)
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: s")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut over = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut over, Duration::from_secs(2)).await;
+    assert!(closed, "the fifth connection is closed, not left hanging");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    held.clear();
+    // The server sees the four close and frees their slots; a new client is served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let metrics = loop {
+        match reqwest::get(common::http_url(&server, "/metrics")).await {
+            Ok(response) => break response.text().await.unwrap(),
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("never served again: {err}"),
+        }
+    };
+    assert!(
+        metrics.contains(r#"sluice_http_connections_refused_total{listener="public"} 1"#),
+        "{metrics}"
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn grpc_answers_a_malformed_message_with_invalid_argument() {
+    let server = common::start(RULES).await;
+    let tcp = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!(
+        "http://{}/sluice.v1.RateLimiter/Check",
+        server.grpc_addr
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    // One uncompressed message of 2 bytes: field 1 (key), length 255, and nothing after it.
+    body.send_data(
+        bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 0x0a, 0xff]),
+        true,
+    )
+    .unwrap();
+    let response = response.await.unwrap();
+    let status_of = |headers: &http::HeaderMap| {
+        headers
+            .get("grpc-status")
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    let (head, mut rest) = response.into_parts();
+    let status = match status_of(&head.headers) {
+        Some(status) => status,
+        None => {
+            while rest.data().await.is_some() {}
+            status_of(&rest.trailers().await.unwrap().unwrap()).unwrap()
+        }
+    };
+    assert_eq!(
+        status, "3",
+        "INVALID_ARGUMENT, the caller's mistake, not INTERNAL (13)"
+    );
+    driver.abort();
+    server.stop().await.unwrap();
+}

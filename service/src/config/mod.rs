@@ -68,7 +68,16 @@ pub struct ServerConfig {
     pub grpc_max_concurrent_streams: u32,
     /// How often the config file is reread for changes (zero: only on SIGHUP).
     pub config_poll_interval: Duration,
+    /// Connections one HTTP listener (public or admin) holds open at most; more are closed
+    /// on arrival.
+    pub http_max_connections: usize,
+    /// How long an HTTP connection may take to send a request's headers, and stay idle
+    /// between requests.
+    pub http_header_timeout: Duration,
 }
+
+/// Default of `server.http_max_connections`.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: u64 = 4096;
 
 /// Default of `server.grpc_max_concurrent_streams`.
 pub const DEFAULT_GRPC_MAX_CONCURRENT_STREAMS: u32 = 1024;
@@ -278,6 +287,8 @@ struct RawServer {
     shadow: Option<bool>,
     grpc_max_concurrent_streams: Option<u64>,
     config_poll_interval: Option<String>,
+    http_max_connections: Option<u64>,
+    http_header_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -422,7 +433,30 @@ impl RawServer {
             self.config_poll_interval,
             Duration::from_secs(1),
         );
+        let http_max_connections = self
+            .http_max_connections
+            .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
+        if !(1..=1_000_000).contains(&http_max_connections) {
+            issues.add(
+                "server.http_max_connections",
+                format!("{http_max_connections} is out of range; use 1 to 1000000 (default {DEFAULT_HTTP_MAX_CONNECTIONS}), below the process's open-file limit"),
+            );
+        }
+        let http_header_timeout = duration_field(
+            issues,
+            "server.http_header_timeout",
+            self.http_header_timeout,
+            Duration::from_secs(10),
+        );
+        if !(Duration::from_millis(100)..=Duration::from_secs(300)).contains(&http_header_timeout) {
+            issues.add(
+                "server.http_header_timeout",
+                "use \"100ms\" to \"5m\"; a client slower than that is holding the connection, not using it",
+            );
+        }
         ServerConfig {
+            http_max_connections: http_max_connections.clamp(1, 1_000_000) as usize,
+            http_header_timeout,
             config_poll_interval,
             grpc_addr,
             http_addr,
