@@ -8,9 +8,11 @@ pub mod admin;
 pub mod algorithm;
 pub mod api;
 pub mod auth;
+pub mod central;
 pub mod clock;
 pub mod config;
 pub mod decision_log;
+pub mod heavy_hitters;
 pub mod limiter;
 pub mod local_redis;
 pub mod metrics;
@@ -18,6 +20,7 @@ pub mod policy;
 pub mod reload;
 pub mod rules;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 
 /// The git commit this binary was built from ("unknown" outside a checkout).

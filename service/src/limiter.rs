@@ -1,9 +1,10 @@
 //! The decision core, independent of any API: validates a request, finds its rule, asks the
 //! store, and counts the outcome. gRPC, HTTP (and later Envoy RLS) are thin adapters over it.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 
 use crate::{
     algorithm::{
@@ -16,6 +17,7 @@ use crate::{
         rule_config::MAX_RESOURCE_BYTES,
     },
     decision_log::{LINES_PER_SECOND, LogBudget, key_hash},
+    heavy_hitters::{HeavyHitters, Hitter},
     metrics::Metrics,
     policy::Policy,
     rules::{DEFAULT_RESOURCE, Rule, RuleSet, same_layout},
@@ -154,6 +156,13 @@ pub enum LimiterError {
     Store(#[from] StoreError),
 }
 
+/// Counters of the denied-keys sketch: memory stays at this many keys whatever the traffic,
+/// and any key with more than 1/64 of a window's denials is listed.
+pub const TOP_DENIED_CAPACITY: usize = 64;
+
+/// The denied-keys sketch's window; a listing covers the current and the last one.
+pub const TOP_DENIED_WINDOW_US: u64 = 60_000_000;
+
 /// The `reason` of a banned key's answer.
 pub const BANNED_REASON: &str = "key banned for repeatedly exceeding its limits";
 
@@ -207,6 +216,10 @@ pub struct Limiter<S> {
     shadow_log: LogBudget,
     /// Bounds the lines logged about bans started.
     ban_log: LogBudget,
+    /// The keys denied (or banned) most lately, for the admin API.
+    denied: Mutex<HeavyHitters>,
+    /// The origin of `denied`'s clock.
+    started: Instant,
 }
 
 impl<S: Store> Limiter<S> {
@@ -229,6 +242,8 @@ impl<S: Store> Limiter<S> {
             failure,
             shadow_log: LogBudget::new(LINES_PER_SECOND),
             ban_log: LogBudget::new(LINES_PER_SECOND),
+            denied: Mutex::new(HeavyHitters::new(TOP_DENIED_CAPACITY, TOP_DENIED_WINDOW_US)),
+            started: Instant::now(),
         }
     }
 
@@ -332,6 +347,12 @@ impl<S: Store> Limiter<S> {
             (Outcome::Denied, reason)
         };
         let outcome = Self::count(&policy, rule, &decision, outcome);
+        if matches!(outcome, Outcome::Denied | Outcome::Banned) {
+            let now_us = self.started.elapsed().as_micros() as u64;
+            self.denied
+                .lock()
+                .record(bucket.resource, bucket.key, now_us);
+        }
         Verdict {
             outcome,
             decision,
@@ -504,6 +525,13 @@ impl<S: Store> Limiter<S> {
         &self.store
     }
 
+    /// The keys denied or banned most over the last one to two minutes, most first: a
+    /// space-saving sketch of [`TOP_DENIED_CAPACITY`] counters ([`HeavyHitters`]).
+    pub fn top_denied(&self, limit: usize) -> Vec<Hitter> {
+        let now_us = self.started.elapsed().as_micros() as u64;
+        self.denied.lock().top(limit, now_us)
+    }
+
     /// The policy requests are decided under now.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.load_full()
@@ -537,6 +565,9 @@ impl<S: Store> Limiter<S> {
         } else {
             swap();
         }
+        // A denial remembered under the old rules must not answer under the new ones (a raised
+        // limit would stay denied until the cached retry-after).
+        self.store.rules_changed();
         self.metrics
             .set_config_version(&new.version().id, new.version().loaded_at);
     }

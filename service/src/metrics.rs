@@ -40,6 +40,7 @@ pub struct Metrics {
     config_loaded_at: prometheus::Gauge,
     connections_open: IntGaugeVec,
     connections_refused: IntCounterVec,
+    central_version: IntGauge,
 }
 
 /// One HTTP listener's connections: open now, and refused over its cap.
@@ -239,6 +240,11 @@ impl Metrics {
             &["listener"],
         )
         .expect("valid metric");
+        let central_version = IntGauge::new(
+            "sluice_central_rules_version",
+            "The version of the central rules document this node last applied (0: none; rules_source.kind = \"redis\").",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(remaining_ratio.clone()),
@@ -260,6 +266,7 @@ impl Metrics {
             Box::new(config_loaded_at.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(central_version.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -288,7 +295,13 @@ impl Metrics {
             config_loaded_at,
             connections_open,
             connections_refused,
+            central_version,
         }
+    }
+
+    /// The central rules document's version this node runs.
+    pub fn set_central_version(&self, version: u64) {
+        self.central_version.set(version as i64);
     }
 
     /// The handles of one HTTP listener (`public` or `admin`).

@@ -105,6 +105,9 @@ fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str> {
     if running.admin != next.admin {
         sections.push("admin");
     }
+    if running.rules_source != next.rules_source {
+        sections.push("rules_source");
+    }
     sections
 }
 
@@ -116,8 +119,10 @@ pub async fn watch(
     source: ConfigSource,
     poll: Duration,
     mut requests: mpsc::Receiver<()>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let stopping = crate::shutdown::requested(shutdown);
+    tokio::pin!(stopping);
     let mut seen = content_hash(&source);
     let mut ticker = tokio::time::interval(if poll.is_zero() {
         Duration::from_secs(3600)
@@ -127,23 +132,40 @@ pub async fn watch(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            () = &mut stopping => return,
             request = requests.recv() => {
                 if request.is_none() {
                     return;
                 }
                 seen = content_hash(&source);
-                reload(&limiter, &mut running, &source);
+                running = reload_off_the_runtime(&limiter, running, &source).await;
             }
             _ = ticker.tick(), if !poll.is_zero() => {
                 let now = content_hash(&source);
                 if now != seen {
                     seen = now;
-                    reload(&limiter, &mut running, &source);
+                    running = reload_off_the_runtime(&limiter, running, &source).await;
                 }
             }
         }
     }
+}
+
+/// [`reload`] on a blocking thread: reading, parsing and validating a file (and remapping the
+/// memory store's keys) must not hold up a runtime worker that is answering checks.
+async fn reload_off_the_runtime(
+    limiter: &std::sync::Arc<Limiter<Backend>>,
+    mut running: Config,
+    source: &ConfigSource,
+) -> Config {
+    let (limiter, source) = (limiter.clone(), source.clone());
+    let fallback = running.clone();
+    tokio::task::spawn_blocking(move || {
+        reload(&limiter, &mut running, &source);
+        running
+    })
+    .await
+    .unwrap_or(fallback)
 }
 
 /// The file's content, hashed; `None` while it cannot be read (mid-swap, say).

@@ -11,22 +11,28 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::{
-    admin,
+    admin::{self, RulesAdmin},
     api::{
         grpc::GrpcApi,
         http,
         serve::{self, ConnectionLimits},
     },
+    central::{self, CentralRules},
     clock::Clock,
-    config::{BackendConfig, Config},
+    config::{BackendConfig, Config, RulesSource},
     limiter::Limiter,
     metrics::Metrics,
     reload::{self, ConfigSource},
+    shutdown,
     store::{Backend, MemoryStore, RedisStore},
 };
 
@@ -41,6 +47,8 @@ pub enum ServerError {
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     /// The store's error is part of this message, not a source, so it prints once.
+    #[error("{0} (rules_source.url)")]
+    Central(crate::central::CentralError),
     #[error("cannot reach Redis at {urls} (backend.redis.urls): {reason}")]
     Store {
         urls: String,
@@ -57,11 +65,46 @@ pub struct RunningServer {
     limiter: Arc<Limiter<Backend>>,
     shutdown: watch::Sender<bool>,
     done: JoinHandle<Result<(), ServerError>>,
+    /// The configuration it started with: what a file reload compares against.
+    config: Config,
+    /// Asks whatever follows the rules (the central document, or a file once
+    /// [`RunningServer::follow_file`] starts) to look again now.
+    reloads: mpsc::Sender<()>,
+    /// The receiving end, until a file follower takes it (central rules take it at start).
+    reload_requests: Option<mpsc::Receiver<()>>,
 }
 
 impl RunningServer {
     pub fn limiter(&self) -> &Arc<Limiter<Backend>> {
         &self.limiter
+    }
+
+    /// Reloads the rules from the config file `source` on [`RunningServer::request_reload`]
+    /// and whenever the file changes ([`reload::watch`]). Nothing when the rules are central.
+    pub fn follow_file(&mut self, source: ConfigSource) {
+        let Some(requests) = self.reload_requests.take() else {
+            return;
+        };
+        let poll = self.config.server.config_poll_interval;
+        info!(path = %source.path.display(), ?poll, "rules reload on SIGHUP and when the file changes");
+        tokio::spawn(reload::watch(
+            self.limiter.clone(),
+            self.config.clone(),
+            source,
+            poll,
+            requests,
+            self.shutdown.subscribe(),
+        ));
+    }
+
+    /// Asks for the rules to be read again now (SIGHUP); false when nothing follows them (no
+    /// config file, central rules off).
+    pub fn request_reload(&self) -> bool {
+        if self.reload_requests.is_some() {
+            return false;
+        }
+        let _ = self.reloads.try_send(());
+        true
     }
 
     /// A receiver that turns true when shutdown is requested.
@@ -138,6 +181,14 @@ pub async fn start_with(
     };
     let admin_addr = admin_listener.as_ref().map(|(_, addr, _)| *addr);
 
+    let central = match &config.rules_source {
+        RulesSource::Redis(source) => Some(
+            CentralRules::connect(source)
+                .await
+                .map_err(ServerError::Central)?,
+        ),
+        RulesSource::File => None,
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(true));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -163,7 +214,7 @@ pub async fn start_with(
         .add_service(GrpcApi::server(limiter.clone()))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            drained(shutdown_rx.clone()),
+            shutdown::requested(shutdown_rx.clone()),
         );
     let connection_limits = ConnectionLimits {
         max_connections: config.server.http_max_connections,
@@ -180,13 +231,36 @@ pub async fn start_with(
     let admin = admin_listener.map(|(listener, _, tokens)| {
         serve::serve(
             listener,
-            admin::router(limiter.clone(), tokens),
+            admin::router(
+                limiter.clone(),
+                tokens,
+                RulesAdmin {
+                    limiter: limiter.clone(),
+                    config: Arc::new(config.clone()),
+                    central: central.clone(),
+                },
+            ),
             connection_limits,
             limiter.metrics().connections("admin"),
             shutdown_rx.clone(),
         )
     });
 
+    let (reloads, reload_requests) = mpsc::channel(1);
+    let reload_requests = match central {
+        Some(central) => {
+            info!("rules follow the central document in Redis");
+            tokio::spawn(central::follow(
+                limiter.clone(),
+                config.clone(),
+                central,
+                reload_requests,
+                shutdown_rx.clone(),
+            ));
+            None
+        }
+        None => Some(reload_requests),
+    };
     let upkeep = spawn_upkeep(&config, limiter.clone(), shutdown_rx.clone());
     let grace = config.server.shutdown_grace;
     let mut on_shutdown = shutdown_rx;
@@ -225,6 +299,9 @@ pub async fn start_with(
         None => info!(%grpc_addr, %http_addr, "sluice listening (admin API off: no admin.addr)"),
     }
     Ok(RunningServer {
+        config,
+        reloads,
+        reload_requests,
         grpc_addr,
         http_addr,
         admin_addr,
@@ -232,11 +309,6 @@ pub async fn start_with(
         shutdown,
         done,
     })
-}
-
-/// Resolves when shutdown is requested.
-async fn drained(mut shutdown: watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// Background upkeep: sweeping in-memory state that is back to fresh, and for Redis, probing
@@ -278,31 +350,26 @@ pub async fn run_until_signal(config: Config, source: Option<ConfigSource>) -> a
     // says it listens (a rollout, a test) must drain it, not kill it with the default action.
     let signal = shutdown_signal().context("installing the SIGINT and SIGTERM handlers")?;
     let reloads = reload_requests().context("installing the SIGHUP handler")?;
-    let poll = config.server.config_poll_interval;
-    let running = config.clone();
-    let server = start(config).await?;
-    match source {
-        Some(source) => {
-            info!(path = %source.path.display(), ?poll, "rules reload on SIGHUP and when the file changes");
-            tokio::spawn(reload::watch(
-                server.limiter().clone(),
-                running,
-                source,
-                poll,
-                reloads,
-                server.shutdown_receiver(),
-            ));
-        }
-        None => {
-            tokio::spawn(async move {
-                let mut reloads = reloads;
-                while reloads.recv().await.is_some() {
+    let mut server = start(config).await?;
+    if let Some(source) = source {
+        server.follow_file(source);
+    }
+    let server = Arc::new(server);
+    let forward = {
+        let server = server.clone();
+        let mut reloads = reloads;
+        tokio::spawn(async move {
+            while reloads.recv().await.is_some() {
+                if !server.request_reload() {
                     warn!("SIGHUP: no config file to reload (start with --config to reload rules)");
                 }
-            });
-        }
-    }
+            }
+        })
+    };
     signal.await;
+    forward.abort();
+    let _ = forward.await;
+    let server = Arc::into_inner(server).expect("the SIGHUP task has ended");
     info!("shutdown signal received");
     server.stop().await?;
     info!("stopped");

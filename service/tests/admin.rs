@@ -334,3 +334,51 @@ fn an_admin_listener_needs_valid_tokens() {
     let off = Config::parse(RULES, "test", &Overrides::default()).unwrap();
     assert!(off.admin.is_none(), "off unless admin.addr is set");
 }
+
+#[tokio::test]
+async fn top_denied_lists_the_keys_refused_most_to_a_reader() {
+    let server = common::start(RULES).await;
+    let http = reqwest::Client::new();
+    for (key, tries) in [("hammer", 25), ("tapper", 8), ("polite", 5)] {
+        for _ in 0..tries {
+            login(&http, &server, key).await;
+        }
+    }
+    let top = |query: &'static str| {
+        http.get(common::admin_url(
+            &server,
+            &format!("/v1/keys/top-denied{query}"),
+        ))
+        .bearer_auth(common::READ_TOKEN)
+        .send()
+    };
+    let answer: serde_json::Value = top("?limit=2").await.unwrap().json().await.unwrap();
+    let listed: Vec<(&str, u64)> = answer["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["key"].as_str().unwrap(),
+                entry["denials"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [("hammer", 20), ("tapper", 3)],
+        "5 allowed each, the rest denied; polite never denied"
+    );
+    assert_eq!(top("?limit=0").await.unwrap().status(), 400);
+    let anonymous = http
+        .get(common::admin_url(&server, "/v1/keys/top-denied"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "client keys are for token holders only"
+    );
+    server.stop().await.unwrap();
+}

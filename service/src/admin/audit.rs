@@ -6,7 +6,7 @@
 use crate::{auth::Principal, decision_log::key_hash};
 
 /// One change: `action` by `who` on `resource` / `key`, with `before` and `after` as JSON.
-pub fn change(
+pub fn key_change(
     who: &Principal,
     action: &str,
     resource: &str,
@@ -23,6 +23,28 @@ pub fn change(
         key_hash = %key_hash(key),
         %before,
         %after,
+        "admin change"
+    );
+}
+
+/// A new central rules document: who wrote it, the configuration versions before and after,
+/// the document's version, and what changed.
+pub fn rules_change(
+    who: &Principal,
+    before: &str,
+    after: &str,
+    document_version: u64,
+    diff: &serde_json::Value,
+) {
+    tracing::info!(
+        target: "sluice::audit",
+        who = %who.name,
+        role = who.role.label(),
+        action = "rules",
+        document_version,
+        before,
+        after,
+        %diff,
         "admin change"
     );
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{
     Extension, Json, Router,
     body::Bytes,
-    extract::State,
+    extract::{Query, State, rejection::QueryRejection},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -26,6 +26,7 @@ pub(super) fn read_routes(limiter: Shared) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/config", get(running_config))
         .route("/v1/keys/explain", post(explain))
+        .route("/v1/keys/top-denied", get(top_denied))
         .with_state(limiter)
 }
 
@@ -76,7 +77,7 @@ async fn running_config(State(limiter): State<Shared>) -> Json<Value> {
     }))
 }
 
-fn rule_json(rule: &crate::rules::Rule) -> Value {
+pub(super) fn rule_json(rule: &crate::rules::Rule) -> Value {
     let limits: Vec<Value> = rule
         .limits
         .iter()
@@ -104,6 +105,43 @@ fn rule_json(rule: &crate::rules::Rule) -> Value {
         })),
         "limits": limits,
     })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopParams {
+    limit: Option<usize>,
+}
+
+/// The keys denied most lately (read role: the answer names client keys).
+async fn top_denied(
+    State(limiter): State<Shared>,
+    params: Result<Query<TopParams>, QueryRejection>,
+) -> Response {
+    let work = async {
+        let Query(params) = params
+            .map_err(|_| Problem::bad_request("limit", "the query takes only limit=<1 to 64>"))?;
+        let limit = params.limit.unwrap_or(20);
+        if !(1..=crate::limiter::TOP_DENIED_CAPACITY).contains(&limit) {
+            return Err(Problem::bad_request("limit", "limit must be 1 to 64"));
+        }
+        let keys: Vec<Value> = limiter
+            .top_denied(limit)
+            .into_iter()
+            .map(|hitter| {
+                json!({
+                    "key": hitter.key,
+                    "resource": hitter.resource,
+                    "denials": hitter.count,
+                    "overcount_at_most": hitter.error,
+                })
+            })
+            .collect();
+        Ok(Json(
+            json!({ "window": "the last 1 to 2 minutes", "keys": keys }),
+        ))
+    };
+    answer(limiter.metrics(), "top_denied", work.await)
 }
 
 async fn explain(State(limiter): State<Shared>, body: Bytes) -> Response {

@@ -7,6 +7,9 @@
 mod audit;
 mod grpc;
 mod http;
+mod rules;
+
+pub use rules::RulesAdmin;
 
 use std::sync::Arc;
 
@@ -29,9 +32,9 @@ use crate::{
 
 /// The admin router: authentication around everything, the admin role around what changes
 /// state.
-pub fn router(limiter: Arc<Limiter<Backend>>, tokens: Tokens) -> Router {
+pub fn router(limiter: Arc<Limiter<Backend>>, tokens: Tokens, rules: RulesAdmin) -> Router {
     let metrics = limiter.metrics().clone();
-    let read = http::read_routes(limiter.clone());
+    let read = http::read_routes(limiter.clone()).merge(rules::routes(rules));
     let change = http::change_routes(limiter.clone())
         .merge(grpc::routes(limiter))
         .route_layer(middleware::from_fn_with_state(
@@ -55,7 +58,7 @@ async fn reset_key(
     let before = explain_json(&limiter.status(key, resource).await?);
     let existed = limiter.reset(key, resource).await?;
     let resource = before["resource"].as_str().unwrap_or(resource);
-    audit::change(
+    audit::key_change(
         who,
         "reset",
         resource,

@@ -37,10 +37,7 @@ pub async fn serve(
     metrics: ConnectionMetrics,
     shutdown: watch::Receiver<bool>,
 ) {
-    let stopping = async move {
-        let mut shutdown = shutdown;
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
+    let stopping = crate::shutdown::requested(shutdown);
     tokio::pin!(stopping);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusals_log = LogBudget::new(1);

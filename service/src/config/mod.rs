@@ -6,6 +6,7 @@ mod admin_config;
 mod ban_config;
 mod duration;
 pub mod rule_config;
+mod rules_source;
 
 use std::{
     fmt,
@@ -18,6 +19,7 @@ use serde::Deserialize;
 
 pub use admin_config::AdminConfig;
 pub use duration::parse_duration;
+pub use rules_source::{CentralSource, DEFAULT_RULES_KEY, RulesSource};
 
 use crate::rules::RuleSet;
 
@@ -49,6 +51,8 @@ pub struct Config {
     pub rules: RuleSet,
     /// Off unless `admin.addr` is set.
     pub admin: Option<AdminConfig>,
+    /// Where the rules come from: this file, or a document in Redis shared by a fleet.
+    pub rules_source: RulesSource,
     /// A stable hash of the configuration's text (before overrides): every node that loaded
     /// the same file reports the same version.
     pub version: String,
@@ -272,6 +276,7 @@ impl Config {
 struct RawConfig {
     server: RawServer,
     admin: admin_config::RawAdmin,
+    rules_source: rules_source::RawRulesSource,
     limits: RawLimits,
     backend: RawBackend,
     default_rule: Option<rule_config::RawRule>,
@@ -368,6 +373,7 @@ impl RawConfig {
         let admin = self.admin.validate(&server, &mut issues);
         let limits = self.limits.validate(&mut issues);
         let backend = self.backend.validate(&mut issues);
+        let rules_source = self.rules_source.validate(&backend, &mut issues);
         let mut rules = rule_config::build_rule_set(
             self.default_rule,
             self.rules,
@@ -384,6 +390,7 @@ impl RawConfig {
                 backend,
                 rules,
                 admin,
+                rules_source,
                 version: String::new(),
             })
         } else {

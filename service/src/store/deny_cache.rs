@@ -99,6 +99,13 @@ impl DenyCache {
         self.shard(key).lock().remove(key);
     }
 
+    /// Forgets every denial: they were decided under rules that have just changed.
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard.lock().clear();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.lock().len()).sum()
     }

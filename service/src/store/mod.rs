@@ -97,6 +97,10 @@ pub trait Store: Send + Sync + 'static {
         commit();
     }
 
+    /// The rules changed: forget any decision remembered to answer without the store (the
+    /// Redis store's deny cache), since it was made under the old rules.
+    fn rules_changed(&self) {}
+
     /// Keys currently held, where the store can tell cheaply.
     fn active_keys(&self) -> Option<u64>;
 
@@ -154,6 +158,10 @@ impl Store for RedisStore {
 
     fn active_keys(&self) -> Option<u64> {
         None
+    }
+
+    fn rules_changed(&self) {
+        RedisStore::forget_cached_denials(self);
     }
 
     fn healthy(&self) -> bool {
@@ -218,6 +226,13 @@ impl Store for Backend {
     fn upkeep(&self, limits_of: &LimitsOf<'_>) {
         if let Backend::Memory(store) = self {
             store.upkeep(limits_of);
+        }
+    }
+
+    fn rules_changed(&self) {
+        match self {
+            Backend::Memory(store) => store.rules_changed(),
+            Backend::Redis(store) => Store::rules_changed(store),
         }
     }
 

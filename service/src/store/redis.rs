@@ -461,6 +461,11 @@ impl RedisStore {
         self.decide(bucket, limits, bans, 0).await
     }
 
+    /// Empties this node's deny cache (the rules changed under it).
+    pub fn forget_cached_denials(&self) {
+        self.deny_cache.clear();
+    }
+
     pub async fn reset(&self, bucket: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
         let mut keys = Vec::with_capacity(1);
         self.push_state_keys(&mut keys, bucket, limits);

@@ -1,0 +1,214 @@
+//! The rules endpoints: read the rules a node runs and, for a fleet whose rules are central
+//! ([`crate::central`]), replace them: validated first against this node's settings, answered
+//! with the difference, `dry_run` to only validate, `if_version` to refuse a lost update. A
+//! node whose rules come from its own file says so: edit the file (it reloads by itself).
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Extension, Json, Router,
+    body::Bytes,
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{audit, http::rule_json};
+use crate::{
+    api::http::Problem,
+    auth::{Principal, Role},
+    central::{CentralError, CentralRules},
+    config::{Config, ConfigError},
+    limiter::Limiter,
+    rules::RuleSet,
+    store::Backend,
+};
+
+/// What the rules endpoints work with: the limiter (the rules running now), this node's own
+/// settings (a new document is validated against them), and the central document, if any.
+#[derive(Clone)]
+pub struct RulesAdmin {
+    pub limiter: Arc<Limiter<Backend>>,
+    pub config: Arc<Config>,
+    pub central: Option<CentralRules>,
+}
+
+/// `GET` (read role) and `PUT` (admin role, checked here: one path, two roles).
+pub(super) fn routes(rules: RulesAdmin) -> Router {
+    Router::new()
+        .route("/v1/rules", get(read).put(replace))
+        .with_state(rules)
+}
+
+async fn read(State(rules): State<RulesAdmin>) -> Response {
+    let policy = rules.limiter.policy();
+    let running: Vec<Value> = policy.rules().rules().iter().map(rule_json).collect();
+    let Some(central) = &rules.central else {
+        rules.limiter.metrics().admin_request("rules", "ok");
+        return Json(json!({
+            "source": "file",
+            "config_version": policy.version().id,
+            "rules": running,
+        }))
+        .into_response();
+    };
+    match central.read().await {
+        Ok(document) => {
+            rules.limiter.metrics().admin_request("rules", "ok");
+            Json(json!({
+                "source": "redis",
+                "config_version": policy.version().id,
+                "document": document.map(|document| json!({
+                    "version": document.version,
+                    "updated_by": document.updated_by,
+                    "updated_at_ms": document.updated_at_ms,
+                    "text": document.text,
+                })),
+                "rules": running,
+            }))
+            .into_response()
+        }
+        Err(err) => failed(&rules, "rules", err),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplaceParams {
+    #[serde(default)]
+    dry_run: bool,
+    if_version: Option<u64>,
+}
+
+async fn replace(
+    State(rules): State<RulesAdmin>,
+    Extension(who): Extension<Principal>,
+    params: Result<Query<ReplaceParams>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Response {
+    let metrics = rules.limiter.metrics();
+    if let Err(err) = who.require(Role::Admin) {
+        metrics.admin_refused("forbidden");
+        return Problem {
+            status: StatusCode::FORBIDDEN,
+            field: "authorization",
+            detail: err.to_string(),
+        }
+        .into_response();
+    }
+    let Ok(Query(params)) = params else {
+        metrics.admin_request("rules_replace", "invalid");
+        return Problem::bad_request(
+            "query",
+            "the query takes only dry_run=true|false and if_version=<document version>",
+        )
+        .into_response();
+    };
+    let Some(central) = &rules.central else {
+        metrics.admin_request("rules_replace", "invalid");
+        return Problem {
+            status: StatusCode::CONFLICT,
+            field: "rules_source",
+            detail: "this node's rules come from its config file (rules_source.kind = \"file\"): edit the file and it reloads; PUT /v1/rules needs rules_source.kind = \"redis\"".into(),
+        }
+        .into_response();
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        metrics.admin_request("rules_replace", "invalid");
+        return Problem::bad_request("body", "the body must be a UTF-8 TOML rules document")
+            .into_response();
+    };
+    let next = match rules.config.with_rules(text, "the request body") {
+        Ok(next) => next,
+        Err(err) => {
+            metrics.admin_request("rules_replace", "invalid");
+            return invalid(&err);
+        }
+    };
+    let running = rules.limiter.policy();
+    let diff = diff(running.rules(), &next.rules);
+    if params.dry_run {
+        metrics.admin_request("rules_replace", "ok");
+        return Json(json!({ "dry_run": true, "valid": true, "diff": diff })).into_response();
+    }
+    match central.write(text, params.if_version, &who.name).await {
+        Ok(version) => {
+            metrics.admin_request("rules_replace", "ok");
+            audit::rules_change(&who, &running.version().id, &next.version, version, &diff);
+            Json(json!({
+                "dry_run": false,
+                "version": version,
+                "config_version": next.version,
+                "diff": diff,
+            }))
+            .into_response()
+        }
+        Err(err) => failed(&rules, "rules_replace", err),
+    }
+}
+
+fn failed(rules: &RulesAdmin, action: &str, err: CentralError) -> Response {
+    let status = match err {
+        CentralError::Conflict { .. } => StatusCode::CONFLICT,
+        CentralError::Redis { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let result = if status == StatusCode::CONFLICT {
+        "invalid"
+    } else {
+        "error"
+    };
+    rules.limiter.metrics().admin_request(action, result);
+    Problem {
+        status,
+        field: "rules",
+        detail: err.to_string(),
+    }
+    .into_response()
+}
+
+/// 400 with every problem of the document, each with its field path.
+fn invalid(err: &ConfigError) -> Response {
+    let issues: Vec<Value> = err
+        .issues()
+        .iter()
+        .map(|issue| json!({ "path": issue.path, "message": issue.message }))
+        .collect();
+    (
+        StatusCode::BAD_REQUEST,
+        [(axum::http::header::CONTENT_TYPE, "application/problem+json")],
+        json!({
+            "type": "about:blank",
+            "title": "Bad Request",
+            "status": 400,
+            "field": "body",
+            "detail": err.to_string(),
+            "issues": issues,
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+/// Rules added, removed and changed (by name), each changed one before and after.
+fn diff(before: &RuleSet, after: &RuleSet) -> Value {
+    let by_name = |set: &RuleSet| -> BTreeMap<String, Value> {
+        set.rules()
+            .iter()
+            .map(|rule| (rule.name.clone(), rule_json(rule)))
+            .collect()
+    };
+    let (old, new) = (by_name(before), by_name(after));
+    let added: Vec<&String> = new.keys().filter(|name| !old.contains_key(*name)).collect();
+    let removed: Vec<&String> = old.keys().filter(|name| !new.contains_key(*name)).collect();
+    let changed: Vec<Value> = new
+        .iter()
+        .filter_map(|(name, rule)| {
+            let was = old.get(name)?;
+            (was != rule).then(|| json!({ "name": name, "before": was, "after": rule }))
+        })
+        .collect();
+    json!({ "added": added, "removed": removed, "changed": changed })
+}
