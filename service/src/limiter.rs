@@ -521,6 +521,20 @@ impl<S: Store> Limiter<S> {
             .await?)
     }
 
+    /// Lifts the key's ban on the resource (and its key-wide ban, if some rule bans
+    /// key-wide); true when there was one. Its limit states stay.
+    pub async fn lift_ban(&self, key: &str, resource: &str) -> Result<bool, LimiterError> {
+        let policy = self.policy.load_full();
+        let (rule, resource) = self.resolve(&policy, key, resource)?;
+        Ok(self
+            .store
+            .lift_ban(
+                BucketKey { resource, key },
+                rule.bans(policy.key_wide_bans()),
+            )
+            .await?)
+    }
+
     pub fn store(&self) -> &S {
         &self.store
     }

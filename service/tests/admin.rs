@@ -382,3 +382,39 @@ async fn top_denied_lists_the_keys_refused_most_to_a_reader() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_admin_lifts_a_ban_and_a_reader_cannot() {
+    let rules = "[rules.login]\nalgorithm = \"fixed_window\"\nlimit = 2\nwindow = \"1h\"\n\
+                 [rules.login.ban]\nafter = 2\nwithin = \"1m\"\nduration = \"15m\"\n";
+    let server = common::start(rules).await;
+    let http = reqwest::Client::new();
+    let statuses: Vec<u16> = {
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.push(login(&http, &server, "trent").await);
+        }
+        seen
+    };
+    assert_eq!(statuses, [200, 200, 429, 403, 403], "the 2nd denial bans");
+    let lift = |token: &'static str| {
+        http.post(common::admin_url(&server, "/v1/keys/lift-ban"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"key": "trent", "resource": "login"}))
+            .send()
+    };
+    assert_eq!(lift(common::READ_TOKEN).await.unwrap().status(), 403);
+    assert_eq!(login(&http, &server, "trent").await, 403, "still banned");
+    let lifted = lift(common::ADMIN_TOKEN).await.unwrap();
+    assert_eq!(lifted.status(), 200);
+    assert_eq!(
+        lifted.json::<serde_json::Value>().await.unwrap()["existed"],
+        true
+    );
+    assert_eq!(
+        login(&http, &server, "trent").await,
+        429,
+        "no longer banned; the limit stays spent"
+    );
+    server.stop().await.unwrap();
+}

@@ -255,7 +255,7 @@ async fn a_repeat_offender_is_banned_with_403_and_banned_on_grpc() {
     );
     assert_eq!(body["decision"], "banned");
 
-    // A reset clears the key's quota but does not lift its ban.
+    // A reset clears the key's quota but does not lift its ban; lifting the ban does.
     assert!(common::admin_reset(&server, "mallory-9c1e", "login").await);
     assert_eq!(
         post().await.unwrap().status(),

@@ -347,3 +347,58 @@ duration = "15m"
     );
     stop(nodes).await;
 }
+
+/// Two nodes on one Redis both answer a banned key from their deny caches; a ban lifted through
+/// one node's admin API ends on the other within a second (a cached denial answers at most that
+/// long before Redis is asked again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_lifted_through_one_node_ends_on_every_node_within_a_second() {
+    let redis = common::redis::server();
+    let config = format!(
+        "{}deny_cache_keys = 1000\n{}",
+        redis_backend(&[redis.url()], false),
+        "[rules.login]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1h\"\n\
+         [rules.login.ban]\nafter = 2\nwithin = \"1h\"\nduration = \"1h\"\n"
+    );
+    let nodes = start_nodes(&config, 2).await;
+    let http = reqwest::Client::new();
+    let status = async |node: &RunningServer| {
+        http.post(common::http_url(node, "/check?resource=login"))
+            .header("X-API-Key", "eve")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status(&nodes[0]).await, 200);
+    assert_eq!(status(&nodes[0]).await, 429);
+    assert_eq!(status(&nodes[0]).await, 403, "the second denial bans");
+    for _ in 0..3 {
+        assert_eq!(status(&nodes[1]).await, 403, "and node 2 remembers it");
+    }
+    let lifted = http
+        .post(common::admin_url(&nodes[0], "/v1/keys/lift-ban"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .json(&serde_json::json!({"key": "eve", "resource": "login"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lifted.status(), 200);
+    let started = std::time::Instant::now();
+    // The first denial after the lift is an offence again, not a ban: watch for it.
+    loop {
+        let answer = status(&nodes[1]).await;
+        if answer != 403 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "node 2 still answers the lifted ban after {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    eprintln!("node 2 followed the lift in {:?}", started.elapsed());
+    stop(nodes).await;
+}

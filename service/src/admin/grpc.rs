@@ -9,7 +9,7 @@ use sluice_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use super::reset_key;
+use super::{KeyAction, change_key};
 use crate::{api::grpc::grpc_status, auth::Principal, limiter::Limiter, store::Backend};
 
 pub(super) fn routes(limiter: Arc<Limiter<Backend>>) -> axum::Router {
@@ -33,7 +33,14 @@ impl Admin for GrpcAdmin {
             .ok_or_else(|| Status::unauthenticated("no bearer token"))?;
         let request = request.into_inner();
         let metrics = self.limiter.metrics();
-        match reset_key(&self.limiter, &principal, &request.key, &request.resource).await {
+        let reset = change_key(
+            &self.limiter,
+            &principal,
+            KeyAction::Reset,
+            &request.key,
+            &request.resource,
+        );
+        match reset.await {
             Ok(existed) => {
                 metrics.admin_request("reset", "ok");
                 Ok(Response::new(pb::ResetResponse { existed }))

@@ -13,7 +13,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{explain_json, reset_key};
+use super::{KeyAction, change_key, explain_json};
 use crate::{
     api::http::Problem, auth::Principal, limiter::Limiter, metrics::Metrics, store::Backend,
 };
@@ -34,6 +34,7 @@ pub(super) fn read_routes(limiter: Shared) -> Router {
 pub(super) fn change_routes(limiter: Shared) -> Router {
     Router::new()
         .route("/v1/keys/reset", post(reset))
+        .route("/v1/keys/lift-ban", post(lift_ban))
         .with_state(limiter)
 }
 
@@ -158,12 +159,29 @@ async fn reset(
     Extension(principal): Extension<Principal>,
     body: Bytes,
 ) -> Response {
+    key_action(&limiter, &principal, KeyAction::Reset, &body).await
+}
+
+async fn lift_ban(
+    State(limiter): State<Shared>,
+    Extension(principal): Extension<Principal>,
+    body: Bytes,
+) -> Response {
+    key_action(&limiter, &principal, KeyAction::LiftBan, &body).await
+}
+
+async fn key_action(
+    limiter: &Shared,
+    principal: &Principal,
+    action: KeyAction,
+    body: &[u8],
+) -> Response {
     let work = async {
-        let body = key_body(&body)?;
-        let existed = reset_key(&limiter, &principal, &body.key, &body.resource).await?;
+        let body = key_body(body)?;
+        let existed = change_key(limiter, principal, action, &body.key, &body.resource).await?;
         Ok(Json(json!({ "existed": existed })))
     };
-    answer(limiter.metrics(), "reset", work.await)
+    answer(limiter.metrics(), action.label(), work.await)
 }
 
 /// The response, counted by `action` and result.

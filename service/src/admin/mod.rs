@@ -47,26 +47,48 @@ pub fn router(limiter: Arc<Limiter<Backend>>, tokens: Tokens, rules: RulesAdmin)
     ))
 }
 
-/// Forgets a key's limit state (its bans stay) and writes the audit line: the key's state
-/// before, and whether there was any.
-async fn reset_key(
+/// What an admin may do to one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyAction {
+    /// Forget its limit state (a ban stays).
+    Reset,
+    /// Lift its ban (its limit state stays).
+    LiftBan,
+}
+
+impl KeyAction {
+    fn label(self) -> &'static str {
+        match self {
+            KeyAction::Reset => "reset",
+            KeyAction::LiftBan => "lift_ban",
+        }
+    }
+}
+
+/// Does `action` to a key and writes the audit line: the key's state before, and whether
+/// there was anything to change. Returns that.
+async fn change_key(
     limiter: &Limiter<Backend>,
     who: &Principal,
+    action: KeyAction,
     key: &str,
     resource: &str,
 ) -> Result<bool, LimiterError> {
     let before = explain_json(&limiter.status(key, resource).await?);
-    let existed = limiter.reset(key, resource).await?;
+    let changed = match action {
+        KeyAction::Reset => limiter.reset(key, resource).await?,
+        KeyAction::LiftBan => limiter.lift_ban(key, resource).await?,
+    };
     let resource = before["resource"].as_str().unwrap_or(resource);
     audit::key_change(
         who,
-        "reset",
+        action.label(),
         resource,
         key,
         &before,
-        &json!({ "existed": existed }),
+        &json!({ "existed": changed }),
     );
-    Ok(existed)
+    Ok(changed)
 }
 
 /// Which rule and limits apply to a key, its state under each, and its ban.

@@ -4,8 +4,9 @@
 //! Exact for the requests it answers: a denial at `t` with retry-after `r` means the same or a
 //! larger cost fails until `t + r` (other nodes can only spend more, never less). With stacked
 //! limits `r` is the deciding limit's, and that limit alone keeps denying until then. Smaller costs
-//! still go to the store. A reset on another node is not seen here: such a key stays denied
-//! on this node until its cached retry-after at most.
+//! still go to the store. A denial (a ban too) answers for at most [`MAX_ANSWER_US`] before the
+//! store is asked again, so an admin's reset or lifted ban on any node holds on every node
+//! within that time, at the cost of one store call a second per denied key and node.
 
 use std::hash::BuildHasher;
 
@@ -15,6 +16,9 @@ use parking_lot::Mutex;
 use crate::algorithm::stacked::Decisions;
 
 const SHARDS: usize = 16;
+
+/// The longest one remembered denial answers before the store is asked again.
+pub const MAX_ANSWER_US: u64 = 1_000_000;
 
 #[derive(Debug, Clone)]
 struct Denial {
@@ -88,7 +92,8 @@ impl DenyCache {
             key.into(),
             Denial {
                 at_us: now_us,
-                until_us: now_us.saturating_add(denied.decision().retry_after_us),
+                until_us: now_us
+                    .saturating_add(denied.decision().retry_after_us.min(MAX_ANSWER_US)),
                 min_cost: cost,
                 decisions: denied.clone(),
             },

@@ -97,6 +97,14 @@ pub trait Store: Send + Sync + 'static {
         commit();
     }
 
+    /// Lifts `key`'s ban under `bans` (the rule's own, and the key-wide one when the rule
+    /// watches it), offences included; true when there was a ban record. Limit states stay.
+    fn lift_ban(
+        &self,
+        key: BucketKey<'_>,
+        bans: Bans<'_>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// The rules changed: forget any decision remembered to answer without the store (the
     /// Redis store's deny cache), since it was made under the old rules.
     fn rules_changed(&self) {}
@@ -158,6 +166,10 @@ impl Store for RedisStore {
 
     fn active_keys(&self) -> Option<u64> {
         None
+    }
+
+    async fn lift_ban(&self, key: BucketKey<'_>, bans: Bans<'_>) -> Result<bool, StoreError> {
+        RedisStore::lift_ban(self, key, bans).await
     }
 
     fn rules_changed(&self) {
@@ -226,6 +238,13 @@ impl Store for Backend {
     fn upkeep(&self, limits_of: &LimitsOf<'_>) {
         if let Backend::Memory(store) = self {
             store.upkeep(limits_of);
+        }
+    }
+
+    async fn lift_ban(&self, key: BucketKey<'_>, bans: Bans<'_>) -> Result<bool, StoreError> {
+        match self {
+            Backend::Memory(store) => store.lift_ban(key, bans).await,
+            Backend::Redis(store) => store.lift_ban(key, bans).await,
         }
     }
 

@@ -461,6 +461,35 @@ impl RedisStore {
         self.decide(bucket, limits, bans, 0).await
     }
 
+    /// Deletes the ban records `bans` reads for `bucket` (one call: they share the client
+    /// key's slot) and forgets this node's cached answer for it.
+    pub async fn lift_ban(
+        &self,
+        bucket: BucketKey<'_>,
+        bans: Bans<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut keys = Vec::with_capacity(2);
+        if let Some(ban) = bans.policy {
+            keys.push(self.ban_key(bucket, ban.scope));
+        }
+        if bans.watches_key_wide() {
+            keys.push(self.ban_key(bucket, BanScope::Key));
+        }
+        keys.dedup();
+        self.deny_cache.forget(&self.state_key(bucket));
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let mut command = redis::cmd("DEL");
+        for key in &keys {
+            command.arg(key);
+        }
+        let removed: u64 = self
+            .run(async |connection| command.query_async(connection).await)
+            .await?;
+        Ok(removed > 0)
+    }
+
     /// Empties this node's deny cache (the rules changed under it).
     pub fn forget_cached_denials(&self) {
         self.deny_cache.clear();

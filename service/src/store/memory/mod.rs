@@ -243,6 +243,29 @@ impl MemoryStore {
         stacked::peek_banned(limits, states, &ban_state, now)
     }
 
+    /// Removes the ban records `bans` reads for `key`; see [`Store::lift_ban`].
+    pub fn lift_ban_now(&self, key: BucketKey<'_>, bans: Bans<'_>) -> bool {
+        let key_hash = self.key_hash(key.key.as_bytes());
+        let mut table = self.shard(key_hash).lock();
+        let mut records = Vec::with_capacity(2);
+        if let Some(ban) = bans.policy {
+            records.push(ban_key(key, ban));
+        }
+        if bans.watches_key_wide() {
+            records.push(key_wide(key));
+        }
+        let mut lifted = false;
+        for record in records {
+            if let Ok(entry) = table.find_entry(self.ban_hash(key_hash, record), |entry| {
+                entry.is_ban_of(record)
+            }) {
+                entry.remove();
+                lifted = true;
+            }
+        }
+        lifted
+    }
+
     /// Forgets the key's limit states; its bans stay (see [`Store::reset`]).
     pub fn reset_now(&self, key: BucketKey<'_>) -> bool {
         let key_hash = self.key_hash(key.key.as_bytes());
@@ -449,6 +472,10 @@ impl Store for MemoryStore {
     /// Every limit of a key lives in its one entry, so the limits need not be named.
     async fn reset(&self, key: BucketKey<'_>, _limits: &[Limit]) -> Result<bool, StoreError> {
         Ok(self.reset_now(key))
+    }
+
+    async fn lift_ban(&self, key: BucketKey<'_>, bans: Bans<'_>) -> Result<bool, StoreError> {
+        Ok(self.lift_ban_now(key, bans))
     }
 
     fn active_keys(&self) -> Option<u64> {
