@@ -66,6 +66,7 @@ fn store() -> MemoryStore {
     let config = MemoryConfig {
         shards: 64,
         max_keys: 1_000_000,
+        full_policy: sluice::config::FullPolicy::Evict,
         sweep_interval: std::time::Duration::from_secs(1),
     };
     MemoryStore::new(&config, Clock::system())

@@ -153,6 +153,7 @@ fn measure(limiter: &str, keys: usize) -> (isize, u64) {
                 &MemoryConfig {
                     shards: 64,
                     max_keys: keys * 4,
+                    full_policy: sluice::config::FullPolicy::Evict,
                     sweep_interval: Duration::from_secs(1),
                 },
                 Clock::system(),

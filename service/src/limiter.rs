@@ -194,6 +194,7 @@ impl FailurePolicy {
         let memory = MemoryConfig {
             shards: 16,
             max_keys: 100_000,
+            full_policy: crate::config::FullPolicy::Evict,
             sweep_interval: std::time::Duration::from_secs(1),
         };
         Self {
@@ -404,7 +405,11 @@ impl<S: Store> Limiter<S> {
         let rule = policy.rule(rule_id);
         let mode = rule.failure_mode.unwrap_or(self.failure.default_mode);
         tracing::debug!(rule = %rule.name, error = %err, mode = mode.label(), "store failed");
-        self.metrics.set_fallback_active(true);
+        // A full memory store is not an outage: it refuses new keys only.
+        let full = err == StoreError::Full;
+        if !full {
+            self.metrics.set_fallback_active(true);
+        }
         self.metrics.fallback_decision(mode.label());
         // Without the store every limit answers alike: open, closed, or this node's share.
         let every_limit = |answer: &dyn Fn(u64) -> Decision| {
@@ -424,7 +429,11 @@ impl<S: Store> Limiter<S> {
                     reset_after_us: 0,
                     retry_after_us: 0,
                 }),
-                "store unavailable; failing open",
+                if full {
+                    "store full; failing open"
+                } else {
+                    "store unavailable; failing open"
+                },
             ),
             (FailureMode::Local, Some((store, limits))) => (
                 store.check_now(bucket, limits, rule.bans(policy.key_wide_bans()), cost),
@@ -438,7 +447,11 @@ impl<S: Store> Limiter<S> {
                     reset_after_us: 0,
                     retry_after_us: STORE_DOWN_RETRY_US,
                 }),
-                "store unavailable",
+                if full {
+                    "store full; new keys are refused until keys expire"
+                } else {
+                    "store unavailable"
+                },
             ),
         };
         Ok(self.verdict(policy, rule_id, bucket, decisions, Some(reason)))

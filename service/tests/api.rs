@@ -776,3 +776,34 @@ async fn grpc_answers_a_malformed_message_with_invalid_argument() {
     driver.abort();
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_full_store_under_deny_new_refuses_new_keys_and_says_why() {
+    let server = common::start(
+        "[backend.memory]\nshards = 1\nmax_keys = 2\nfull_policy = \"deny_new\"\n\
+         [rules.api]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1h\"\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let check = async |key: &str| {
+        http.post(common::http_url(&server, "/check?resource=api"))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap()
+    };
+    for key in ["a", "b"] {
+        assert_eq!(check(key).await.status(), 200);
+    }
+    let refused = check("c").await;
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["reason"].as_str().unwrap().starts_with("store full"),
+        "{body}"
+    );
+    for key in ["a", "b"] {
+        assert_eq!(check(key).await.status(), 429, "{key} was not forgotten");
+    }
+    server.stop().await.unwrap();
+}

@@ -94,6 +94,7 @@ async fn memory() -> Memory {
     let config = MemoryConfig {
         shards: 16,
         max_keys: 100_000,
+        full_policy: sluice::config::FullPolicy::Evict,
         sweep_interval: std::time::Duration::from_secs(1),
     };
     Memory(MemoryStore::new(&config, Clock::manual(START_US)))

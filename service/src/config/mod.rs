@@ -98,6 +98,22 @@ pub enum BackendConfig {
     Redis(RedisConfig),
 }
 
+/// What the memory store does when it holds `max_keys` keys and a new one arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Forget the key whose loss costs least, from a small sample: an expired one, else the
+    /// one with the most quota left (a spent key goes only when the sample holds nothing else).
+    #[default]
+    Evict,
+    /// Forget only a key whose loss costs nothing (expired, or at full quota); with none, the
+    /// new key is refused and its rule's failure mode answers (deny, unless it says otherwise).
+    DenyNew,
+}
+
+impl FullPolicy {
+    pub const NAMES: [&'static str; 2] = ["evict", "deny_new"];
+}
+
 /// What a rule answers when the store cannot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureMode {
@@ -153,8 +169,9 @@ pub struct RedisConfig {
 pub struct MemoryConfig {
     /// Independent locks; a power of two.
     pub shards: usize,
-    /// The most keys held; past it the soonest-expiring key of a small sample is evicted.
+    /// The most keys held; past it `full_policy` decides.
     pub max_keys: usize,
+    pub full_policy: FullPolicy,
     /// How often keys whose state is back to fresh are dropped.
     pub sweep_interval: Duration,
 }
@@ -331,6 +348,7 @@ struct RawMemory {
     shards: Option<u64>,
     max_keys: Option<u64>,
     sweep_interval: Option<String>,
+    full_policy: Option<String>,
 }
 
 /// Collects problems so validation can report all of them at once.
@@ -536,7 +554,22 @@ impl RawMemory {
                 "must be at least \"10ms\"; sweeping more often only burns CPU",
             );
         }
+        let full_policy = match self.full_policy.as_deref() {
+            None | Some("evict") => FullPolicy::Evict,
+            Some("deny_new") => FullPolicy::DenyNew,
+            Some(other) => {
+                issues.add(
+                    "backend.memory.full_policy",
+                    format!(
+                        "unknown policy `{other}`; use one of {}",
+                        FullPolicy::NAMES.join(", ")
+                    ),
+                );
+                FullPolicy::Evict
+            }
+        };
         MemoryConfig {
+            full_policy,
             shards: shards.clamp(1, MAX_SHARDS).next_power_of_two() as usize,
             max_keys: max_keys.clamp(1, MAX_MAX_KEYS) as usize,
             sweep_interval,

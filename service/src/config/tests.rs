@@ -159,6 +159,7 @@ fn overrides_win_over_the_file() {
         BackendConfig::Memory(MemoryConfig {
             shards: 64,
             max_keys: 128,
+            full_policy: crate::config::FullPolicy::Evict,
             sweep_interval: Duration::from_secs(1),
         })
     );

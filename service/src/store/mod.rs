@@ -42,11 +42,15 @@ pub enum StoreError {
     Timeout(u64),
     #[error("store circuit open after repeated failures; not calling it until the backoff ends")]
     CircuitOpen,
+    #[error(
+        "store full: no key could be forgotten without giving quota back (backend.memory.full_policy = \"deny_new\"); raise backend.memory.max_keys"
+    )]
+    Full,
 }
 
 impl StoreError {
     /// Every [`StoreError::kind`].
-    pub const KINDS: [&'static str; 3] = ["unavailable", "timeout", "circuit_open"];
+    pub const KINDS: [&'static str; 4] = ["unavailable", "timeout", "circuit_open", "full"];
 
     /// A short, bounded label for metrics.
     pub fn kind(&self) -> &'static str {
@@ -54,6 +58,7 @@ impl StoreError {
             StoreError::Unavailable(_) => 0,
             StoreError::Timeout(_) => 1,
             StoreError::CircuitOpen => 2,
+            StoreError::Full => 3,
         }]
     }
 }

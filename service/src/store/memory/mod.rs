@@ -20,7 +20,7 @@ use crate::{
         stacked::{self, Decisions, Limit},
     },
     clock::Clock,
-    config::MemoryConfig,
+    config::{FullPolicy, MemoryConfig},
 };
 
 mod entry;
@@ -36,6 +36,7 @@ pub struct MemoryStore {
     shards: Box<[Shard]>,
     shard_mask: u64,
     keys_per_shard: usize,
+    full_policy: FullPolicy,
     hasher: foldhash::fast::RandomState,
     clock: Clock,
     evictions: AtomicU64,
@@ -80,6 +81,7 @@ impl MemoryStore {
             shards: (0..shards).map(|_| Shard::default()).collect(),
             shard_mask: shards as u64 - 1,
             keys_per_shard: config.max_keys.div_ceil(shards).max(1),
+            full_policy: config.full_policy,
             hasher: foldhash::fast::RandomState::default(),
             clock,
             evictions: AtomicU64::new(0),
@@ -99,6 +101,10 @@ impl MemoryStore {
     /// The decisions for one request, synchronously: the store's whole hot path. Every state of
     /// one client key (each resource's limits, its bans) lives in one shard, so one lock makes
     /// the whole decision atomic, a key-wide ban included.
+    ///
+    /// When the store is full under `full_policy = deny_new` and nothing can go without cost,
+    /// a new key is denied here (every limit, for a second); [`Store::check`] reports it as
+    /// [`StoreError::Full`] so the rule's failure mode answers instead.
     pub fn check_now(
         &self,
         key: BucketKey<'_>,
@@ -106,6 +112,17 @@ impl MemoryStore {
         bans: Bans<'_>,
         cost: u64,
     ) -> Decisions {
+        self.try_check_now(key, limits, bans, cost)
+            .unwrap_or_else(|Full| refused(limits))
+    }
+
+    fn try_check_now(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+        bans: Bans<'_>,
+        cost: u64,
+    ) -> Result<Decisions, Full> {
         let key_hash = self.key_hash(key.key.as_bytes());
         let hash = self.pair_hash(key_hash, key.resource.as_bytes());
         let now = self.clock.now_us();
@@ -129,7 +146,7 @@ impl MemoryStore {
         let mut ban_state = before;
         let decisions = self.decide(&mut table, key, hash, limits, now, |states| {
             stacked::check_banned(limits, states, ban, &mut ban_state, cost, now)
-        });
+        })?;
         if ban_state != before {
             let expires_at_us = now.saturating_add(ban.expires_after_us(&ban_state, now));
             match table.find_mut(ban_hash, |entry| entry.is_ban_of(ban_key)) {
@@ -139,20 +156,23 @@ impl MemoryStore {
                     }
                     entry.expiry = Expiry::new(expires_at_us, 0);
                 }
-                None => self.insert(
-                    &mut table,
-                    ban_hash,
-                    Entry {
-                        name: PairName::new(ban_key),
-                        states: States::Ban(Box::new(ban_state)),
-                        // A ban record is the last thing to drop: that would lift the ban.
-                        expiry: Expiry::new(expires_at_us, 0),
-                    },
-                    now,
-                ),
+                None => {
+                    // Stored whatever it costs: a ban not written is a ban lifted.
+                    self.insert(
+                        &mut table,
+                        ban_hash,
+                        Entry {
+                            name: PairName::new(ban_key),
+                            states: States::Ban(Box::new(ban_state)),
+                            expiry: Expiry::new(expires_at_us, 0),
+                        },
+                        now,
+                        FullPolicy::Evict,
+                    );
+                }
             }
         }
-        decisions
+        Ok(decisions)
     }
 
     /// Runs `decide` on the key's limit states (fresh ones for a new key, or when the rule's
@@ -165,7 +185,7 @@ impl MemoryStore {
         limits: &[Limit],
         now: u64,
         decide: impl FnOnce(&mut [State]) -> Decisions,
-    ) -> Decisions {
+    ) -> Result<Decisions, Full> {
         // `iter_hash_mut` rather than `find_mut`, whose comparison is a dynamic call: this is
         // the hot path.
         if let Some(entry) = table
@@ -179,13 +199,13 @@ impl MemoryStore {
             let decisions = decide(entry.states.as_mut_slice());
             entry.expiry =
                 Expiry::after(now.saturating_add(decisions.reset_after_us()), &decisions);
-            return decisions;
+            return Ok(decisions);
         }
         let mut states = States::fresh(limits, now);
         let decisions = decide(states.as_mut_slice());
         let reset_after_us = decisions.reset_after_us();
         if reset_after_us > 0 {
-            self.insert(
+            let stored = self.insert(
                 table,
                 hash,
                 Entry {
@@ -194,9 +214,13 @@ impl MemoryStore {
                     expiry: Expiry::after(now.saturating_add(reset_after_us), &decisions),
                 },
                 now,
+                self.full_policy,
             );
+            if !stored {
+                return Err(Full);
+            }
         }
-        decisions
+        Ok(decisions)
     }
 
     /// The ban state kept under `ban_key` (fresh when there is none).
@@ -209,11 +233,21 @@ impl MemoryStore {
             .unwrap_or_default()
     }
 
-    fn insert(&self, table: &mut Table, hash: u64, entry: Entry, now: u64) {
-        if table.len() >= self.keys_per_shard {
-            self.evict_one(table, now);
+    /// Stores a new entry, making room first when the shard is full; false (nothing stored)
+    /// when `policy` is `DenyNew` and no entry can go without cost.
+    fn insert(
+        &self,
+        table: &mut Table,
+        hash: u64,
+        entry: Entry,
+        now: u64,
+        policy: FullPolicy,
+    ) -> bool {
+        if table.len() >= self.keys_per_shard && !self.evict_one(table, now, policy) {
+            return false;
         }
         table.insert_unique(hash, Box::new(entry), |entry| self.entry_hash(entry));
+        true
     }
 
     pub fn peek_now(&self, key: BucketKey<'_>, limits: &[Limit], bans: Bans<'_>) -> Decisions {
@@ -396,10 +430,12 @@ impl MemoryStore {
     /// whose key had the most quota left (forgetting it gives that key the least), the
     /// soonest-expiring among equals. A key that spent its quota, or a ban record, goes only
     /// when the whole sample is such keys, so a flood of new keys cannot reset them.
-    fn evict_one(&self, table: &mut Table, now: u64) {
+    /// Forgets the entry whose loss costs least of a sample (see [`FullPolicy`]); under
+    /// `DenyNew` only one whose loss costs nothing. Whether one went.
+    fn evict_one(&self, table: &mut Table, now: u64, policy: FullPolicy) -> bool {
         let len = table.len();
         if len == 0 {
-            return;
+            return true;
         }
         let cost = |entry: &Entry| {
             let expiry = entry.expiry;
@@ -430,6 +466,13 @@ impl MemoryStore {
                 break;
             }
         }
+        let free = |entry: &Entry| {
+            entry.expiry.at_us() <= now
+                || (entry.expiry.headroom() == u8::MAX && !matches!(entry.states, States::Ban(_)))
+        };
+        if policy == FullPolicy::DenyNew && !victim.is_some_and(free) {
+            return false;
+        }
         let Some(victim) = victim.map(|entry| {
             (
                 self.entry_hash(entry),
@@ -437,7 +480,7 @@ impl MemoryStore {
                 entry.expiry.at_us(),
             )
         }) else {
-            return;
+            return false;
         };
         let (hash, address, expires_at_us) = victim;
         if let Ok(entry) = table.find_entry(hash, |entry| std::ptr::eq(&**entry, address)) {
@@ -445,7 +488,9 @@ impl MemoryStore {
             if expires_at_us > now {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
+            return true;
         }
+        false
     }
 }
 
@@ -457,7 +502,8 @@ impl Store for MemoryStore {
         bans: Bans<'_>,
         cost: u64,
     ) -> Result<Decisions, StoreError> {
-        Ok(self.check_now(key, limits, bans, cost))
+        self.try_check_now(key, limits, bans, cost)
+            .map_err(|Full| StoreError::Full)
     }
 
     async fn peek(
@@ -495,6 +541,25 @@ impl Store for MemoryStore {
     }
 }
 
+/// The store had no room for a new key (`full_policy = deny_new`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Full;
+
+/// A new key's answer when there is no room for it: every limit denies, for a second.
+fn refused(limits: &[Limit]) -> Decisions {
+    let mut decisions = Decisions::default();
+    for limit in limits {
+        decisions.push(crate::algorithm::Decision {
+            allowed: false,
+            limit: limit.algorithm.limit(),
+            remaining: 0,
+            reset_after_us: 0,
+            retry_after_us: 1_000_000,
+        });
+    }
+    decisions
+}
+
 /// Whether an entry whose expiry has passed must stay: its state is not fresh under the limits
 /// its pair is decided under now (then its expiry moves to when it will be).
 fn still_in_use(entry: &mut Entry, limits_of: &LimitsOf<'_>, now: u64) -> bool {
@@ -528,6 +593,7 @@ mod tests {
         let config = MemoryConfig {
             shards,
             max_keys,
+            full_policy: crate::config::FullPolicy::Evict,
             sweep_interval: Duration::from_secs(1),
         };
         MemoryStore::new(&config, Clock::manual(1_000_000))
@@ -549,6 +615,48 @@ mod tests {
             lookback_us: 0,
             scope: BanScope::Resource,
         }
+    }
+
+    #[test]
+    fn deny_new_refuses_a_new_key_rather_than_forget_a_spent_one() {
+        let config = MemoryConfig {
+            shards: 1,
+            max_keys: 3,
+            full_policy: FullPolicy::DenyNew,
+            sweep_interval: Duration::from_secs(1),
+        };
+        let store = MemoryStore::new(&config, Clock::manual(1_000_000));
+        let short = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(1, 1_000_000)));
+        let long = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(1, 60_000_000)));
+        store.check_now(bucket("soon"), &short, Bans::NONE, 1);
+        for key in ["spent-1", "spent-2"] {
+            assert!(store.check_now(bucket(key), &long, Bans::NONE, 1).allowed());
+        }
+        assert_eq!(
+            store.try_check_now(bucket("new"), &long, Bans::NONE, 1),
+            Err(Full),
+            "every held key would give quota back"
+        );
+        assert!(
+            !store
+                .check_now(bucket("new"), &long, Bans::NONE, 1)
+                .allowed()
+        );
+        for key in ["spent-1", "spent-2"] {
+            assert!(
+                !store.check_now(bucket(key), &long, Bans::NONE, 1).allowed(),
+                "{key} keeps its state"
+            );
+        }
+        // Once a key's state is back to fresh, it can go and the new key takes its place.
+        store.clock().advance_us(1_000_000);
+        assert!(
+            store
+                .try_check_now(bucket("new"), &long, Bans::NONE, 1)
+                .unwrap()
+                .allowed()
+        );
+        assert_eq!(store.len(), 3);
     }
 
     #[test]
