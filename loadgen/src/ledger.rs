@@ -112,7 +112,7 @@ pub fn check(result: &RunResult) -> LedgerReport {
         report.keys_checked += 1;
         let reported = LimitBound {
             algorithm,
-            limit: key.limit.load(Ordering::Relaxed),
+            limit: key.greatest_limit.load(Ordering::Relaxed),
             window_us: key.window_us.load(Ordering::Relaxed),
         };
         let (binding, bound) = binding_limit(key, reported, elapsed_us);

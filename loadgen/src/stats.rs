@@ -404,6 +404,9 @@ pub struct KeyLedger {
     /// Rule parameters as the service reported them (last seen: a stacked rule reports its
     /// deciding limit, so this is one of its limits).
     pub limit: AtomicU64,
+    /// The greatest limit any answer reported: when the rules change during a run (a live
+    /// reload), the loosest limit the key ran under bounds what it may have been admitted.
+    pub greatest_limit: AtomicU64,
     /// The least limit any answer reported, stored bitwise-inverted so that `fetch_max` keeps
     /// it and a new ledger's 0 means none yet: the most a stacked rule admits from fresh.
     least_limit_inverted: AtomicU64,
@@ -426,6 +429,7 @@ impl Clone for KeyLedger {
             denied: copy(&self.denied),
             errors: copy(&self.errors),
             limit: copy(&self.limit),
+            greatest_limit: copy(&self.greatest_limit),
             least_limit_inverted: copy(&self.least_limit_inverted),
             stacked: self.stacked.clone(),
             window_us: copy(&self.window_us),
@@ -452,6 +456,8 @@ impl KeyLedger {
                     self.denied.fetch_add(1, Ordering::Relaxed);
                 }
                 self.limit.store(answer.limit, Ordering::Relaxed);
+                self.greatest_limit
+                    .fetch_max(answer.limit, Ordering::Relaxed);
                 self.least_limit_inverted
                     .fetch_max(!answer.limit, Ordering::Relaxed);
                 if self.stacked.get().is_none()

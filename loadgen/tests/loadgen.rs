@@ -324,6 +324,70 @@ async fn ledger_passes_three_nodes_sharing_redis() {
     }
 }
 
+/// Two nodes follow central rules in Redis; a third of the way into the run the key's limit is
+/// lowered from 80 to 30 through one node's admin API. Every key spent its 80 before, and
+/// nothing after: the ledger bounds each key by the loosest limit it ran under and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_passes_across_a_live_rules_change() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let redis = LocalRedis::start().unwrap_or_else(|err| panic!("{err}"));
+    let bucket = |capacity: u64| {
+        format!(
+            "[rules.ledger]\nalgorithm = \"token_bucket\"\ncapacity = {capacity}\nrefill_per_second = 0.000001\n"
+        )
+    };
+    let config = format!(
+        "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [\"{}\"]\ndeadline = \"1s\"\n\
+         [rules_source]\nkind = \"redis\"\ncheck_interval = \"200ms\"\n{}",
+        redis.url(),
+        bucket(80)
+    );
+    let nodes = [start_service(&config).await, start_service(&config).await];
+    let mut run = ledger_run(&nodes);
+    run.model = LoadModel::Open {
+        schedule: Schedule::constant(600.0),
+        workers: 16,
+    };
+    run.requests = None;
+    run.duration = Some(Duration::from_secs(3));
+    let admin = nodes[0].admin_addr.unwrap();
+    let lowered = bucket(30);
+    let change = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let request = format!(
+            "PUT /v1/rules HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {ADMIN_TOKEN}\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{lowered}",
+            lowered.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    });
+    let outcome = run_session(
+        run,
+        &options("ledger-live-change", true, metrics_urls(&nodes)),
+    )
+    .await
+    .unwrap();
+    change.await.unwrap();
+    let ledger = outcome.summary.ledger.clone().unwrap();
+    assert!(ledger.passed(), "{ledger:?}");
+    assert_eq!(
+        outcome.summary.totals.allowed,
+        5 * 80,
+        "each key spent its 80 before the change and nothing after"
+    );
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}
+
 fn png_size(path: &Path) -> (u32, u32) {
     let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
     let mut reader = decoder.read_info().unwrap();
