@@ -227,7 +227,7 @@ impl Metrics {
         let connections_open = IntGaugeVec::new(
             Opts::new(
                 "sluice_http_connections",
-                "HTTP connections open now, by listener (public, admin).",
+                "Connections open now, by listener (public and admin HTTP, grpc).",
             ),
             &["listener"],
         )
@@ -235,7 +235,7 @@ impl Metrics {
         let connections_refused = IntCounterVec::new(
             Opts::new(
                 "sluice_http_connections_refused_total",
-                "HTTP connections closed on arrival because the listener had server.http_max_connections open.",
+                "Connections closed on arrival because the listener held its cap (server.http_max_connections, server.grpc_max_connections).",
             ),
             &["listener"],
         )

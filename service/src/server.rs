@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::{
     admin::{self, RulesAdmin},
     api::{
+        capped::Capped,
         grpc::GrpcApi,
         http,
         serve::{self, ConnectionLimits},
@@ -213,7 +214,11 @@ pub async fn start_with(
         .add_service(reflection_v1alpha)
         .add_service(GrpcApi::server(limiter.clone()))
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            Capped::new(
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                config.server.grpc_max_connections,
+                limiter.metrics().connections("grpc"),
+            ),
             shutdown::requested(shutdown_rx.clone()),
         );
     let connection_limits = ConnectionLimits {

@@ -807,3 +807,54 @@ async fn a_full_store_under_deny_new_refuses_new_keys_and_says_why() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn grpc_refuses_connections_over_its_cap_at_once() {
+    let server = common::start(&format!("[server]\ngrpc_max_connections = 2\n{RULES}")).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut client = common::grpc_client(&server).await;
+        client.check(check("held", "tight", None)).await.unwrap();
+        held.push(client);
+    }
+    let mut over = tokio::net::TcpStream::connect(server.grpc_addr)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut over, Duration::from_secs(2)).await;
+    assert!(closed, "the third connection is closed, not left hanging");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    held.clear();
+    // Its slots free once the held connections close; a new client is served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut client = common::grpc_client(&server).await;
+        match client.check(check("new", "tight", None)).await {
+            Ok(_) => break,
+            Err(status) if std::time::Instant::now() < deadline => {
+                let _ = status;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("never served again: {status}"),
+        }
+    }
+    let metrics = common::metrics_text(&server).await;
+    let refused = sluice_metric(
+        &metrics,
+        r#"sluice_http_connections_refused_total{listener="grpc"} "#,
+    );
+    assert!(refused >= 1.0, "{metrics}");
+    server.stop().await.unwrap();
+}
+
+/// The value of the sample whose line starts with `prefix` (0 when absent).
+fn sluice_metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}

@@ -75,6 +75,8 @@ pub struct ServerConfig {
     /// Connections one HTTP listener (public or admin) holds open at most; more are closed
     /// on arrival.
     pub http_max_connections: usize,
+    /// Connections the gRPC listener holds open at most; more are closed on arrival.
+    pub grpc_max_connections: usize,
     /// How long an HTTP connection may take to send a request's headers, and stay idle
     /// between requests.
     pub http_header_timeout: Duration,
@@ -311,6 +313,7 @@ struct RawServer {
     config_poll_interval: Option<String>,
     http_max_connections: Option<u64>,
     http_header_timeout: Option<String>,
+    grpc_max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -467,6 +470,15 @@ impl RawServer {
                 format!("{http_max_connections} is out of range; use 1 to 1000000 (default {DEFAULT_HTTP_MAX_CONNECTIONS}), below the process's open-file limit"),
             );
         }
+        let grpc_max_connections = self
+            .grpc_max_connections
+            .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
+        if !(1..=1_000_000).contains(&grpc_max_connections) {
+            issues.add(
+                "server.grpc_max_connections",
+                format!("{grpc_max_connections} is out of range; use 1 to 1000000 (default {DEFAULT_HTTP_MAX_CONNECTIONS}), below the process's open-file limit"),
+            );
+        }
         let http_header_timeout = duration_field(
             issues,
             "server.http_header_timeout",
@@ -481,6 +493,7 @@ impl RawServer {
         }
         ServerConfig {
             http_max_connections: http_max_connections.clamp(1, 1_000_000) as usize,
+            grpc_max_connections: grpc_max_connections.clamp(1, 1_000_000) as usize,
             http_header_timeout,
             config_poll_interval,
             grpc_addr,
