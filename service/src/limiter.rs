@@ -21,8 +21,24 @@ use crate::{
     metrics::Metrics,
     policy::Policy,
     rules::{DEFAULT_RESOURCE, Rule, RuleSet, same_layout},
-    store::{BucketKey, MemoryStore, Store, StoreError},
+    store::{BucketKey, MemoryStore, Remapping, Store, StoreError},
 };
+
+/// The rules before and after a reload, as the store needs them to carry keys' states over.
+#[derive(Debug)]
+struct PolicyChange {
+    old: Arc<Policy>,
+    new: Arc<Policy>,
+}
+
+impl Remapping for PolicyChange {
+    fn layouts(&self, resource: &str, key: &str) -> Option<(&[Limit], &[Limit])> {
+        let before = self.old.rules().resolve(resource, key)?;
+        let after = self.new.rules().resolve(resource, key)?;
+        (!same_layout(&before.limits, &after.limits))
+            .then_some((before.limits.as_slice(), after.limits.as_slice()))
+    }
+}
 
 /// "May `key` spend `cost` of `resource` now?"
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -576,21 +592,18 @@ impl<S: Store> Limiter<S> {
             version,
         ));
         let old = self.policy.load_full();
-        let layouts = |resource: &str, key: &str| {
-            let before = old.rules().resolve(resource, key)?;
-            let after = new.rules().resolve(resource, key)?;
-            (!same_layout(&before.limits, &after.limits))
-                .then_some((before.limits.as_slice(), after.limits.as_slice()))
-        };
-        let remap_needed = !old.rules().same_layouts(new.rules());
-        if remap_needed && let Some(local) = &self.failure.local {
-            local.remap(&layouts, || {});
-        }
         let mut swap = || self.policy.store(new.clone());
-        if remap_needed {
-            self.store.remap(&layouts, &mut swap);
-        } else {
+        if old.rules().same_layouts(new.rules()) {
             swap();
+        } else {
+            let change: Arc<dyn Remapping> = Arc::new(PolicyChange {
+                old,
+                new: new.clone(),
+            });
+            if let Some(local) = &self.failure.local {
+                local.remap(change.clone(), || {});
+            }
+            self.store.remap(change, &mut swap);
         }
         // A denial remembered under the old rules must not answer under the new ones (a raised
         // limit would stay denied until the cached retry-after).

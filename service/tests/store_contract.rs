@@ -16,7 +16,7 @@ use sluice::{
     clock::Clock,
     config::MemoryConfig,
     metrics::Metrics,
-    store::{BucketKey, MemoryStore, RedisStore, Store},
+    store::{BucketKey, MemoryStore, RedisStore, Remapping, Store},
 };
 
 /// A store plus the means to move its time.
@@ -385,14 +385,12 @@ async fn contract_remap<H: Harness>(harness: &H) {
     let first = store.check(light, &before, Bans::NONE, 1).await.unwrap();
     assert_eq!(remaining(&first), [4, 9]);
 
-    let layouts =
-        |resource: &str, _key: &str| (resource == "remap").then_some((&before[..], &after[..]));
     let mut committed = false;
-    store.remap(&layouts, &mut || committed = true);
-    assert!(
-        committed,
-        "the new rules go live once the states are remapped"
+    store.remap(
+        ResourceChange::shared("remap", &before, &after),
+        &mut || committed = true,
     );
+    assert!(committed, "the new rules go live");
 
     let next = store.check(spent, &after, Bans::NONE, 1).await.unwrap();
     assert!(next.allowed());
@@ -428,15 +426,39 @@ async fn contract_remap<H: Harness>(harness: &H) {
         .await
         .unwrap();
     assert_eq!(remaining(&first), [96, 6]);
-    let layouts = |resource: &str, _key: &str| {
-        (resource == "twins").then_some((&swapped_before[..], &swapped_after[..]))
-    };
-    store.remap(&layouts, &mut || {});
+    store.remap(
+        ResourceChange::shared("twins", &swapped_before, &swapped_after),
+        &mut || {},
+    );
     let next = store
         .check(twin, &swapped_after, Bans::NONE, 1)
         .await
         .unwrap();
     assert_eq!(remaining(&next), [5, 95]);
+}
+
+/// A reload that changed one resource's limits from `before` to `after`.
+#[derive(Debug)]
+struct ResourceChange {
+    resource: &'static str,
+    before: Vec<Limit>,
+    after: Vec<Limit>,
+}
+
+impl ResourceChange {
+    fn shared(resource: &'static str, before: &[Limit], after: &[Limit]) -> Arc<dyn Remapping> {
+        Arc::new(Self {
+            resource,
+            before: before.to_vec(),
+            after: after.to_vec(),
+        })
+    }
+}
+
+impl Remapping for ResourceChange {
+    fn layouts(&self, resource: &str, _key: &str) -> Option<(&[Limit], &[Limit])> {
+        (resource == self.resource).then_some((self.before.as_slice(), self.after.as_slice()))
+    }
 }
 
 async fn contract_storm<H: Harness>(harness: Arc<H>) {

@@ -8,7 +8,7 @@ mod deny_cache;
 mod memory;
 mod redis;
 
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 pub use breaker::{Breaker, CircuitState};
 pub use deny_cache::DenyCache;
@@ -20,9 +20,12 @@ use crate::algorithm::{
     stacked::{Decisions, Limit},
 };
 
-/// For a (resource, key): the limits its state was kept under and those it is decided under
-/// next, when a change of rules changed them.
-pub type Layouts<'a> = dyn Fn(&str, &str) -> Option<(&'a [Limit], &'a [Limit])> + 'a;
+/// A change of rules as a store sees it.
+pub trait Remapping: Send + Sync + std::fmt::Debug {
+    /// For a (resource, key): the limits its state was kept under and those it is decided
+    /// under next, when the change changed them ([`crate::rules::same_layout`]).
+    fn layouts(&self, resource: &str, key: &str) -> Option<(&[Limit], &[Limit])>;
+}
 
 /// For a (resource, key): the limits it is decided under now, if any rule applies.
 pub type LimitsOf<'a> = dyn Fn(&str, &str) -> Option<&'a [Limit]> + 'a;
@@ -91,14 +94,12 @@ pub trait Store: Send + Sync + 'static {
         limits: &[Limit],
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Carries keys' states over a change of rules, then calls `commit` (which swaps the
-    /// rules in) before any request can see a state in its new layout. `layouts(resource,
-    /// key)` names the limits a pair's state was kept under and the limits it is decided under
-    /// next, when the two differ ([`crate::rules::same_layout`]). A state under a limit of
-    /// the same name and algorithm carries over; the rest start fresh. Stores that keep each
-    /// limit's state under its name and algorithm (Redis) need do nothing but commit.
-    fn remap(&self, layouts: &Layouts<'_>, commit: &mut dyn FnMut()) {
-        let _ = layouts;
+    /// Carries keys' states over `change`, and calls `commit` (which swaps the rules in).
+    /// A state under a limit of the same name and algorithm carries over; the rest start
+    /// fresh. Stores that keep each limit's state under its name and algorithm (Redis) need do
+    /// nothing but commit.
+    fn remap(&self, change: Arc<dyn Remapping>, commit: &mut dyn FnMut()) {
+        let _ = change;
         commit();
     }
 
@@ -260,10 +261,10 @@ impl Store for Backend {
         }
     }
 
-    fn remap(&self, layouts: &Layouts<'_>, commit: &mut dyn FnMut()) {
+    fn remap(&self, change: Arc<dyn Remapping>, commit: &mut dyn FnMut()) {
         match self {
-            Backend::Memory(store) => Store::remap(store, layouts, commit),
-            Backend::Redis(store) => Store::remap(store, layouts, commit),
+            Backend::Memory(store) => Store::remap(store, change, commit),
+            Backend::Redis(store) => Store::remap(store, change, commit),
         }
     }
 }

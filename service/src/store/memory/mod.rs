@@ -5,14 +5,18 @@
 
 use std::{
     hash::BuildHasher,
-    sync::atomic::{AtomicU64, Ordering},
+    ops::{Deref, DerefMut},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use hashbrown::HashTable;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use self::entry::{Entry, Expiry, PairName, States};
-use super::{BucketKey, Layouts, LimitsOf, Store, StoreError};
+use super::{BucketKey, LimitsOf, Remapping, Store, StoreError};
 use crate::{
     algorithm::{
         State,
@@ -42,12 +46,38 @@ pub struct MemoryStore {
     evictions: AtomicU64,
     /// Keys banned at the last sweep (counted there, where every entry is visited anyway).
     active_bans: AtomicU64,
+    /// The latest change of rules; a shard behind it is carried over when next locked.
+    generation: AtomicU64,
+    remaps: Mutex<PendingRemaps>,
 }
 
 /// Aligned to its own cache lines so neighbouring shards' locks do not contend.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Shard(Mutex<Table>);
+struct Shard(Mutex<ShardState>);
+
+/// A shard's entries, and the last change of rules they were carried over.
+#[derive(Debug, Default)]
+struct ShardState {
+    table: Table,
+    generation: u64,
+}
+
+impl Deref for ShardState {
+    type Target = Table;
+    fn deref(&self) -> &Table {
+        &self.table
+    }
+}
+
+impl DerefMut for ShardState {
+    fn deref_mut(&mut self) -> &mut Table {
+        &mut self.table
+    }
+}
+
+/// Changes of rules whose layouts some shard may not have carried over yet, in order.
+type PendingRemaps = Vec<(u64, Arc<dyn Remapping>)>;
 
 /// Entries are boxed: a table keeps up to half its slots empty as it grows, and an empty slot
 /// should cost a pointer, not an entry.
@@ -86,6 +116,8 @@ impl MemoryStore {
             clock,
             evictions: AtomicU64::new(0),
             active_bans: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            remaps: Mutex::default(),
         }
     }
 
@@ -126,7 +158,7 @@ impl MemoryStore {
         let key_hash = self.key_hash(key.key.as_bytes());
         let hash = self.pair_hash(key_hash, key.resource.as_bytes());
         let now = self.clock.now_us();
-        let mut table = self.shard(key_hash).lock();
+        let mut table = self.lock_shard(key_hash);
         if bans.watches_key_wide() {
             let key_wide = self.ban_state(&table, key_hash, key_wide(key));
             if key_wide.remaining_us(now).is_some() {
@@ -254,7 +286,7 @@ impl MemoryStore {
         let key_hash = self.key_hash(key.key.as_bytes());
         let hash = self.pair_hash(key_hash, key.resource.as_bytes());
         let now = self.clock.now_us();
-        let table = self.shard(key_hash).lock();
+        let table = self.lock_shard(key_hash);
         let fresh;
         let states = match table.find(hash, |entry| entry.is_limits_of(key)) {
             Some(entry) if entry.states.as_slice().len() == limits.len() => entry.states.as_slice(),
@@ -280,7 +312,7 @@ impl MemoryStore {
     /// Removes the ban records `bans` reads for `key`; see [`Store::lift_ban`].
     pub fn lift_ban_now(&self, key: BucketKey<'_>, bans: Bans<'_>) -> bool {
         let key_hash = self.key_hash(key.key.as_bytes());
-        let mut table = self.shard(key_hash).lock();
+        let mut table = self.lock_shard(key_hash);
         let mut records = Vec::with_capacity(2);
         if let Some(ban) = bans.policy {
             records.push(ban_key(key, ban));
@@ -304,7 +336,7 @@ impl MemoryStore {
     pub fn reset_now(&self, key: BucketKey<'_>) -> bool {
         let key_hash = self.key_hash(key.key.as_bytes());
         let hash = self.pair_hash(key_hash, key.resource.as_bytes());
-        let mut table = self.shard(key_hash).lock();
+        let mut table = self.lock_shard(key_hash);
         match table.find_entry(hash, |entry| entry.is_limits_of(key)) {
             Ok(entry) => {
                 entry.remove();
@@ -332,7 +364,7 @@ impl MemoryStore {
             .shards
             .iter()
             .map(|shard| {
-                let mut table = shard.0.lock();
+                let mut table = self.caught_up(shard.0.lock());
                 let before = table.len();
                 table.retain(|entry| {
                     if let Some(ban) = entry.ban_state() {
@@ -350,15 +382,62 @@ impl MemoryStore {
         swept
     }
 
-    /// See [`Store::remap`]. Every shard stays locked from the first state remapped until
-    /// `commit` has run: no request meets a remapped state under the old rules, or an old one
-    /// under the new rules. Returns how many keys' states were remapped.
-    pub fn remap(&self, layouts: &Layouts<'_>, commit: impl FnOnce()) -> usize {
-        let now = self.clock.now_us();
-        let mut tables: Vec<_> = self.shards.iter().map(|shard| shard.0.lock()).collect();
+    /// See [`Store::remap`]: `change` is queued, `commit` swaps the rules in, and every shard
+    /// is then carried over one at a time, so no request waits for more than one shard's pass.
+    /// A shard a request reaches first is carried over by that request, under the shard's own
+    /// lock, before it reads any state. Returns how many keys' states were remapped here.
+    pub fn remap(&self, change: Arc<dyn Remapping>, commit: impl FnOnce()) -> usize {
+        let generation = {
+            let mut remaps = self.remaps.lock();
+            let generation = self.generation.load(Ordering::Acquire) + 1;
+            remaps.push((generation, change));
+            self.generation.store(generation, Ordering::Release);
+            generation
+        };
+        commit();
         let mut remapped = 0;
-        for table in &mut tables {
-            for entry in table.iter_mut() {
+        for shard in self.shards.iter() {
+            let mut state = shard.0.lock();
+            remapped += self.carry_over(&mut state);
+        }
+        // Every shard is at `generation` or later now: those changes are done with.
+        self.remaps
+            .lock()
+            .retain(|(pending, _)| *pending > generation);
+        remapped
+    }
+
+    /// Locks the shard of `key_hash`, carried over to the latest rules.
+    fn lock_shard(&self, key_hash: u64) -> MutexGuard<'_, ShardState> {
+        self.caught_up(self.shard(key_hash).lock())
+    }
+
+    #[inline]
+    fn caught_up<'a>(&self, mut state: MutexGuard<'a, ShardState>) -> MutexGuard<'a, ShardState> {
+        if state.generation != self.generation.load(Ordering::Acquire) {
+            self.carry_over(&mut state);
+        }
+        state
+    }
+
+    /// Applies every queued change of rules the shard has not seen, in order.
+    #[cold]
+    fn carry_over(&self, state: &mut ShardState) -> usize {
+        let target = self.generation.load(Ordering::Acquire);
+        if state.generation >= target {
+            return 0;
+        }
+        let changes: Vec<Arc<dyn Remapping>> = self
+            .remaps
+            .lock()
+            .iter()
+            .filter(|(generation, _)| *generation > state.generation && *generation <= target)
+            .map(|(_, change)| change.clone())
+            .collect();
+        let now = self.clock.now_us();
+        let mut remapped = 0;
+        for change in &changes {
+            for entry in state.table.iter_mut() {
                 if matches!(entry.states, States::Ban(_)) {
                     continue;
                 }
@@ -368,13 +447,13 @@ impl MemoryStore {
                 else {
                     continue;
                 };
-                if let Some((before, after)) = layouts(resource, key) {
+                if let Some((before, after)) = change.layouts(resource, key) {
                     entry.states.remap(before, after, now);
                     remapped += 1;
                 }
             }
         }
-        commit();
+        state.generation = target;
         remapped
     }
 
@@ -384,7 +463,10 @@ impl MemoryStore {
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.0.lock().len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.0.lock().table.len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -399,7 +481,7 @@ impl MemoryStore {
 
     /// The shard of every state of a client key, whatever the resource. The high bits, so
     /// the shard says nothing about where an entry sits in its table.
-    fn shard(&self, key_hash: u64) -> &Mutex<Table> {
+    fn shard(&self, key_hash: u64) -> &Mutex<ShardState> {
         &self.shards[((key_hash >> 40) & self.shard_mask) as usize].0
     }
 
@@ -536,8 +618,8 @@ impl Store for MemoryStore {
         self.sweep_expired_under(limits_of);
     }
 
-    fn remap(&self, layouts: &Layouts<'_>, commit: &mut dyn FnMut()) {
-        MemoryStore::remap(self, layouts, commit);
+    fn remap(&self, change: Arc<dyn Remapping>, commit: &mut dyn FnMut()) {
+        MemoryStore::remap(self, change, commit);
     }
 }
 
@@ -615,6 +697,48 @@ mod tests {
             lookback_us: 0,
             scope: BanScope::Resource,
         }
+    }
+
+    #[derive(Debug)]
+    struct Swap {
+        before: Vec<Limit>,
+        after: Vec<Limit>,
+    }
+
+    impl Remapping for Swap {
+        fn layouts(&self, _: &str, _: &str) -> Option<(&[Limit], &[Limit])> {
+            Some((&self.before, &self.after))
+        }
+    }
+
+    #[test]
+    fn a_request_reaching_a_shard_first_carries_it_over_itself() {
+        let store = store(4, 1_000);
+        let minute = Limit::new(
+            "minute",
+            Algorithm::FixedWindow(FixedWindow::new(10, 60_000_000)),
+        );
+        let burst = Limit::new("burst", Algorithm::TokenBucket(TokenBucket::new(3, 1e-6)));
+        let before = vec![minute.clone(), burst.clone()];
+        let after = vec![burst, minute];
+        store.check_now(bucket("k"), &before, Bans::NONE, 2);
+        let change = Arc::new(Swap {
+            before,
+            after: after.clone(),
+        });
+        let mut seen = None;
+        // The rules are live once `commit` runs; no shard has been walked yet.
+        store.remap(change, || {
+            seen = Some(store.check_now(bucket("k"), &after, Bans::NONE, 1));
+        });
+        let remaining: Vec<u64> = seen
+            .unwrap()
+            .as_slice()
+            .iter()
+            .map(|decision| decision.remaining)
+            .collect();
+        assert_eq!(remaining, [0, 7], "each count followed its limit's name");
+        assert!(store.remaps.lock().is_empty(), "the change is done with");
     }
 
     #[test]
