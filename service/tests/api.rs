@@ -700,17 +700,7 @@ async fn http_refuses_connections_over_its_cap_at_once_and_serves_again_below_it
         held.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut over = tokio::net::TcpStream::connect(server.http_addr)
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let (_, closed) = read_until_closed(&mut over, Duration::from_secs(2)).await;
-    assert!(closed, "the fifth connection is closed, not left hanging");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    closed_on_arrival(server.http_addr).await;
 
     held.clear();
     // The server sees the four close and frees their slots; a new client is served.
@@ -817,17 +807,7 @@ async fn grpc_refuses_connections_over_its_cap_at_once() {
         client.check(check("held", "tight", None)).await.unwrap();
         held.push(client);
     }
-    let mut over = tokio::net::TcpStream::connect(server.grpc_addr)
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let (_, closed) = read_until_closed(&mut over, Duration::from_secs(2)).await;
-    assert!(closed, "the third connection is closed, not left hanging");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
+    closed_on_arrival(server.grpc_addr).await;
     held.clear();
     // Its slots free once the held connections close; a new client is served.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
@@ -849,6 +829,23 @@ async fn grpc_refuses_connections_over_its_cap_at_once() {
     );
     assert!(refused >= 1.0, "{metrics}");
     server.stop().await.unwrap();
+}
+
+/// Connects to `addr` and asserts the server closes the connection at once (within a second),
+/// as a listener over its connection cap must, rather than leave it hanging.
+async fn closed_on_arrival(addr: std::net::SocketAddr) {
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut over, Duration::from_secs(2)).await;
+    assert!(
+        closed,
+        "a connection over the cap is closed, not left hanging"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// The value of the sample whose line starts with `prefix` (0 when absent).

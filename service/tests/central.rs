@@ -72,6 +72,18 @@ fn put(
         .body(body)
 }
 
+/// `GET /v1/rules` with the read token.
+async fn read_rules(http: &reqwest::Client, node: &RunningServer) -> serde_json::Value {
+    http.get(common::admin_url(node, "/v1/rules"))
+        .bearer_auth(common::READ_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_through_one_node_reaches_every_node_within_a_second() {
     let redis = common::redis::server();
@@ -197,15 +209,7 @@ async fn a_change_through_one_node_reaches_every_node_within_a_second() {
         .await
         .unwrap();
     assert_eq!(reader.status(), 403);
-    let current: serde_json::Value = http
-        .get(common::admin_url(&b, "/v1/rules"))
-        .bearer_auth(common::READ_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let current = read_rules(&http, &b).await;
     assert_eq!(
         current["document"]["version"], 1,
         "none of those wrote: {current}"
@@ -266,15 +270,7 @@ async fn a_file_sourced_node_refuses_to_replace_its_rules_through_the_api() {
             .contains("edit the file"),
         "{problem}"
     );
-    let read: serde_json::Value = http
-        .get(common::admin_url(&server, "/v1/rules"))
-        .bearer_auth(common::READ_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = read_rules(&http, &server).await;
     assert_eq!(read["source"], "file");
     assert_eq!(read["rules"][0]["limits"][0]["limit"], 100);
     server.stop().await.unwrap();

@@ -480,14 +480,7 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(false);
         }
-        let mut command = redis::cmd("DEL");
-        for key in &keys {
-            command.arg(key);
-        }
-        let removed: u64 = self
-            .run(async |connection| command.query_async(connection).await)
-            .await?;
-        Ok(removed > 0)
+        self.delete(&keys).await
     }
 
     /// Empties this node's deny cache (the rules changed under it).
@@ -499,8 +492,13 @@ impl RedisStore {
         let mut keys = Vec::with_capacity(1);
         self.push_state_keys(&mut keys, bucket, limits);
         self.deny_cache.forget(&keys[0]);
+        self.delete(&keys).await
+    }
+
+    /// Deletes `keys` (of one client key: one slot) in one call; true when any existed.
+    async fn delete(&self, keys: &[String]) -> Result<bool, StoreError> {
         let mut command = redis::cmd("DEL");
-        for key in &keys {
+        for key in keys {
             command.arg(key);
         }
         let removed: u64 = self
