@@ -446,39 +446,37 @@ impl RawServer {
             self.shutdown_grace,
             Duration::from_secs(10),
         );
-        let streams = self
-            .grpc_max_concurrent_streams
-            .unwrap_or(DEFAULT_GRPC_MAX_CONCURRENT_STREAMS.into());
-        if !(1..=1_000_000).contains(&streams) {
-            issues.add(
-                "server.grpc_max_concurrent_streams",
-                format!("{streams} is out of range; use 1 to 1000000 (default {DEFAULT_GRPC_MAX_CONCURRENT_STREAMS})"),
-            );
-        }
+        let streams = count_field(
+            issues,
+            "server.grpc_max_concurrent_streams",
+            self.grpc_max_concurrent_streams,
+            DEFAULT_GRPC_MAX_CONCURRENT_STREAMS.into(),
+            1_000_000,
+            "",
+        );
         let config_poll_interval = duration_field(
             issues,
             "server.config_poll_interval",
             self.config_poll_interval,
             Duration::from_secs(1),
         );
-        let http_max_connections = self
-            .http_max_connections
-            .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
-        if !(1..=1_000_000).contains(&http_max_connections) {
-            issues.add(
-                "server.http_max_connections",
-                format!("{http_max_connections} is out of range; use 1 to 1000000 (default {DEFAULT_HTTP_MAX_CONNECTIONS}), below the process's open-file limit"),
-            );
-        }
-        let grpc_max_connections = self
-            .grpc_max_connections
-            .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
-        if !(1..=1_000_000).contains(&grpc_max_connections) {
-            issues.add(
-                "server.grpc_max_connections",
-                format!("{grpc_max_connections} is out of range; use 1 to 1000000 (default {DEFAULT_HTTP_MAX_CONNECTIONS}), below the process's open-file limit"),
-            );
-        }
+        let below_fd_limit = ", below the process's open-file limit";
+        let http_max_connections = count_field(
+            issues,
+            "server.http_max_connections",
+            self.http_max_connections,
+            DEFAULT_HTTP_MAX_CONNECTIONS,
+            1_000_000,
+            below_fd_limit,
+        );
+        let grpc_max_connections = count_field(
+            issues,
+            "server.grpc_max_connections",
+            self.grpc_max_connections,
+            DEFAULT_HTTP_MAX_CONNECTIONS,
+            1_000_000,
+            below_fd_limit,
+        );
         let http_header_timeout = duration_field(
             issues,
             "server.http_header_timeout",
@@ -492,15 +490,15 @@ impl RawServer {
             );
         }
         ServerConfig {
-            http_max_connections: http_max_connections.clamp(1, 1_000_000) as usize,
-            grpc_max_connections: grpc_max_connections.clamp(1, 1_000_000) as usize,
+            http_max_connections: http_max_connections as usize,
+            grpc_max_connections: grpc_max_connections as usize,
             http_header_timeout,
             config_poll_interval,
             grpc_addr,
             http_addr,
             shutdown_grace,
             shadow: self.shadow.unwrap_or(false),
-            grpc_max_concurrent_streams: streams.clamp(1, 1_000_000) as u32,
+            grpc_max_concurrent_streams: streams as u32,
         }
     }
 }
@@ -691,6 +689,26 @@ impl RawRedis {
             deny_cache_keys: deny_cache_keys.min(MAX_MAX_KEYS) as usize,
         }
     }
+}
+
+/// A count from 1 to `max` (`default` when absent); out of range is an issue (with `note`
+/// after the range in its fix) and the value is clamped into it.
+fn count_field(
+    issues: &mut Issues,
+    path: &str,
+    value: Option<u64>,
+    default: u64,
+    max: u64,
+    note: &str,
+) -> u64 {
+    let value = value.unwrap_or(default);
+    if !(1..=max).contains(&value) {
+        issues.add(
+            path,
+            format!("{value} is out of range; use 1 to {max} (default {default}){note}"),
+        );
+    }
+    value.clamp(1, max)
 }
 
 pub(crate) fn duration_field(
