@@ -275,3 +275,68 @@ async fn a_file_sourced_node_refuses_to_replace_its_rules_through_the_api() {
     assert_eq!(read["rules"][0]["limits"][0]["limit"], 100);
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn per_key_overrides_are_added_and_removed_at_runtime() {
+    let redis = common::redis::server();
+    let node = node(&redis.url()).await;
+    let http = reqwest::Client::new();
+    let written = put(&http, &node, "", common::ADMIN_TOKEN, rules(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 200);
+    let override_call = |method: reqwest::Method, token: &'static str, body: serde_json::Value| {
+        http.request(method, common::admin_url(&node, "/v1/overrides"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let vip = serde_json::json!({
+        "resource": "api",
+        "key": "vip",
+        "rule": {"name": "api-vip", "algorithm": "fixed_window", "limit": 50, "window": "1h"},
+    });
+    let reader = override_call(reqwest::Method::POST, common::READ_TOKEN, vip.clone());
+    assert_eq!(reader.await.unwrap().status(), 403);
+    let mut bad = vip.clone();
+    bad["rule"]["limit"] = 0.into();
+    let refused = override_call(reqwest::Method::POST, common::ADMIN_TOKEN, bad)
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        problem["issues"][0]["path"], "rules.api.overrides[0].limit",
+        "{problem}"
+    );
+
+    let added = override_call(reqwest::Method::POST, common::ADMIN_TOKEN, vip.clone())
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200);
+    let poll = async |key: &str, limit: u64| {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while limit_of(&http, &node, key).await.1 != limit {
+            assert!(Instant::now() < deadline, "{key} never got limit {limit}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    poll("vip", 50).await;
+    poll("someone", 5).await;
+    let removal = serde_json::json!({"resource": "api", "key": "vip"});
+    let removed = override_call(
+        reqwest::Method::DELETE,
+        common::ADMIN_TOKEN,
+        removal.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(removed.status(), 200);
+    poll("vip", 5).await;
+    let again = override_call(reqwest::Method::DELETE, common::ADMIN_TOKEN, removal)
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+    node.stop().await.unwrap();
+}
