@@ -97,7 +97,7 @@ async fn replace(
     let metrics = rules.limiter.metrics();
     let central = match admin_with_central(&rules, &who, "rules_replace") {
         Ok(central) => central,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let Ok(Query(params)) = params else {
         metrics.admin_request("rules_replace", "invalid");
@@ -120,7 +120,7 @@ fn admin_with_central<'a>(
     rules: &'a RulesAdmin,
     who: &Principal,
     action: &str,
-) -> Result<&'a CentralRules, Response> {
+) -> Result<&'a CentralRules, Problem> {
     let metrics = rules.limiter.metrics();
     if let Err(err) = who.require(Role::Admin) {
         metrics.admin_refused("forbidden");
@@ -128,8 +128,7 @@ fn admin_with_central<'a>(
             status: StatusCode::FORBIDDEN,
             field: "authorization",
             detail: err.to_string(),
-        }
-        .into_response());
+        });
     }
     rules.central.as_ref().ok_or_else(|| {
         metrics.admin_request(action, "invalid");
@@ -138,7 +137,6 @@ fn admin_with_central<'a>(
             field: "rules_source",
             detail: "this node's rules come from its config file (rules_source.kind = \"file\"): edit the file and it reloads; changing rules through the API needs rules_source.kind = \"redis\"".into(),
         }
-        .into_response()
     })
 }
 
@@ -220,7 +218,7 @@ async fn edit_override(rules: &RulesAdmin, who: &Principal, body: &[u8], set: bo
     let metrics = rules.limiter.metrics();
     let central = match admin_with_central(rules, who, action) {
         Ok(central) => central,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let edited = async {
         let body: OverrideBody = serde_json::from_slice(body).map_err(|err| {
