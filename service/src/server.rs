@@ -108,11 +108,6 @@ impl RunningServer {
         true
     }
 
-    /// A receiver that turns true when shutdown is requested.
-    pub fn shutdown_receiver(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
     /// Starts draining: readiness turns false, listeners close, in-flight requests finish.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -217,6 +212,7 @@ pub async fn start_with(
             Capped::new(
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 config.server.grpc_max_connections,
+                "server.grpc_max_connections",
                 limiter.metrics().connections("grpc"),
             ),
             shutdown::requested(shutdown_rx.clone()),

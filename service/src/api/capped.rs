@@ -1,7 +1,8 @@
-//! A cap on the connections the gRPC listener holds. tonic serves every connection its stream
-//! of connections yields, so the stream is filtered here: past `max_connections` open, a new
-//! connection is closed as soon as it is accepted (never left hanging), and counted. The HTTP
-//! listeners enforce the same cap in their own accept loop ([`super::serve`]).
+//! A cap on the connections a listener holds, as a filter on its stream of accepted
+//! connections: past `max_connections` open, a new connection is closed as soon as it is
+//! accepted (never left hanging), counted, and logged at most once a second. tonic serves the
+//! gRPC listener from such a stream; the HTTP listeners' accept loop ([`super::serve`]) reads
+//! one too.
 
 use std::{
     pin::Pin,
@@ -17,21 +18,33 @@ use tokio::{
 };
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::metrics::ConnectionMetrics;
+use crate::{decision_log::LogBudget, metrics::ConnectionMetrics};
 
 /// The accepted connections of `incoming`, at most `max_connections` open at once.
 pub struct Capped<S> {
     incoming: S,
     slots: Arc<Semaphore>,
+    max_connections: usize,
+    /// The setting that sets the cap, named in the refusal log line.
+    setting: &'static str,
     metrics: ConnectionMetrics,
+    refusals_log: LogBudget,
 }
 
 impl<S> Capped<S> {
-    pub fn new(incoming: S, max_connections: usize, metrics: ConnectionMetrics) -> Self {
+    pub fn new(
+        incoming: S,
+        max_connections: usize,
+        setting: &'static str,
+        metrics: ConnectionMetrics,
+    ) -> Self {
         Self {
             incoming,
             slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            setting,
             metrics,
+            refusals_log: LogBudget::new(1),
         }
     }
 }
@@ -61,6 +74,14 @@ where
                 }
                 Err(_) => {
                     self.metrics.refused.inc();
+                    if let Some(suppressed) = self.refusals_log.admit() {
+                        tracing::warn!(
+                            max_connections = self.max_connections,
+                            setting = self.setting,
+                            suppressed,
+                            "connection refused: the listener holds its maximum already"
+                        );
+                    }
                     drop(stream);
                 }
             }

@@ -3,23 +3,24 @@
 //! new connection is closed at once, never left hanging), and a request's headers must arrive
 //! within `header_timeout` of the connection waiting for them, which also closes a keep-alive
 //! connection left idle that long. `axum::serve` offers neither limit, hence this accept loop
-//! on hyper-util's connection builder.
+//! on hyper-util's connection builder, reading connections through the same cap as the gRPC
+//! listener ([`super::capped`]).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use axum::Router;
+use futures_util::StreamExt as _;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::{
-    net::TcpListener,
-    sync::{Semaphore, watch},
-};
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::server::TcpIncoming;
 use tracing::warn;
 
-use crate::{decision_log::LogBudget, metrics::ConnectionMetrics};
+use super::capped::Capped;
+use crate::metrics::ConnectionMetrics;
 
 /// What one listener lets clients hold.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +40,12 @@ pub async fn serve(
 ) {
     let stopping = crate::shutdown::requested(shutdown);
     tokio::pin!(stopping);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let refusals_log = LogBudget::new(1);
+    let mut incoming = Capped::new(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        limits.max_connections,
+        "server.http_max_connections",
+        metrics,
+    );
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -53,47 +58,30 @@ pub async fn serve(
         .keep_alive_interval(limits.header_timeout)
         .keep_alive_timeout(limits.header_timeout);
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
+        let held = tokio::select! {
+            accepted = incoming.next() => match accepted {
+                Some(Ok(held)) => held,
+                Some(Err(err)) => {
                     // Out of file descriptors, most likely: back off rather than spin.
                     warn!(error = %err, "accepting a connection failed; retrying in 50 ms");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+                None => break,
             },
             () = &mut stopping => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.refused.inc();
-            if let Some(suppressed) = refusals_log.admit() {
-                warn!(
-                    max_connections = limits.max_connections,
-                    suppressed,
-                    "connection refused: the listener holds server.http_max_connections already"
-                );
-            }
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
         let connection = builder
             .serve_connection_with_upgrades(
-                TokioIo::new(stream),
+                TokioIo::new(held),
                 TowerToHyperService::new(router.clone()),
             )
             .into_owned();
         let connection = graceful.watch(connection);
-        let open = metrics.open.clone();
-        open.inc();
-        tokio::spawn(async move {
-            // A client that goes away or times out ends its connection; nothing to report.
-            let _ = connection.await;
-            open.dec();
-            drop(slot);
-        });
+        // A client that goes away or times out ends its connection (and frees its slot);
+        // nothing to report.
+        tokio::spawn(connection);
     }
-    drop(listener);
+    drop(incoming);
     graceful.shutdown().await;
 }
