@@ -23,7 +23,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    api::http::limits_json,
+    api::http::{Problem, limits_json},
     auth::{AuthError, Principal, Role, Tokens},
     limiter::{Limiter, LimiterError, Verdict},
     metrics::Metrics,
@@ -164,23 +164,16 @@ fn refuse(request: &Request, err: &AuthError) -> Response {
         };
         return status.into_http::<axum::body::Body>();
     }
-    let status = if forbidden {
-        StatusCode::FORBIDDEN
-    } else {
-        StatusCode::UNAUTHORIZED
-    };
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        json!({
-            "type": "about:blank",
-            "title": status.canonical_reason(),
-            "status": status.as_u16(),
-            "detail": err.to_string(),
-        })
-        .to_string(),
-    )
-        .into_response();
+    let mut response = Problem {
+        status: if forbidden {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        },
+        field: "authorization",
+        detail: err.to_string(),
+    }
+    .into_response();
     if !forbidden {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
