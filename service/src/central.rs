@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::{
     config::{CentralSource, Config},
     limiter::Limiter,
+    reload,
     store::Backend,
 };
 
@@ -254,20 +255,18 @@ impl Follower {
         let origin = format!("central rules version {}", document.version);
         match self.running.with_rules(&document.text, &origin) {
             Ok(next) => {
-                if next.rules != self.running.rules {
-                    self.limiter
-                        .replace_rules(next.rules.clone(), next.version.clone());
+                let config_version = next.version.clone();
+                if reload::adopt(&self.limiter, &mut self.running, next) {
                     metrics.config_reload("applied");
                     info!(
                         version = document.version,
                         updated_by = %document.updated_by,
-                        config_version = %next.version,
+                        %config_version,
                         "central rules applied"
                     );
                 } else {
                     metrics.config_reload("unchanged");
                 }
-                self.running = next;
                 metrics.set_central_version(document.version);
             }
             Err(err) => {

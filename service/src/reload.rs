@@ -62,14 +62,13 @@ pub fn reload(limiter: &Limiter<Backend>, running: &mut Config, source: &ConfigS
             let sections = restart_only_changes(running, &next);
             if !sections.is_empty() {
                 Reloaded::Refused { sections }
-            } else if next.rules == running.rules {
-                running.version = next.version;
-                Reloaded::Unchanged
             } else {
-                limiter.replace_rules(next.rules.clone(), next.version.clone());
                 let version = next.version.clone();
-                *running = next;
-                Reloaded::Applied { version }
+                if adopt(limiter, running, next) {
+                    Reloaded::Applied { version }
+                } else {
+                    Reloaded::Unchanged
+                }
             }
         }
     };
@@ -88,6 +87,17 @@ pub fn reload(limiter: &Limiter<Backend>, running: &mut Config, source: &ConfigS
         ),
     }
     outcome
+}
+
+/// Makes `next` the running configuration: its rules go live when they differ from the
+/// running ones (true then). Files and the central document both arrive here.
+pub(crate) fn adopt(limiter: &Limiter<Backend>, running: &mut Config, next: Config) -> bool {
+    let changed = next.rules != running.rules;
+    if changed {
+        limiter.replace_rules(next.rules.clone(), next.version.clone());
+    }
+    *running = next;
+    changed
 }
 
 /// The sections, other than rules, in which `next` differs from `running`.
