@@ -385,8 +385,8 @@ impl MemoryStore {
     /// See [`Store::remap`]: `change` is queued, `commit` swaps the rules in, and every shard
     /// is then carried over one at a time, so no request waits for more than one shard's pass.
     /// A shard a request reaches first is carried over by that request, under the shard's own
-    /// lock, before it reads any state. Returns how many keys' states were remapped here.
-    pub fn remap(&self, change: Arc<dyn Remapping>, commit: impl FnOnce()) -> usize {
+    /// lock, before it reads any state.
+    pub fn remap(&self, change: Arc<dyn Remapping>, commit: impl FnOnce()) {
         let generation = {
             let mut remaps = self.remaps.lock();
             let generation = self.generation.load(Ordering::Acquire) + 1;
@@ -395,16 +395,13 @@ impl MemoryStore {
             generation
         };
         commit();
-        let mut remapped = 0;
         for shard in self.shards.iter() {
-            let mut state = shard.0.lock();
-            remapped += self.carry_over(&mut state);
+            self.carry_over(&mut shard.0.lock());
         }
         // Every shard is at `generation` or later now: those changes are done with.
         self.remaps
             .lock()
             .retain(|(pending, _)| *pending > generation);
-        remapped
     }
 
     /// Locks the shard of `key_hash`, carried over to the latest rules.
@@ -422,10 +419,10 @@ impl MemoryStore {
 
     /// Applies every queued change of rules the shard has not seen, in order.
     #[cold]
-    fn carry_over(&self, state: &mut ShardState) -> usize {
+    fn carry_over(&self, state: &mut ShardState) {
         let target = self.generation.load(Ordering::Acquire);
         if state.generation >= target {
-            return 0;
+            return;
         }
         let changes: Vec<Arc<dyn Remapping>> = self
             .remaps
@@ -435,7 +432,6 @@ impl MemoryStore {
             .map(|(_, change)| change.clone())
             .collect();
         let now = self.clock.now_us();
-        let mut remapped = 0;
         for change in &changes {
             for entry in state.table.iter_mut() {
                 if matches!(entry.states, States::Ban(_)) {
@@ -449,12 +445,10 @@ impl MemoryStore {
                 };
                 if let Some((before, after)) = change.layouts(resource, key) {
                     entry.states.remap(before, after, now);
-                    remapped += 1;
                 }
             }
         }
         state.generation = target;
-        remapped
     }
 
     /// Keys (per resource, or key-wide) under a ban at the last sweep.
