@@ -122,9 +122,10 @@ pub fn console(summary: &Summary, dir: &Path) -> String {
             target.latency_ms.p99
         ));
     }
+    let lag = &summary.generator.lag_ms;
     lines.push(format!(
-        "generator lag p99 {:.3} ms, missed sends {}",
-        summary.generator.lag_p99_ms, summary.generator.missed_sends
+        "generator send lag p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; missed sends {}",
+        lag.p50, lag.p99, lag.max, summary.generator.missed_sends
     ));
     if let Some(warning) = &summary.generator.bottleneck_warning {
         lines.push(format!("WARNING: {warning}"));

@@ -114,11 +114,20 @@ pub fn report(summary: &Summary) -> String {
     }
     let generator = &summary.generator;
     let _ = writeln!(out, "\n## Generator\n");
-    let _ = writeln!(
-        out,
-        "Send lag p99 {:.3} ms (max {:.3} ms); missed sends: {}.",
-        generator.lag_p99_ms, generator.lag_max_ms, generator.missed_sends
-    );
+    let lag = &generator.lag_ms;
+    if lag.count > 0 {
+        let _ = writeln!(
+            out,
+            "Send lag (how late each request left after its intended time): p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms; missed sends: {}.",
+            lag.p50, lag.p90, lag.p99, lag.p999, lag.max, generator.missed_sends
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "Closed model: no schedule, so no send lag; missed sends: {}.",
+            generator.missed_sends
+        );
+    }
     if let Some(warning) = &generator.bottleneck_warning {
         let _ = writeln!(out, "\n**{warning}**");
     }

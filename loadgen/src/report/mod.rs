@@ -85,8 +85,8 @@ pub fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let summary: Summary =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    // Version 2 only added fields that default to empty (shadow-denied counts and findings),
-    // so every earlier version still reads.
+    // Versions 2 and 3 only added fields that default to empty (shadow-denied counts and
+    // findings, the full send lag), so every earlier version still reads.
     anyhow::ensure!(
         summary.schema == summary::SCHEMA
             && (1..=summary::SCHEMA_VERSION).contains(&summary.schema_version),

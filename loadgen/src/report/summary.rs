@@ -14,8 +14,8 @@ use crate::{
 
 pub const SCHEMA: &str = "sluice-loadgen/summary";
 /// 2: shadow-denied outcomes (`totals.shadow_denied`, `ledger.shadow_denied`), banned answers
-/// read from HTTP 403.
-pub const SCHEMA_VERSION: u32 = 2;
+/// read from HTTP 403. 3: the open model's send lag in full (`generator.lag_ms`).
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -114,6 +114,11 @@ pub struct LatencySummary {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GeneratorSummary {
+    /// Open model: how late each request left after its intended send time (empty in the
+    /// closed model, which has no schedule).
+    #[serde(default)]
+    pub lag_ms: Percentiles,
+    /// `lag_ms.p99` and `lag_ms.max`, kept for readers of schema versions 1 and 2.
     pub lag_p99_ms: f64,
     pub lag_max_ms: f64,
     pub missed_sends: u64,
@@ -221,6 +226,7 @@ impl Summary {
                 uncorrected,
             },
             generator: GeneratorSummary {
+                lag_ms: lag,
                 lag_p99_ms: lag.p99,
                 lag_max_ms: lag.max,
                 missed_sends: result.missed_sends,

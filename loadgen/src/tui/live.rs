@@ -102,6 +102,8 @@ pub struct LiveView {
     pub percentiles: Vec<(&'static str, f64)>,
     pub targets: Vec<TargetRow>,
     pub top_denied: Vec<(String, u64)>,
+    /// The open model's send lag over the last few seconds (zero in the closed model).
+    pub lag_p50_ms: f64,
     pub lag_p99_ms: f64,
     pub service: Vec<ServiceRow>,
     /// The last thing a key did (saved a report, reset the keys, ...).
@@ -279,6 +281,7 @@ impl Tracker {
                 })
                 .collect(),
             top_denied: self.top_denied.clone(),
+            lag_p50_ms: ms(&lag, 50.0),
             lag_p99_ms: ms(&lag, 99.0),
             service,
             message,

@@ -361,7 +361,10 @@ fn draw_generator(frame: &mut Frame, area: Rect, view: &LiveView) {
     frame.render_widget(
         Gauge::default()
             .ratio((view.lag_p99_ms / LAG_BOTTLENECK_MS).clamp(0.0, 1.0))
-            .label(format!("lag p99 {:.1} ms", view.lag_p99_ms))
+            .label(format!(
+                "lag p50 {:.3} p99 {:.3} ms",
+                view.lag_p50_ms, view.lag_p99_ms
+            ))
             .gauge_style(Style::default().fg(if bottleneck { Color::Red } else { Color::Green })),
         gauge,
     );
@@ -564,6 +567,7 @@ mod tests {
                 },
             ],
             top_denied: vec![("key-0".into(), 4_321), ("key-1".into(), 1_234)],
+            lag_p50_ms: 0.018,
             lag_p99_ms: 0.2,
             service: vec![ServiceRow {
                 url: "http://127.0.0.1:8080/metrics".into(),
@@ -646,7 +650,7 @@ mod tests {
             "31.000",
             "key-0 4321",
             "timeout 3",
-            "lag p99 0.2 ms",
+            "lag p50 0.018 p99 0.200 ms",
             "127.0.0.1:8080",
             "store err 2",
             "FALLBACK",
