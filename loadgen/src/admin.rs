@@ -4,7 +4,10 @@
 
 use anyhow::Context as _;
 
-use crate::{http1, keys::KeySpace, target::http_exchange};
+use crate::{
+    client::{http::exchange, http1},
+    keys::KeySpace,
+};
 
 /// The environment variable holding the admin token. Never a flag: the command line is
 /// written into every report.
@@ -81,7 +84,7 @@ async fn reset(
         "POST /v1/keys/reset HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    let (status, answer) = http_exchange(slot, addr, &[head.as_bytes(), &body])
+    let (status, answer) = exchange(slot, addr, &[head.as_bytes(), &body])
         .await
         .map_err(|kind| anyhow::anyhow!("{}", kind.label()))?;
     anyhow::ensure!(

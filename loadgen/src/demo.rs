@@ -17,7 +17,7 @@ use crate::{
     keys::Distribution,
     schedule::Schedule,
     session::{SessionOptions, SessionOutcome, run_session},
-    target::Endpoint,
+    wire::Endpoint,
 };
 
 const RULES: &str = r#"

@@ -4,15 +4,12 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     engine::RunResult,
     stats::KeyLedger,
-    target::{AlgorithmKind, LimitBound},
+    wire::{AlgorithmKind, LimitBound},
 };
 
 /// The most a key may be admitted over `elapsed_us` under `algorithm` with `limit` per
@@ -173,77 +170,6 @@ pub fn binding_limit(key: &KeyLedger, reported: LimitBound, elapsed_us: u64) -> 
     (binding, bound_of(&binding))
 }
 
-/// Sums the samples of metric `name` in a Prometheus text page whose labels include every
-/// `label="value"` of `labels` (every sample when `labels` is empty).
-pub fn metric_sum(metrics_text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metrics_text
-        .lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (found, value) = if let Some(labeled) = rest.strip_prefix('{') {
-                labeled.split_once("} ")?
-            } else {
-                ("", rest.strip_prefix(' ')?)
-            };
-            let wanted = labels.iter().all(|(key, expected)| {
-                found.split(',').any(|pair| {
-                    pair.split_once('=')
-                        .is_some_and(|(k, v)| k == *key && v.trim_matches('"') == *expected)
-                })
-            });
-            wanted.then(|| value.trim().parse::<f64>().unwrap_or(0.0))
-        })
-        .sum()
-}
-
-/// Sums `sluice_decisions_total` of `resource` by outcome from a Prometheus text page:
-/// (let through, refused). Let through counts shadowed denials too (the client was allowed);
-/// refused counts bans with denials, as the client's ledger does. A resource without a rule of
-/// its own is counted under the default rule's label, `*`.
-pub fn decision_counts(metrics_text: &str, resource: &str) -> (u64, u64) {
-    let name = "sluice_decisions_total";
-    let has_own_rule = metrics_text.contains(&format!("resource=\"{resource}\""));
-    let label = if has_own_rule { resource } else { "*" };
-    let outcome = |value| {
-        metric_sum(
-            metrics_text,
-            name,
-            &[("outcome", value), ("resource", label)],
-        ) as u64
-    };
-    (
-        outcome("allowed") + outcome("shadow_denied"),
-        outcome("denied") + outcome("banned"),
-    )
-}
-
-/// The body of a GET (a /metrics page, a readiness probe); an error unless 2xx.
-pub async fn get_text(url: &str) -> anyhow::Result<String> {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let response = client
-        .get(url.parse()?)
-        .await
-        .map_err(|err| anyhow::anyhow!("scraping {url}: {err}"))?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "scraping {url}: {}",
-        response.status()
-    );
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
-}
-
-/// Scrapes each `/metrics` URL and adds up the decision counters of `resource`.
-pub async fn scrape_decisions(urls: &[String], resource: &str) -> anyhow::Result<(u64, u64)> {
-    let (mut allowed, mut denied) = (0, 0);
-    for url in urls {
-        let (a, d) = decision_counts(&get_text(url).await?, resource);
-        allowed += a;
-        denied += d;
-    }
-    Ok((allowed, denied))
-}
-
 /// Compares the service's counter deltas with what the client saw.
 pub fn reconcile(result: &RunResult, before: (u64, u64), after: (u64, u64)) -> Reconciliation {
     let cost = result.config.cost.max(1);
@@ -284,7 +210,7 @@ mod tests {
             window_us: 86_400_000_000,
         };
         let key = KeyLedger::default();
-        let answer = |limits| crate::target::Answer {
+        let answer = |limits| crate::wire::Answer {
             allowed: true,
             banned: false,
             shadow_denied: false,
@@ -297,7 +223,7 @@ mod tests {
             failed_over: false,
             limits,
         };
-        let listed = crate::target::LimitBounds::from_list(&[burst, daily]);
+        let listed = crate::wire::LimitBounds::from_list(&[burst, daily]);
         key.record(1, &Ok(answer(listed)));
         let second = 1_000_000;
         // Over 2 s the burst (10, refilling 1/s) binds: about 12; the daily limit, not the
@@ -325,35 +251,6 @@ mod tests {
         assert_eq!(
             admission_bound(AlgorithmKind::FixedWindow, 10, second, second / 2),
             21.0
-        );
-    }
-
-    #[test]
-    fn decision_counters_are_read_for_the_run_resource() {
-        let text = "# HELP x\nsluice_decisions_total{outcome=\"allowed\",resource=\"a\"} 5\n\
-                    sluice_decisions_total{outcome=\"denied\",resource=\"a\"} 2\n\
-                    sluice_decisions_total{outcome=\"shadow_denied\",resource=\"a\"} 3\n\
-                    sluice_decisions_total{outcome=\"banned\",resource=\"a\"} 4\n\
-                    sluice_decisions_total{outcome=\"allowed\",resource=\"*\"} 7\n\
-                    sluice_decisions_total_other 100\n";
-        assert_eq!(
-            decision_counts(text, "a"),
-            (8, 6),
-            "shadowed denials were let through; bans refused"
-        );
-        assert_eq!(
-            decision_counts(text, "unruled"),
-            (7, 0),
-            "a resource without a rule of its own falls under the default rule"
-        );
-        assert_eq!(metric_sum(text, "sluice_decisions_total_other", &[]), 100.0);
-        assert_eq!(
-            metric_sum(
-                "sluice_fallback_active 1\nsluice_fallback_active_x 5\n",
-                "sluice_fallback_active",
-                &[]
-            ),
-            1.0
         );
     }
 }

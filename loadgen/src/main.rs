@@ -13,8 +13,8 @@ use loadgen::{
     report,
     schedule::{Schedule, Stage},
     session::{SessionOptions, console, run_session},
-    target::{Call, Endpoint},
     tui::{self, TuiOptions, form::Form},
+    wire::{Call, Endpoint},
 };
 
 #[derive(Parser)]

@@ -7,6 +7,7 @@ use crate::{
     engine::{self, RunConfig, RunResult},
     ledger,
     report::{self, Summary},
+    scrape,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -43,13 +44,13 @@ pub async fn run_session(
     let before = if options.service_metrics.is_empty() {
         None
     } else {
-        Some(ledger::scrape_decisions(&options.service_metrics, &config.resource).await?)
+        Some(scrape::scrape_decisions(&options.service_metrics, &config.resource).await?)
     };
     let result = engine::run(config).await?;
     let reconciliation = match before {
         Some(before) if options.verify => {
             let after =
-                ledger::scrape_decisions(&options.service_metrics, &result.config.resource).await?;
+                scrape::scrape_decisions(&options.service_metrics, &result.config.resource).await?;
             Some(ledger::reconcile(&result, before, after))
         }
         _ => None,

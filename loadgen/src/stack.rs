@@ -14,7 +14,7 @@ use anyhow::Context;
 use serde_json::json;
 use sluice::local_redis::free_port;
 
-use crate::{demo::DemoNodes, ledger::get_text};
+use crate::{demo::DemoNodes, scrape::get_text};
 
 const PROMETHEUS_YML: &str = include_str!("../../dashboards/prometheus/prometheus.yml");
 const RULES: &str = include_str!("../../dashboards/prometheus/rules/sluice.rules.yml");

@@ -13,7 +13,7 @@ use hdrhistogram::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::target::{AlgorithmKind, Answer, ErrorKind, LimitBound};
+use crate::wire::{AlgorithmKind, Answer, ErrorKind, LimitBound};
 
 /// Latencies are microseconds, tracked up to a minute at 3 significant digits.
 pub const MAX_LATENCY_US: u64 = 60_000_000;
@@ -541,7 +541,7 @@ mod tests {
         let ledger = KeyLedger::default();
         assert_eq!(ledger.least_limit(), None);
         for limit in [50, 1_000, 60] {
-            let answer = crate::target::Answer {
+            let answer = crate::wire::Answer {
                 allowed: true,
                 banned: false,
                 shadow_denied: false,

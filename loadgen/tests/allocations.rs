@@ -17,7 +17,7 @@ use loadgen::{
     keys::{Distribution, KeyPicker},
     metrics::ClientMetrics,
     stats::{Interval, KeyLedger, Outcome, Recorder},
-    target::{Answer, Call, Endpoint},
+    wire::{Answer, Call, Endpoint},
 };
 use sluice::{
     config::{Config, Overrides},

@@ -13,12 +13,12 @@ use std::{
 use loadgen::{
     engine::{LoadModel, RunConfig},
     keys::Distribution,
-    ledger::get_text,
     metrics::ClientMetrics,
     schedule::Schedule,
+    scrape::get_text,
     session::{SessionOptions, run_session},
     stack::{Stack, StackOptions},
-    target::Endpoint,
+    wire::Endpoint,
 };
 use serde_json::Value;
 use sluice::local_redis::free_port;

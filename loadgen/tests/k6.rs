@@ -6,7 +6,7 @@ use std::{
     process::Command,
 };
 
-use loadgen::{demo::DemoNodes, ledger::scrape_decisions, report::tools::from_k6};
+use loadgen::{demo::DemoNodes, report::tools::from_k6, scrape::scrape_decisions};
 use serde_json::Value;
 
 /// k6 runs measure time on two cores; one at a time.

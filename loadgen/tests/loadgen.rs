@@ -13,12 +13,13 @@ use std::{
 
 use loadgen::{
     admin::{self, AdminAccess},
+    client::TargetClient,
     engine::{LoadModel, RunConfig},
     keys::KeySpace,
     report::{self, CHART_FILES},
     schedule::Schedule,
     session::{SessionOptions, run_session},
-    target::{Endpoint, TargetClient},
+    wire::Endpoint,
 };
 use sluice::{
     config::{Config, Overrides},
@@ -550,7 +551,7 @@ async fn health_calls_and_the_generators_own_metrics() {
         .await
         .unwrap();
     let mut config = RunConfig::new(targets);
-    config.call = loadgen::target::Call::Health;
+    config.call = loadgen::wire::Call::Health;
     config.model = LoadModel::Closed { concurrency: 8 };
     config.requests = Some(400);
     config.duration = None;
@@ -601,7 +602,7 @@ async fn reqwest_get(url: &str) -> String {
 /// Decisions the node made on `resource`.
 async fn sluice_decisions(node: &RunningServer, resource: &str) -> u64 {
     let url = format!("http://{}/metrics", node.http_addr);
-    let (allowed, denied) = loadgen::ledger::scrape_decisions(&[url], resource)
+    let (allowed, denied) = loadgen::scrape::scrape_decisions(&[url], resource)
         .await
         .unwrap();
     allowed + denied
@@ -615,7 +616,7 @@ async fn clients_redial_after_the_service_restarts() {
     let mut clients = Vec::new();
     for endpoint in [grpc(&first), format!("http://{http_addr}").parse().unwrap()] {
         clients.push(
-            loadgen::target::TargetClient::connect(&endpoint, 1)
+            loadgen::client::TargetClient::connect(&endpoint, 1)
                 .await
                 .unwrap()
                 .for_worker(0),
@@ -679,14 +680,14 @@ async fn an_http_connection_closed_while_idle_is_redialed_without_an_error() {
                 .unwrap();
         }
     });
-    let mut client = loadgen::target::TargetClient::connect(&endpoint, 1)
+    let mut client = loadgen::client::TargetClient::connect(&endpoint, 1)
         .await
         .unwrap()
         .for_worker(0);
-    let requests = loadgen::target::Requests::new(["k"], "", 1).unwrap();
+    let requests = loadgen::client::Requests::new(["k"], "", 1).unwrap();
     for _ in 0..3 {
         let answer = client
-            .call(loadgen::target::Call::Health, &requests, 0)
+            .call(loadgen::wire::Call::Health, &requests, 0)
             .await
             .expect("a request after an idle close fails");
         assert!(answer.allowed);
@@ -898,7 +899,7 @@ async fn the_ledger_bounds_a_stacked_rule_by_its_tightest_limit() {
     for finding in &ledger.over_admitted {
         assert_eq!(
             (finding.algorithm, finding.limit),
-            (Some(loadgen::target::AlgorithmKind::TokenBucket), 50),
+            (Some(loadgen::wire::AlgorithmKind::TokenBucket), 50),
             "bounded by the burst: {finding:?}"
         );
     }

@@ -3,7 +3,7 @@
 
 use goose::{config::GooseConfiguration, prelude::*};
 use loadgen::{
-    demo::DemoNodes, keys::Distribution, ledger::scrape_decisions, report::tools::from_goose,
+    demo::DemoNodes, keys::Distribution, report::tools::from_goose, scrape::scrape_decisions,
 };
 use serde_json::Value;
 use sluice_goose::{Settings, register};

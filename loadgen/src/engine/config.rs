@@ -8,7 +8,7 @@ use crate::{
     keys::Distribution,
     metrics::ClientMetrics,
     schedule::Schedule,
-    target::{Call, Endpoint},
+    wire::{Call, Endpoint},
 };
 
 /// The longest run the generator accepts, whatever the flags say.

@@ -26,9 +26,9 @@ use std::{
 
 use crate::{
     admin,
+    client::{Requests, TargetClient},
     keys::KeySpace,
     stats::{Interval, KeyLedger, Recorder, SealedInterval},
-    target::{Requests, TargetClient},
 };
 use pacing::{CachePadded, Pacing};
 use precise_timer::PreciseTimer;

@@ -13,9 +13,10 @@ use super::{
     timeline::Timeline,
 };
 use crate::{
+    client::{Requests, TargetClient},
     keys::{KeyPicker, KeySpace},
     stats::{Interval, KeyLedger, Outcome, Recorder},
-    target::{Answer, Call, ErrorKind, Requests, TargetClient},
+    wire::{Answer, Call, ErrorKind},
 };
 
 /// What every worker of a run shares.

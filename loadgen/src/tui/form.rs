@@ -8,7 +8,7 @@ use crate::{
     engine::{LoadModel, MAX_RUN, RunConfig},
     keys::Distribution,
     schedule::Schedule,
-    target::{Endpoint, Protocol},
+    wire::{Endpoint, Protocol},
 };
 
 /// The timeline resolution of interactive runs: fine enough for the live charts.

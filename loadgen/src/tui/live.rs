@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use crate::{
     engine::Run,
-    ledger::{get_text, metric_sum},
+    scrape::{get_text, metric_sum},
     stats::{Counts, Interval, interval_histogram},
 };
 

@@ -16,7 +16,7 @@ use super::{
     form::{Field, Form},
     live::{LAG_BOTTLENECK_MS, LiveView, RunState},
 };
-use crate::target::ErrorKind;
+use crate::wire::ErrorKind;
 
 /// The most chart points shown: the latest minute at the live interval.
 const CHART_POINTS: usize = 120;

@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::target::ErrorKind;
+use crate::wire::ErrorKind;
 
 /// Larger response heads or bodies are errors, not memory the generator gives away.
 const MAX_HEAD: usize = 64 * 1024;

@@ -25,11 +25,8 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::hpack;
-use crate::target::ErrorKind;
-
-pub const CHECK: &str = "/sluice.v1.RateLimiter/Check";
-pub const HEALTH: &str = "/grpc.health.v1.Health/Check";
+use super::hpack;
+use crate::wire::ErrorKind;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
