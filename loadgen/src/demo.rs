@@ -17,6 +17,7 @@ use crate::{
     keys::Distribution,
     schedule::Schedule,
     session::{SessionOptions, SessionOutcome, run_session},
+    tui::form::Form,
     wire::Endpoint,
 };
 
@@ -159,6 +160,30 @@ impl DemoNodes {
 pub const DEMO_KEYS: usize = 200;
 pub const DEMO_RESOURCE: &str = "api";
 pub const DEMO_DISTRIBUTION: Distribution = Distribution::Zipf(1.1);
+
+/// The report folder of a demo run named `name`, or `demo-BACKEND-UNIXTIME`.
+pub fn out_dir(results: &std::path::Path, name: Option<String>, redis: bool) -> PathBuf {
+    let name = name.unwrap_or_else(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let backend = if redis { "redis" } else { "memory" };
+        format!("demo-{backend}-{}", now.as_secs())
+    });
+    crate::report::results_dir(results, Some(&name))
+}
+
+/// The console's form for the demo's nodes: the demo's load at `rate` for `duration`.
+pub fn console_form(nodes: &DemoNodes, rate: f64, duration: Duration) -> Form {
+    let mut form = Form::with_targets(&nodes.targets, &nodes.metrics);
+    form.rate = rate.to_string();
+    form.duration = format!("{}s", duration.as_secs());
+    form.keys = DEMO_KEYS.to_string();
+    form.distribution = DEMO_DISTRIBUTION.to_string();
+    form.resource = DEMO_RESOURCE.into();
+    form.admin = Some(nodes.admin.clone());
+    form
+}
 
 pub async fn run_demo(options: &DemoOptions) -> anyhow::Result<SessionOutcome> {
     let nodes = DemoNodes::start(options.redis).await?;

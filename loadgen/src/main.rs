@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use loadgen::{
     admin::AdminAccess,
     compare,
-    demo::{DEMO_DISTRIBUTION, DEMO_KEYS, DEMO_RESOURCE, DemoNodes, DemoOptions, run_demo},
+    demo::{self, DemoNodes, DemoOptions, run_demo},
     engine::{LoadModel, RunConfig},
     keys::Distribution,
     report,
@@ -339,18 +339,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(args) if std::io::stdout().is_terminal() && !args.no_tui => {
             let nodes = DemoNodes::start(args.redis).await?;
-            let mut form = Form::with_targets(&nodes.targets, &nodes.metrics);
-            form.rate = args.rate.to_string();
-            form.duration = format!(
-                "{}s",
-                args.duration.unwrap_or(Duration::from_secs(60)).as_secs()
-            );
-            form.keys = DEMO_KEYS.to_string();
-            form.distribution = DEMO_DISTRIBUTION.to_string();
-            form.resource = DEMO_RESOURCE.into();
-            form.admin = Some(nodes.admin.clone());
+            let duration = args.duration.unwrap_or(Duration::from_secs(60));
             let options = TuiOptions {
-                form,
+                form: demo::console_form(&nodes, args.rate, duration),
                 results: args.results.clone(),
                 name: args.name.clone(),
                 command: command_line(),
@@ -366,19 +357,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 redis: args.redis,
                 duration: args.duration.unwrap_or(Duration::from_secs(5)),
                 rate: args.rate,
-                out_dir: report::results_dir(
-                    &args.results,
-                    Some(&args.name.unwrap_or_else(|| {
-                        let now = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .unwrap_or_default();
-                        format!(
-                            "demo-{}-{}",
-                            if args.redis { "redis" } else { "memory" },
-                            now.as_secs()
-                        )
-                    })),
-                ),
+                out_dir: demo::out_dir(&args.results, args.name, args.redis),
                 command: command_line(),
             };
             let outcome = run_demo(&options).await?;
@@ -436,16 +415,9 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Runs the console on a thread of its own (it blocks on the terminal), then prints where
-/// the reports went.
+/// Runs the console, then prints where the reports went.
 async fn console_session(options: TuiOptions) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(
-        std::io::stdout().is_terminal(),
-        "the console needs a terminal; use `loadgen run` in scripts and pipes"
-    );
-    let runtime = tokio::runtime::Handle::current();
-    let reports = tokio::task::spawn_blocking(move || tui::run(options, runtime)).await??;
-    for dir in reports {
+    for dir in tui::run_console(options).await? {
         println!("report: {}", dir.join(report::REPORT_FILE).display());
     }
     Ok(ExitCode::SUCCESS)

@@ -47,6 +47,17 @@ pub struct TuiOptions {
 }
 
 /// Runs the console until the user quits; returns the report folders it wrote.
+/// Runs the console on a thread of its own (it blocks on the terminal) and returns the
+/// folders of the reports it wrote.
+pub async fn run_console(options: TuiOptions) -> anyhow::Result<Vec<PathBuf>> {
+    anyhow::ensure!(
+        std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        "the console needs a terminal; use `loadgen run` in scripts and pipes"
+    );
+    let runtime = Handle::current();
+    tokio::task::spawn_blocking(move || run(options, runtime)).await?
+}
+
 pub fn run(options: TuiOptions, runtime: Handle) -> anyhow::Result<Vec<PathBuf>> {
     let mut terminal = ratatui::try_init()?;
     let mut app = App::new(options, runtime);
