@@ -2,3 +2,35 @@
 
 # A free TCP port on loopback, for a process the script starts.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The commit the binaries are built from, as a report records it. Call it right after the
+# build: HEAD may move while a long run goes on.
+commit_label() {
+    echo "$(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- . ':!results' || echo ' (with uncommitted changes)')"
+}
+
+# Waits (up to 5 s) until BASE-URL/healthz answers; fails naming the URL.
+wait_healthy() {
+    for _ in $(seq 50); do curl -sf "$1/healthz" >/dev/null && return 0; sleep 0.1; done
+    echo "no answer from $1/healthz in 5 s" >&2
+    return 1
+}
+
+# Starts a service on two free loopback ports and waits until it answers. Sets `service` (its
+# pid; the caller's EXIT trap kills it), `grpc_port` and `http_port`.
+# Usage: start_service LOG [--binary PATH] [RATELIMITER-FLAGS...]
+start_service() {
+    local log=$1 binary=target/release/ratelimiter
+    shift
+    if [ "${1:-}" = --binary ]; then binary=$2; shift 2; fi
+    grpc_port=$(port); http_port=$(port)
+    "$binary" --grpc-addr "127.0.0.1:$grpc_port" --http-addr "127.0.0.1:$http_port" "$@" 2>"$log" &
+    service=$!
+    wait_healthy "http://127.0.0.1:$http_port"
+}
+
+# One value from a run's summary.json: a Python expression over `s`, the parsed summary.
+# Usage: summary_value DIR EXPRESSION   e.g. summary_value "$work/run1" 'round(s["throughput_rps"])'
+summary_value() {
+    python3 -c 'import json, sys; s = json.load(open(sys.argv[1] + "/summary.json")); print(eval(sys.argv[2]))' "$1" "$2"
+}
