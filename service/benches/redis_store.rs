@@ -22,10 +22,11 @@ use std::{
 
 use sluice::{
     algorithm::{Algorithm, FixedWindow, TokenBucket, ban::Bans, stacked::Limit},
-    config::{FailureMode, RedisConfig},
+    config::RedisConfig,
     local_redis::LocalRedis,
     metrics::Metrics,
-    store::{BucketKey, DECISION_SCRIPT, RedisStore},
+    rules::FailureMode,
+    store::{BucketKey, DECISION_SCRIPT, RedisStore, Store},
 };
 
 const TASKS: usize = 64;
@@ -41,6 +42,7 @@ fn config(url: String) -> RedisConfig {
         prefix: "bench:".into(),
         failure_mode: FailureMode::Deny,
         fallback_share: 1.0,
+        fallback_max_keys: 100_000,
         breaker_failures: 3,
         breaker_backoff: Duration::from_millis(500),
         deny_cache_keys: 0,

@@ -13,14 +13,14 @@ use crate::{
     },
     clock::Clock,
     config::{
-        BackendConfig, Config, FailureMode, MemoryConfig, RedisConfig, RequestLimits,
+        BackendConfig, Config, MemoryConfig, RedisConfig, RequestLimits,
         rule_config::MAX_RESOURCE_BYTES,
     },
     decision_log::{LINES_PER_SECOND, LogBudget, key_hash},
     heavy_hitters::{HeavyHitters, Hitter},
     metrics::Metrics,
     policy::Policy,
-    rules::{DEFAULT_RESOURCE, Rule, RuleSet, same_layout},
+    rules::{DEFAULT_RESOURCE, FailureMode, Rule, RuleSet, same_layout},
     store::{BucketKey, MemoryStore, Remapping, Store, StoreError},
 };
 
@@ -209,7 +209,7 @@ impl FailurePolicy {
     pub fn for_redis(config: &RedisConfig) -> Self {
         let memory = MemoryConfig {
             shards: 16,
-            max_keys: 100_000,
+            max_keys: config.fallback_max_keys,
             full_policy: crate::config::FullPolicy::Evict,
             sweep_interval: std::time::Duration::from_secs(1),
         };

@@ -168,7 +168,7 @@ impl Metrics {
             &["mode"],
         )
         .expect("valid metric");
-        for mode in crate::config::FailureMode::NAMES {
+        for mode in crate::rules::FailureMode::NAMES {
             fallback_decisions.with_label_values(&[mode]);
         }
         let fallback_active = IntGauge::new(

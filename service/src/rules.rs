@@ -2,12 +2,9 @@
 
 use std::collections::HashMap;
 
-use crate::{
-    algorithm::{
-        ban::{Ban, BanScope, Bans},
-        stacked::Limit,
-    },
-    config::FailureMode,
+use crate::algorithm::{
+    ban::{Ban, BanScope, Bans},
+    stacked::Limit,
 };
 
 /// The resource a request names when it names none.
@@ -15,6 +12,34 @@ pub const DEFAULT_RESOURCE: &str = "default";
 
 /// The metrics label of rules that apply to any resource without its own rule.
 pub const ANY_RESOURCE_LABEL: &str = "*";
+
+/// What a rule answers when the store cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Fail closed: deny, with reason "store unavailable".
+    Deny,
+    /// Fail open: allow.
+    Allow,
+    /// Decide on this node's memory with `fallback_share` of the limit, until the store is back.
+    Local,
+}
+
+impl FailureMode {
+    pub const NAMES: [&'static str; 3] = ["deny", "allow", "local"];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "deny" => Some(FailureMode::Deny),
+            "allow" => Some(FailureMode::Allow),
+            "local" => Some(FailureMode::Local),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
 
 /// A named policy: one or more limits decided together (all or nothing), and what to do when
 /// the store fails.

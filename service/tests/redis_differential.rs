@@ -14,7 +14,7 @@ use sluice::{
     },
     clock::Clock,
     metrics::Metrics,
-    store::{BucketKey, RedisStore},
+    store::{BucketKey, RedisStore, Store},
 };
 
 const START_US: u64 = 1_764_000_000_000_000;

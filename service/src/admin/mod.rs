@@ -23,7 +23,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    api::http::{Problem, limits_json},
+    api::{answer::LimitAnswer, http::Problem},
     auth::{AuthError, Principal, Role, Tokens},
     limiter::{Limiter, LimiterError, Verdict},
     metrics::Metrics,
@@ -101,7 +101,7 @@ fn explain_json(verdict: &Verdict<'_>) -> serde_json::Value {
         "failure_mode": rule.failure_mode.map(|mode| mode.label()),
         "decision": verdict.outcome.label(),
         "banned_for_ms": verdict.decisions.banned_for_us().map(|us| us as f64 / 1e3),
-        "limits": limits_json(verdict),
+        "limits": LimitAnswer::list(verdict),
     })
 }
 

@@ -21,8 +21,9 @@ use axum::{
 };
 use prometheus::Histogram;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use super::answer::{CheckAnswer, StatusAnswer};
 use crate::{
     algorithm::Decision,
     limiter::{CheckRequest, Limiter, LimiterError, Outcome, Readiness, Verdict},
@@ -37,10 +38,6 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 pub const SHADOW_DENIED_HEADER: &str = "sluice-shadow-denied";
 
 const PROBLEM_JSON: &str = "application/problem+json";
-const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
-/// The problem type of a banned key's 403 (the RateLimit draft's name for abusive usage).
-pub const ABNORMAL_USAGE: &str =
-    "https://iana.org/assignments/http-problem-types#abnormal-usage-detected";
 
 struct HttpState {
     limiter: Arc<Limiter<Backend>>,
@@ -243,85 +240,26 @@ async fn check_inner(
     Ok(verdict_response(&verdict))
 }
 
-/// Every limit of the verdict's rule with its answer, for a JSON body.
-pub(crate) fn limits_json(verdict: &Verdict<'_>) -> Value {
-    verdict
-        .limits()
-        .map(|(limit, decision)| {
-            json!({
-                "name": limit.name,
-                "allowed": decision.allowed,
-                "limit": decision.limit,
-                "remaining": decision.remaining,
-                "reset_after_ms": decision.reset_after_us as f64 / 1e3,
-                "retry_after_ms": decision.retry_after_us as f64 / 1e3,
-                "algorithm": limit.algorithm.name(),
-                "policy_window_ms": limit.algorithm.policy_window_us() as f64 / 1e3,
-            })
-        })
-        .collect()
-}
-
 fn verdict_response(verdict: &Verdict<'_>) -> Response {
-    let decision = &verdict.decision;
-    let mut body = json!({
-        "decision": verdict.outcome.label(),
-        "allowed": verdict.outcome.proceeds(),
-        "limit": decision.limit,
-        "remaining": decision.remaining,
-        "reset_after_ms": decision.reset_after_us as f64 / 1e3,
-        "retry_after_ms": decision.retry_after_us as f64 / 1e3,
-        "rule": verdict.rule().name,
-        "resource": verdict.resource,
-        "algorithm": verdict.limit().algorithm.name(),
-        "policy_window_ms": verdict.policy_window_us() as f64 / 1e3,
-        "decided_by": verdict.limit().name,
-        "limits": limits_json(verdict),
-    });
-    if let (Some(reason), Value::Object(fields)) = (verdict.reason, &mut body) {
-        fields.insert("reason".into(), reason.into());
-    }
-    let banned = verdict.outcome == Outcome::Banned;
-    let denied = verdict.outcome == Outcome::Denied;
-    let mut headers = rate_limit_headers(verdict, denied || banned);
+    let answer = CheckAnswer::of(verdict);
+    let refused = answer.problem.is_some();
+    let mut headers = rate_limit_headers(verdict, refused);
     if verdict.outcome == Outcome::ShadowDenied {
         headers.insert(
             HeaderName::from_static(SHADOW_DENIED_HEADER),
             HeaderValue::from_str(&verdict.limit().name).expect("limit names are validated"),
         );
     }
-    let (status, content_type) = if denied {
-        if let Value::Object(fields) = &mut body {
-            fields.insert("type".into(), QUOTA_EXCEEDED.into());
-            fields.insert(
-                "title".into(),
-                "Request cannot be satisfied as assigned quota has been exceeded".into(),
-            );
-            fields.insert("status".into(), 429.into());
-            let violated: Vec<&str> = verdict
-                .limits()
-                .filter(|(_, decision)| !decision.allowed)
-                .map(|(limit, _)| limit.name.as_str())
-                .collect();
-            fields.insert("violated-policies".into(), json!(violated));
-        }
-        (StatusCode::TOO_MANY_REQUESTS, PROBLEM_JSON)
-    } else if banned {
-        if let Value::Object(fields) = &mut body {
-            fields.insert("type".into(), ABNORMAL_USAGE.into());
-            fields.insert(
-                "title".into(),
-                "Request refused: the client key is banned for repeatedly exceeding its quota"
-                    .into(),
-            );
-            fields.insert("status".into(), 403.into());
-        }
-        (StatusCode::FORBIDDEN, PROBLEM_JSON)
-    } else {
-        (StatusCode::OK, "application/json")
+    let (status, content_type) = match &answer.problem {
+        Some(refusal) => (
+            StatusCode::from_u16(refusal.status).expect("a refusal's status is 429 or 403"),
+            PROBLEM_JSON,
+        ),
+        None => (StatusCode::OK, "application/json"),
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    (status, headers, body.to_string()).into_response()
+    let body = serde_json::to_string(&answer).expect("an answer always serializes");
+    (status, headers, body).into_response()
 }
 
 /// Seconds, rounded up, so a client that waits this long is never early.
@@ -436,16 +374,7 @@ async fn status(
             .status(key, &resource)
             .await
             .map_err(|err| state.problem(err))?;
-        let decision = &verdict.decision;
-        let body = Json(json!({
-            "limit": decision.limit,
-            "used": decision.limit - decision.remaining,
-            "remaining": decision.remaining,
-            "reset_after_ms": decision.reset_after_us as f64 / 1e3,
-            "rule": verdict.rule().name,
-            "resource": verdict.resource,
-            "limits": limits_json(&verdict),
-        }));
+        let body = Json(StatusAnswer::of(&verdict));
         Ok((rate_limit_headers(&verdict, false), body).into_response())
     };
     respond(&state, &state.status_duration, work).await

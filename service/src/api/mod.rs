@@ -1,5 +1,6 @@
 //! The network APIs: thin adapters that translate a protocol into [`crate::limiter`] calls.
 
+pub mod answer;
 pub mod capped;
 pub mod grpc;
 pub mod http;

@@ -21,7 +21,7 @@ pub use admin_config::AdminConfig;
 pub use duration::parse_duration;
 pub use rules_source::{CentralSource, DEFAULT_RULES_KEY, RulesSource};
 
-use crate::rules::RuleSet;
+use crate::rules::{FailureMode, RuleSet};
 
 /// Used when no config file is given: every resource gets 100 tokens, refilled at 10/s.
 pub const BUILTIN_CONFIG: &str = r#"
@@ -116,34 +116,6 @@ impl FullPolicy {
     pub const NAMES: [&'static str; 2] = ["evict", "deny_new"];
 }
 
-/// What a rule answers when the store cannot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureMode {
-    /// Fail closed: deny, with reason "store unavailable".
-    Deny,
-    /// Fail open: allow.
-    Allow,
-    /// Decide on this node's memory with `fallback_share` of the limit, until the store is back.
-    Local,
-}
-
-impl FailureMode {
-    pub const NAMES: [&'static str; 3] = ["deny", "allow", "local"];
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "deny" => Some(FailureMode::Deny),
-            "allow" => Some(FailureMode::Allow),
-            "local" => Some(FailureMode::Local),
-            _ => None,
-        }
-    }
-
-    pub fn label(self) -> &'static str {
-        Self::NAMES[self as usize]
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisConfig {
     /// One `redis://host:port` for a single Redis; the seed nodes when `cluster`.
@@ -159,6 +131,9 @@ pub struct RedisConfig {
     pub failure_mode: FailureMode,
     /// The share of each limit a node allows on its own in `local` mode (e.g. 1 / nodes).
     pub fallback_share: f64,
+    /// The most keys the `local` mode's memory holds (it evicts past that, as the memory
+    /// backend does by default).
+    pub fallback_max_keys: usize,
     /// Consecutive failures that open the circuit.
     pub breaker_failures: u32,
     /// How long an open circuit answers without calling Redis before one probe is let through.
@@ -340,6 +315,7 @@ struct RawRedis {
     prefix: Option<String>,
     failure_mode: Option<String>,
     fallback_share: Option<f64>,
+    fallback_max_keys: Option<u64>,
     breaker_failures: Option<u64>,
     breaker_backoff: Option<String>,
     deny_cache_keys: Option<u64>,
@@ -656,6 +632,13 @@ impl RawRedis {
                 format!("{fallback_share} is out of range; use a fraction above 0 and at most 1, e.g. 1 / number of nodes"),
             );
         }
+        let fallback_max_keys = self.fallback_max_keys.unwrap_or(100_000);
+        if !(1..=MAX_MAX_KEYS).contains(&fallback_max_keys) {
+            issues.add(
+                "backend.redis.fallback_max_keys",
+                format!("{fallback_max_keys} is out of range; use 1 to {MAX_MAX_KEYS}"),
+            );
+        }
         let breaker_failures = self.breaker_failures.unwrap_or(3);
         if !(1..=1_000).contains(&breaker_failures) {
             issues.add(
@@ -684,6 +667,7 @@ impl RawRedis {
             prefix: self.prefix.unwrap_or_else(|| "sluice:".to_owned()),
             failure_mode,
             fallback_share,
+            fallback_max_keys: fallback_max_keys.clamp(1, MAX_MAX_KEYS) as usize,
             breaker_failures: breaker_failures.clamp(1, 1_000) as u32,
             breaker_backoff,
             deny_cache_keys: deny_cache_keys.min(MAX_MAX_KEYS) as usize,

@@ -4,13 +4,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Deserialize;
 
-use super::{FailureMode, Issues, parse_duration};
+use super::{Issues, parse_duration};
 use crate::algorithm::{
     ALGORITHM_NAMES, Algorithm, EXACT_INTEGER_LIMIT, FixedWindow, Gcra, MICROS_PER_SEC,
     SlidingWindowCounter, SlidingWindowLog, TokenBucket,
     stacked::{Limit, MAX_LIMITS},
 };
-use crate::rules::{ANY_RESOURCE_LABEL, Rule, RuleGroup, RuleSet};
+use crate::rules::{ANY_RESOURCE_LABEL, FailureMode, Rule, RuleGroup, RuleSet};
 
 /// Largest capacity, burst or limit: keeps every count exact in the Lua mirror.
 pub const MAX_LIMIT: u64 = 1_000_000_000;

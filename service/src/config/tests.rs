@@ -235,6 +235,7 @@ fn redis_backend_and_failure_modes() {
         deadline = "5ms"
         failure_mode = "local"
         fallback_share = 0.25
+        fallback_max_keys = 5000
         [rules.r]
         algorithm = "gcra"
         rate_per_second = 10
@@ -252,6 +253,7 @@ fn redis_backend_and_failure_modes() {
         (redis.failure_mode, redis.fallback_share),
         (FailureMode::Local, 0.25)
     );
+    assert_eq!(redis.fallback_max_keys, 5000);
     assert_eq!(redis.breaker_backoff, Duration::from_millis(500));
     let rule = config.rules.resolve("r", "k").unwrap();
     assert_eq!(rule.failure_mode, Some(FailureMode::Allow));
@@ -264,6 +266,7 @@ fn redis_backend_and_failure_modes() {
         urls = ["http://x", "redis://y"]
         failure_mode = "maybe"
         fallback_share = 2.0
+        fallback_max_keys = 0
         deadline = "0ms"
         [default_rule]
         algorithm = "gcra"
@@ -280,6 +283,7 @@ fn redis_backend_and_failure_modes() {
             "backend.redis.deadline",
             "backend.redis.failure_mode",
             "backend.redis.fallback_share",
+            "backend.redis.fallback_max_keys",
             "default_rule.failure_mode",
         ]
     );

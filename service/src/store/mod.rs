@@ -146,47 +146,6 @@ pub enum Backend {
     Redis(RedisStore),
 }
 
-impl Store for RedisStore {
-    async fn check(
-        &self,
-        key: BucketKey<'_>,
-        limits: &[Limit],
-        bans: Bans<'_>,
-        cost: u64,
-    ) -> Result<Decisions, StoreError> {
-        RedisStore::check(self, key, limits, bans, cost).await
-    }
-
-    async fn peek(
-        &self,
-        key: BucketKey<'_>,
-        limits: &[Limit],
-        bans: Bans<'_>,
-    ) -> Result<Decisions, StoreError> {
-        RedisStore::peek(self, key, limits, bans).await
-    }
-
-    async fn reset(&self, key: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
-        RedisStore::reset(self, key, limits).await
-    }
-
-    fn active_keys(&self) -> Option<u64> {
-        None
-    }
-
-    async fn lift_ban(&self, key: BucketKey<'_>, bans: Bans<'_>) -> Result<bool, StoreError> {
-        RedisStore::lift_ban(self, key, bans).await
-    }
-
-    fn rules_changed(&self) {
-        RedisStore::forget_cached_denials(self);
-    }
-
-    fn healthy(&self) -> bool {
-        self.circuit_state() == CircuitState::Closed
-    }
-}
-
 impl Store for Backend {
     async fn check(
         &self,
@@ -223,14 +182,14 @@ impl Store for Backend {
     fn active_keys(&self) -> Option<u64> {
         match self {
             Backend::Memory(store) => store.active_keys(),
-            Backend::Redis(store) => Store::active_keys(store),
+            Backend::Redis(store) => store.active_keys(),
         }
     }
 
     fn active_bans(&self) -> Option<u64> {
         match self {
             Backend::Memory(store) => Store::active_bans(store),
-            Backend::Redis(store) => Store::active_bans(store),
+            Backend::Redis(store) => store.active_bans(),
         }
     }
 
@@ -257,7 +216,7 @@ impl Store for Backend {
     fn rules_changed(&self) {
         match self {
             Backend::Memory(store) => store.rules_changed(),
-            Backend::Redis(store) => Store::rules_changed(store),
+            Backend::Redis(store) => store.rules_changed(),
         }
     }
 

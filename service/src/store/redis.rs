@@ -21,7 +21,7 @@ use redis::{
 };
 
 use super::{
-    BucketKey, StoreError,
+    BucketKey, Store, StoreError,
     breaker::{Breaker, CircuitState},
     deny_cache::DenyCache,
 };
@@ -442,59 +442,6 @@ impl RedisStore {
         Ok(decisions)
     }
 
-    pub async fn check(
-        &self,
-        bucket: BucketKey<'_>,
-        limits: &[Limit],
-        bans: Bans<'_>,
-        cost: u64,
-    ) -> Result<Decisions, StoreError> {
-        self.decide(bucket, limits, bans, cost).await
-    }
-
-    pub async fn peek(
-        &self,
-        bucket: BucketKey<'_>,
-        limits: &[Limit],
-        bans: Bans<'_>,
-    ) -> Result<Decisions, StoreError> {
-        self.decide(bucket, limits, bans, 0).await
-    }
-
-    /// Deletes the ban records `bans` reads for `bucket` (one call: they share the client
-    /// key's slot) and forgets this node's cached answer for it.
-    pub async fn lift_ban(
-        &self,
-        bucket: BucketKey<'_>,
-        bans: Bans<'_>,
-    ) -> Result<bool, StoreError> {
-        let mut keys = Vec::with_capacity(2);
-        if let Some(ban) = bans.policy {
-            keys.push(self.ban_key(bucket, ban.scope));
-        }
-        if bans.watches_key_wide() {
-            keys.push(self.ban_key(bucket, BanScope::Key));
-        }
-        keys.dedup();
-        self.deny_cache.forget(&self.state_key(bucket));
-        if keys.is_empty() {
-            return Ok(false);
-        }
-        self.delete(&keys).await
-    }
-
-    /// Empties this node's deny cache (the rules changed under it).
-    pub fn forget_cached_denials(&self) {
-        self.deny_cache.clear();
-    }
-
-    pub async fn reset(&self, bucket: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
-        let mut keys = Vec::with_capacity(1);
-        self.push_state_keys(&mut keys, bucket, limits);
-        self.deny_cache.forget(&keys[0]);
-        self.delete(&keys).await
-    }
-
     /// Deletes `keys` (of one client key: one slot) in one call; true when any existed.
     async fn delete(&self, keys: &[String]) -> Result<bool, StoreError> {
         let mut command = redis::cmd("DEL");
@@ -567,6 +514,66 @@ fn decisions_of(reply: &[i64], limits: &[Limit]) -> Result<Decisions, StoreError
         decisions.set_banned(whole(ban[0]), ban[1] == 1);
     }
     Ok(decisions)
+}
+
+impl Store for RedisStore {
+    async fn check(
+        &self,
+        bucket: BucketKey<'_>,
+        limits: &[Limit],
+        bans: Bans<'_>,
+        cost: u64,
+    ) -> Result<Decisions, StoreError> {
+        self.decide(bucket, limits, bans, cost).await
+    }
+
+    async fn peek(
+        &self,
+        bucket: BucketKey<'_>,
+        limits: &[Limit],
+        bans: Bans<'_>,
+    ) -> Result<Decisions, StoreError> {
+        self.decide(bucket, limits, bans, 0).await
+    }
+
+    async fn reset(&self, bucket: BucketKey<'_>, limits: &[Limit]) -> Result<bool, StoreError> {
+        let mut keys = Vec::with_capacity(1);
+        self.push_state_keys(&mut keys, bucket, limits);
+        self.deny_cache.forget(&keys[0]);
+        self.delete(&keys).await
+    }
+
+    /// Deletes the ban records `bans` reads for `bucket` (one call: they share the client
+    /// key's slot) and forgets this node's cached answer for it.
+    async fn lift_ban(&self, bucket: BucketKey<'_>, bans: Bans<'_>) -> Result<bool, StoreError> {
+        let mut keys = Vec::with_capacity(2);
+        if let Some(ban) = bans.policy {
+            keys.push(self.ban_key(bucket, ban.scope));
+        }
+        if bans.watches_key_wide() {
+            keys.push(self.ban_key(bucket, BanScope::Key));
+        }
+        keys.dedup();
+        self.deny_cache.forget(&self.state_key(bucket));
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        self.delete(&keys).await
+    }
+
+    /// Empties this node's deny cache: its answers were made under the old rules.
+    fn rules_changed(&self) {
+        self.deny_cache.clear();
+    }
+
+    /// Redis cannot tell without a scan.
+    fn active_keys(&self) -> Option<u64> {
+        None
+    }
+
+    fn healthy(&self) -> bool {
+        self.circuit_state() == CircuitState::Closed
+    }
 }
 
 /// Appends `part` with every byte outside `A-Z a-z 0-9 _ - . /` written as `%XX`, so the result
