@@ -3,11 +3,11 @@
 //! with `--redis`), drives a short mixed gRPC + HTTP load with the ledger on, and writes the
 //! report.
 
+use sluice_testkit::local_redis::LocalRedis;
 use std::{path::PathBuf, time::Duration};
 
 use sluice::{
     config::{Config, Overrides},
-    local_redis::LocalRedis,
     server::{self, RunningServer},
 };
 

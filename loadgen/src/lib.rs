@@ -11,7 +11,7 @@ pub mod client;
 pub mod compare;
 pub mod demo;
 pub mod engine;
-pub mod keys;
+pub use sluice_keys as keys;
 pub mod ledger;
 pub mod metrics;
 pub mod report;

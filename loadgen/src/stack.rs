@@ -10,9 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context;
 use serde_json::json;
-use sluice::local_redis::free_port;
+use sluice_testkit::local_redis::free_port;
 
 use crate::{demo::DemoNodes, scrape::get_text};
 
@@ -116,7 +115,8 @@ struct Prometheus {
 impl Prometheus {
     fn start(dir: PathBuf, port: u16) -> anyhow::Result<Self> {
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
-        let child = Command::new("prometheus")
+        let mut command = Command::new("prometheus");
+        command
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
@@ -130,12 +130,11 @@ impl Prometheus {
             .arg("--web.enable-remote-write-receiver")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context(
-                "cannot start prometheus: install it with `apt-get install prometheus` \
-                 (Debian's package; scripts/test installs it)",
-            )?;
+            .stderr(log);
+        let child = sluice_testkit::tools::spawn(
+            &mut command,
+            "`apt-get install prometheus` (Debian's package; scripts/test installs it)",
+        )?;
         Ok(Self { child, dir })
     }
 

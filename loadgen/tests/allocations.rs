@@ -149,11 +149,7 @@ fn a_request_allocates_nothing_on_either_protocol() {
             .enable_all()
             .build()
             .unwrap();
-        let overrides = Overrides {
-            grpc_addr: Some("127.0.0.1:0".into()),
-            http_addr: Some("127.0.0.1:0".into()),
-            ..Overrides::default()
-        };
+        let overrides = Overrides::loopback("loadgen:admin:loadgen-test-admin-token");
         let rules = "[default_rule]\nalgorithm = \"token_bucket\"\ncapacity = 100\nrefill_per_second = 10\n";
         let config = Config::parse(rules, "test", &overrides).unwrap();
         let node = runtime.block_on(server::start(config)).unwrap();

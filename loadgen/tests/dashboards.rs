@@ -21,25 +21,17 @@ use loadgen::{
     wire::Endpoint,
 };
 use serde_json::Value;
-use sluice::local_redis::free_port;
+use sluice_testkit::local_redis::free_port;
 
 fn dashboards() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards")
 }
 
 fn promtool(args: &[&str], cwd: &Path) -> String {
-    let output = Command::new("promtool")
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("promtool is missing: `apt-get install prometheus` (scripts/test installs it)");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "promtool {args:?}:\n{said}");
-    said
+    sluice_testkit::tools::run_ok(
+        Command::new("promtool").args(args).current_dir(cwd),
+        "`apt-get install prometheus` (scripts/test installs it)",
+    )
 }
 
 #[test]

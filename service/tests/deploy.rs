@@ -19,18 +19,10 @@ fn repo() -> PathBuf {
 }
 
 fn run(program: &str, args: &[&str], install: &str) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {program} ({err}): install it with {install}"));
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{program} {args:?}:\n{said}");
-    said
+    sluice_testkit::tools::run_ok(
+        Command::new(program).args(args).current_dir(repo()),
+        install,
+    )
 }
 
 const MANIFESTS: [&str; 5] = [
@@ -138,11 +130,7 @@ async fn the_deployment_probes_and_ports_are_what_the_service_serves() {
     assert_eq!(redis["spec"]["serviceName"], "redis");
 
     // The probes' paths, asked of a real server: ready and live answer 200.
-    let overrides = Overrides {
-        grpc_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        ..Overrides::default()
-    };
+    let overrides = Overrides::loopback("probe:read:deploy-test-read-token");
     let rules = "[default_rule]\nalgorithm = \"gcra\"\nrate_per_second = 10\nburst = 5\n";
     let node = server::start(Config::parse(rules, "test", &overrides).unwrap())
         .await

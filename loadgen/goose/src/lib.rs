@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use goose::prelude::*;
-use loadgen::keys::{Distribution, KeyPicker, KeySpace};
+use sluice_keys::{Distribution, KeyPicker, KeySpace};
 
 /// What the scenarios send, from `SLUICE_*` environment variables (Goose owns the flags).
 #[derive(Debug, Clone)]

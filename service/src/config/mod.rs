@@ -172,6 +172,21 @@ pub struct Overrides {
     pub admin_tokens: Option<String>,
 }
 
+impl Overrides {
+    /// A node on loopback: every listener (gRPC, HTTP, admin) on a port the OS picks, the
+    /// admin API taking `admin_tokens` (`name:role:token` entries). What tests, the demo and
+    /// embedded nodes start with.
+    pub fn loopback(admin_tokens: &str) -> Self {
+        Self {
+            grpc_addr: Some("127.0.0.1:0".into()),
+            http_addr: Some("127.0.0.1:0".into()),
+            admin_addr: Some("127.0.0.1:0".into()),
+            admin_tokens: Some(admin_tokens.into()),
+            ..Self::default()
+        }
+    }
+}
+
 /// Never prints the admin tokens.
 impl fmt::Debug for Overrides {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

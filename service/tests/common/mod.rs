@@ -21,13 +21,9 @@ pub const READ_TOKEN: &str = "test-read-token-0123456789";
 /// Every listener on a free loopback port, the admin API on, with [`ADMIN_TOKEN`] (caller
 /// `ops`) and [`READ_TOKEN`] (caller `grafana`).
 pub fn loopback_overrides() -> Overrides {
-    Overrides {
-        grpc_addr: Some("127.0.0.1:0".into()),
-        http_addr: Some("127.0.0.1:0".into()),
-        admin_addr: Some("127.0.0.1:0".into()),
-        admin_tokens: Some(format!("ops:admin:{ADMIN_TOKEN},grafana:read:{READ_TOKEN}")),
-        ..Overrides::default()
-    }
+    Overrides::loopback(&format!(
+        "ops:admin:{ADMIN_TOKEN},grafana:read:{READ_TOKEN}"
+    ))
 }
 
 pub fn config(toml: &str) -> Config {

@@ -1,7 +1,7 @@
-//! Real redis-server processes for tests (see `sluice::local_redis`); a missing program fails
+//! Real redis-server processes for tests (see `sluice_testkit::local_redis`); a missing program fails
 //! the test with the install hint.
 
-pub use sluice::local_redis::{LocalRedis, LocalRedisCluster};
+pub use sluice_testkit::local_redis::{LocalRedis, LocalRedisCluster};
 
 /// Starts a redis-server, or fails the test saying how to install it.
 pub fn server() -> LocalRedis {

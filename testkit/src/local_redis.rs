@@ -10,12 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub const INSTALL_HINT: &str = "redis-server is needed: install it with `apt-get install -y redis-server` (scripts/test does this)";
-
 fn missing(program: &str, err: io::Error) -> io::Error {
-    io::Error::new(
-        err.kind(),
-        format!("cannot run {program} ({err}). {INSTALL_HINT}"),
+    crate::tools::missing(
+        program,
+        err,
+        "`apt-get install -y redis-server` (scripts/test does this)",
     )
 }
 
