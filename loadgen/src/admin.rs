@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 
 use crate::{
-    client::{http::exchange, http1},
+    client::{http::exchange, http1, socket::Dialer},
     keys::KeySpace,
 };
 
@@ -84,7 +84,7 @@ async fn reset(
         "POST /v1/keys/reset HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
-    let (status, answer) = exchange(slot, addr, &[head.as_bytes(), &body])
+    let (status, answer) = exchange(slot, &Dialer::plain(addr), &[head.as_bytes(), &body])
         .await
         .map_err(|kind| anyhow::anyhow!("{}", kind.label()))?;
     anyhow::ensure!(

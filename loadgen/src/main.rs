@@ -6,6 +6,7 @@ use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use loadgen::{
     admin::AdminAccess,
+    client::socket::TlsOptions,
     compare,
     demo::{self, DemoNodes, DemoOptions, run_demo},
     engine::{LoadModel, RunConfig},
@@ -81,9 +82,17 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 #[derive(Args)]
 struct RunArgs {
-    /// grpc://HOST:PORT or http://HOST:PORT; repeat to spread load across nodes.
+    /// grpc://HOST:PORT or http://HOST:PORT (grpcs:// and https:// over TLS); repeat to
+    /// spread load across nodes.
     #[arg(long = "target", required = true)]
     targets: Vec<Endpoint>,
+    /// TLS targets: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// TLS targets: accept any certificate (a test setup's self-signed one). Encrypted, but
+    /// the server is not authenticated.
+    #[arg(long, conflicts_with = "tls_ca")]
+    tls_insecure: bool,
     /// gRPC: HTTP/2 connections per target (HTTP uses one keep-alive connection per worker).
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -254,6 +263,10 @@ struct DemoArgs {
 }
 
 fn run_config(args: &RunArgs) -> RunConfig {
+    let tls = TlsOptions {
+        ca_file: args.tls_ca.clone(),
+        insecure: args.tls_insecure,
+    };
     let model = match (args.concurrency, args.rate, args.stages.is_empty()) {
         (Some(concurrency), _, _) => LoadModel::Closed { concurrency },
         (None, rate, false) => LoadModel::Open {
@@ -267,6 +280,7 @@ fn run_config(args: &RunArgs) -> RunConfig {
         (None, None, true) => LoadModel::Closed { concurrency: 64 },
     };
     let mut config = RunConfig::new(args.targets.clone());
+    config.tls = tls;
     config.connections = args.connections;
     config.model = model;
     config.requests = args.requests;

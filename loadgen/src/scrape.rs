@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use hyper::Uri;
 
-use crate::client::http;
+use crate::client::{http, socket::Dialer};
 
 /// The body of a GET of `url` (`http://HOST:PORT/PATH`: a /metrics page, a readiness probe);
 /// an error unless 2xx.
@@ -28,7 +28,7 @@ pub async fn get_text(url: &str) -> anyhow::Result<String> {
     let mut connection = None;
     let (status, body) = http::exchange(
         &mut connection,
-        &authority,
+        &Dialer::plain(&authority),
         &[line.as_bytes(), host.as_bytes(), b"\r\n"],
     )
     .await

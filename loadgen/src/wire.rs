@@ -7,11 +7,14 @@ use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-/// Where load goes: `grpc://host:port` or `http://host:port`.
+/// Where load goes: `grpc://host:port` or `http://host:port`, or over TLS `grpcs://` and
+/// `https://`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub url: String,
     pub protocol: Protocol,
+    /// Over TLS (`grpcs://`, `https://`).
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,34 +28,28 @@ impl FromStr for Endpoint {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let protocol = if text.starts_with("grpc://") {
-            Protocol::Grpc
-        } else if text.starts_with("http://") {
-            Protocol::Http
-        } else {
-            return Err(format!(
-                "target `{text}` needs a scheme: grpc://HOST:PORT for the gRPC API or http://HOST:PORT for HTTP"
-            ));
+        let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
+        let (protocol, tls) = match scheme {
+            "grpc" => (Protocol::Grpc, false),
+            "grpcs" => (Protocol::Grpc, true),
+            "http" => (Protocol::Http, false),
+            "https" => (Protocol::Http, true),
+            _ => {
+                return Err(format!(
+                    "target `{text}` needs a scheme: grpc://HOST:PORT for the gRPC API or http://HOST:PORT for HTTP (grpcs:// and https:// over TLS)"
+                ));
+            }
         };
-        let authority = text
-            .split_once("://")
-            .map(|(_, rest)| rest.trim_end_matches('/'))
-            .unwrap_or_default();
+        let authority = rest.trim_end_matches('/');
         authority
             .parse::<hyper::http::uri::Authority>()
             .ok()
             .filter(|authority| authority.port().is_some())
             .ok_or_else(|| format!("target `{text}`: `{authority}` is not HOST:PORT"))?;
         Ok(Endpoint {
-            url: format!(
-                "{}://{authority}",
-                if protocol == Protocol::Grpc {
-                    "grpc"
-                } else {
-                    "http"
-                }
-            ),
+            url: format!("{scheme}://{authority}"),
             protocol,
+            tls,
         })
     }
 }
@@ -67,6 +64,16 @@ impl Endpoint {
     /// `HOST:PORT`.
     pub fn authority(&self) -> &str {
         self.url.split_once("://").map_or("", |(_, rest)| rest)
+    }
+
+    /// The host without its port (and an IPv6 address without its brackets): the name a TLS
+    /// certificate must carry.
+    pub fn host(&self) -> &str {
+        let authority = self.authority();
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host);
+        host.trim_start_matches('[').trim_end_matches(']')
     }
 }
 
@@ -256,8 +263,18 @@ mod tests {
         );
         let http: Endpoint = "http://localhost:8080/".parse().unwrap();
         assert_eq!(
-            (http.protocol, http.url.as_str()),
-            (Protocol::Http, "http://localhost:8080")
+            (http.protocol, http.url.as_str(), http.tls),
+            (Protocol::Http, "http://localhost:8080", false)
+        );
+        let grpcs: Endpoint = "grpcs://sluice.example:443".parse().unwrap();
+        assert_eq!(
+            (grpcs.protocol, grpcs.tls, grpcs.host()),
+            (Protocol::Grpc, true, "sluice.example")
+        );
+        let https: Endpoint = "https://[::1]:8443".parse().unwrap();
+        assert_eq!(
+            (https.protocol, https.tls, https.host()),
+            (Protocol::Http, true, "::1")
         );
         assert!(
             "127.0.0.1:1"

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::{HeaderMap, Response, StatusCode};
-use loadgen::client::http2::Connection;
+use loadgen::client::{http2::Connection, socket::Dialer};
 use loadgen::wire::ErrorKind;
 use tokio::net::TcpListener;
 
@@ -157,7 +157,9 @@ fn message(text: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_the_servers_stream_limit_wait_and_each_gets_its_own_answer() {
     let server = serve(2).await;
-    let connection = Connection::connect(&server.address).await.unwrap();
+    let connection = Connection::connect(&Dialer::plain(&server.address))
+        .await
+        .unwrap();
     let echo = connection.request_head("/test/Echo");
     // Collected first, so all calls are in flight before any is awaited.
     let calls: Vec<_> = (0..24)
@@ -185,7 +187,9 @@ async fn calls_beyond_the_servers_stream_limit_wait_and_each_gets_its_own_answer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_answer_arrives_whole_and_errors_map_to_their_kinds() {
     let server = serve(100).await;
-    let connection = Connection::connect(&server.address).await.unwrap();
+    let connection = Connection::connect(&Dialer::plain(&server.address))
+        .await
+        .unwrap();
     let call = |path: &'static str| {
         let head = connection.request_head(path);
         let connection = connection.clone();
@@ -213,7 +217,9 @@ async fn a_large_answer_arrives_whole_and_errors_map_to_their_kinds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_call_cancels_its_stream_and_the_connection_goes_on() {
     let server = serve(1).await;
-    let connection = Connection::connect(&server.address).await.unwrap();
+    let connection = Connection::connect(&Dialer::plain(&server.address))
+        .await
+        .unwrap();
     let stall = connection.request_head("/test/Stall");
     let abandoned = tokio::time::timeout(
         Duration::from_millis(100),
@@ -248,7 +254,9 @@ async fn an_abandoned_call_cancels_its_stream_and_the_connection_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn goaway_marks_the_connection_closed_so_callers_redial() {
     let server = serve(100).await;
-    let connection = Connection::connect(&server.address).await.unwrap();
+    let connection = Connection::connect(&Dialer::plain(&server.address))
+        .await
+        .unwrap();
     let echo = connection.request_head("/test/Echo");
     assert_eq!(
         connection.unary(&echo, &message("before")).await,
@@ -267,7 +275,7 @@ async fn goaway_marks_the_connection_closed_so_callers_redial() {
         connection.unary(&echo, &message("after")).await,
         Err(ErrorKind::Unavailable)
     );
-    let redialed = Connection::connect(connection.authority()).await.unwrap();
+    let redialed = Connection::connect(connection.dialer()).await.unwrap();
     assert_eq!(
         redialed.unary(&echo, &message("again")).await,
         Ok(Bytes::from("again"))
@@ -288,7 +296,10 @@ async fn a_server_that_is_not_http2_is_a_clear_connect_error() {
             .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
             .await;
     });
-    let error = Connection::connect(&address).await.err().expect("an error");
+    let error = Connection::connect(&Dialer::plain(&address))
+        .await
+        .err()
+        .expect("an error");
     let text = error.to_string();
     assert!(text.contains("without HTTP/2 SETTINGS"), "{text}");
 }

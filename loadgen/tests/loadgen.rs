@@ -249,7 +249,9 @@ fn admin_access(nodes: &[RunningServer]) -> AdminAccess {
 #[tokio::test]
 async fn reset_goes_through_the_admin_api_with_its_token() {
     let node = start_service(NO_REFILL).await;
-    let mut client = TargetClient::connect(&grpc(&node), 1).await.unwrap();
+    let mut client = TargetClient::connect(&grpc(&node), 1, &Default::default())
+        .await
+        .unwrap();
     let mut allowed = async |cost| {
         let answer = client.check("key-0", "ledger", cost, Duration::from_secs(2));
         answer.await.unwrap().allowed
@@ -610,7 +612,7 @@ async fn clients_redial_after_the_service_restarts() {
     let mut clients = Vec::new();
     for endpoint in [grpc(&first), format!("http://{http_addr}").parse().unwrap()] {
         clients.push(
-            loadgen::client::TargetClient::connect(&endpoint, 1)
+            loadgen::client::TargetClient::connect(&endpoint, 1, &Default::default())
                 .await
                 .unwrap()
                 .for_worker(0),
@@ -674,7 +676,7 @@ async fn an_http_connection_closed_while_idle_is_redialed_without_an_error() {
                 .unwrap();
         }
     });
-    let mut client = loadgen::client::TargetClient::connect(&endpoint, 1)
+    let mut client = loadgen::client::TargetClient::connect(&endpoint, 1, &Default::default())
         .await
         .unwrap()
         .for_worker(0);

@@ -7,7 +7,7 @@ use prost::Message as _;
 use sluice_proto::v1::Decision;
 use tonic_health::pb::{HealthCheckResponse, health_check_response::ServingStatus};
 
-use super::http2;
+use super::{http2, socket::Dialer};
 use crate::wire::{AlgorithmKind, Answer, ErrorKind, LimitBound, LimitBounds};
 
 pub const CHECK: &str = "/sluice.v1.RateLimiter/Check";
@@ -22,8 +22,8 @@ pub struct GrpcClient {
 }
 
 impl GrpcClient {
-    pub(super) async fn connect(authority: &str) -> anyhow::Result<Self> {
-        let connection = http2::Connection::connect(authority).await?;
+    pub(super) async fn connect(dialer: &Dialer) -> anyhow::Result<Self> {
+        let connection = http2::Connection::connect(dialer).await?;
         Ok(Self {
             check: connection.request_head(CHECK),
             health: connection.request_head(HEALTH),
@@ -35,7 +35,7 @@ impl GrpcClient {
     /// the error of a failed dial is the request's.
     async fn reconnect_if_closed(&mut self) -> Result<(), ErrorKind> {
         if self.connection.is_closed() {
-            self.connection = http2::Connection::connect(self.connection.authority())
+            self.connection = http2::Connection::connect(self.connection.dialer())
                 .await
                 .map_err(|_| ErrorKind::Refused)?;
         }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::Uri;
 use serde::Deserialize;
 
-use super::http1;
+use super::{http1, socket::Dialer};
 use crate::wire::{AlgorithmKind, Answer, ErrorKind, LimitBound, LimitBounds};
 
 /// Sends the request made of `parts` on the worker's connection, dialed if it has none (or
@@ -17,7 +17,7 @@ use crate::wire::{AlgorithmKind, Answer, ErrorKind, LimitBound, LimitBounds};
 /// or will not be kept is dropped, so the next request redials.
 pub async fn exchange(
     slot: &mut Option<http1::Connection>,
-    authority: &str,
+    dialer: &Dialer,
     parts: &[&[u8]],
 ) -> Result<(u16, Bytes), ErrorKind> {
     if slot.as_ref().is_some_and(http1::Connection::closed) {
@@ -25,7 +25,7 @@ pub async fn exchange(
     }
     let connection = match slot {
         Some(connection) => connection,
-        None => slot.insert(http1::Connection::dial(authority).await?),
+        None => slot.insert(http1::Connection::dial(dialer).await?),
     };
     let result = connection.exchange(parts).await;
     if !result.as_ref().is_ok_and(|response| response.keep_alive) {

@@ -7,8 +7,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::socket::{Dialer, Socket};
 use crate::wire::ErrorKind;
 
 /// Larger response heads or bodies are errors, not memory the generator gives away.
@@ -18,7 +18,7 @@ const MAX_HEADERS: usize = 64;
 const READ_BUFFER: usize = 8 * 1024;
 
 pub struct Connection {
-    socket: TcpStream,
+    socket: Socket,
     request: Vec<u8>,
     received: BytesMut,
 }
@@ -46,11 +46,8 @@ struct Head {
 }
 
 impl Connection {
-    pub async fn dial(authority: &str) -> Result<Self, ErrorKind> {
-        let socket = TcpStream::connect(authority)
-            .await
-            .map_err(|_| ErrorKind::Refused)?;
-        let _ = socket.set_nodelay(true);
+    pub async fn dial(dialer: &Dialer) -> Result<Self, ErrorKind> {
+        let socket = dialer.dial().await.map_err(|_| ErrorKind::Refused)?;
         Ok(Self {
             socket,
             request: Vec::with_capacity(512),
@@ -62,11 +59,7 @@ impl Connection {
     /// exchange. Only looks at what already arrived: with nothing new, tokio answers from its
     /// readiness flags without a syscall.
     pub fn closed(&self) -> bool {
-        let mut probe = [0; 1];
-        !matches!(
-            self.socket.try_read(&mut probe),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock
-        )
+        self.socket.closed_while_idle()
     }
 
     /// Sends the request made of `parts` and reads the whole response.
@@ -77,6 +70,11 @@ impl Connection {
         }
         self.socket
             .write_all(&self.request)
+            .await
+            .map_err(|_| ErrorKind::Unavailable)?;
+        // A no-op on TCP; TLS sends the records it buffered.
+        self.socket
+            .flush()
             .await
             .map_err(|_| ErrorKind::Unavailable)?;
         let head = loop {
@@ -280,7 +278,7 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
             }
         });
-        let mut connection = Connection::dial(&address).await.unwrap();
+        let mut connection = Connection::dial(&Dialer::plain(&address)).await.unwrap();
         let response = connection
             .exchange(&[b"GET / HTTP/1.1\r\n", b"host: x\r\n", b"\r\n"])
             .await;

@@ -23,9 +23,11 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use super::hpack;
+use super::{
+    hpack,
+    socket::{Dialer, Socket},
+};
 use crate::wire::ErrorKind;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -74,7 +76,7 @@ pub struct Connection {
 
 struct Handle {
     shared: Arc<Shared>,
-    authority: String,
+    dialer: Dialer,
 }
 
 impl Drop for Handle {
@@ -145,15 +147,15 @@ enum ConnectionError {
 }
 
 impl Connection {
-    /// Dials `authority`, sends the preface and waits for the server's SETTINGS, so the first
-    /// calls already respect its limits.
-    pub async fn connect(authority: &str) -> anyhow::Result<Self> {
+    /// Dials, sends the preface and waits for the server's SETTINGS, so the first calls
+    /// already respect its limits.
+    pub async fn connect(dialer: &Dialer) -> anyhow::Result<Self> {
+        let authority = dialer.authority();
         anyhow::ensure!(
             authority.len() <= 255,
             "target authority `{authority}` is longer than 255 bytes"
         );
-        let mut socket = TcpStream::connect(authority).await?;
-        socket.set_nodelay(true)?;
+        let mut socket = dialer.dial().await?;
         let settings = [
             (SETTINGS_ENABLE_PUSH, 0),
             (SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
@@ -168,6 +170,7 @@ impl Connection {
         put_frame_header(&mut hello, 4, WINDOW_UPDATE, 0, 0);
         hello.put_u32(CONNECTION_WINDOW - 65_535);
         socket.write_all(&hello).await?;
+        socket.flush().await?;
 
         let shared = Arc::new(Shared {
             unusable: AtomicBool::new(false),
@@ -210,7 +213,7 @@ impl Connection {
         Ok(Self {
             handle: Arc::new(Handle {
                 shared,
-                authority: authority.to_owned(),
+                dialer: dialer.clone(),
             }),
         })
     }
@@ -219,14 +222,15 @@ impl Connection {
         self.handle.shared.unusable.load(Ordering::Acquire)
     }
 
-    pub fn authority(&self) -> &str {
-        &self.handle.authority
+    /// How this connection was dialed, to dial it again.
+    pub fn dialer(&self) -> &Dialer {
+        &self.handle.dialer
     }
 
     /// The request HEADERS of a call to `path` on this connection.
     pub fn request_head(&self, path: &'static str) -> RequestHead {
         RequestHead {
-            block: hpack::encode_grpc_request(path, &self.handle.authority).into(),
+            block: hpack::encode_grpc_request(path, self.handle.dialer.authority()).into(),
         }
     }
 
@@ -364,7 +368,7 @@ impl Drop for OpenStream<'_> {
 
 /// Owns the socket: reads and dispatches the server's frames, writes what callers queued.
 struct ConnectionTask {
-    socket: TcpStream,
+    socket: Socket,
     shared: Arc<Shared>,
     read_buffer: BytesMut,
     /// What is being written, taken whole from `State::outgoing`, and how much of it is out.
@@ -388,7 +392,7 @@ struct FrameReader {
 }
 
 impl ConnectionTask {
-    fn new(socket: TcpStream, shared: Arc<Shared>) -> Self {
+    fn new(socket: Socket, shared: Arc<Shared>) -> Self {
         Self {
             socket,
             shared,
@@ -524,7 +528,12 @@ impl ConnectionTask {
                 let mut state = self.shared.state.lock();
                 if state.outgoing.is_empty() {
                     state.write_requested = false;
-                    return Poll::Pending;
+                    drop(state);
+                    // A no-op on TCP; TLS sends the records it buffered.
+                    return match Pin::new(&mut self.socket).poll_flush(cx) {
+                        Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+                        _ => Poll::Pending,
+                    };
                 }
                 if !self.deferred {
                     self.deferred = true;

@@ -1,6 +1,6 @@
 //! The clients that send a run's requests: gRPC over a few HTTP/2 connections per target
 //! (`grpc` on `http2`, with `hpack`), or HTTP/1.1 over one connection per worker (`http` on
-//! `http1`). Every request is prepared before the run ([`Requests`]); a worker's
+//! `http1`), each over plain TCP or TLS (`socket`). Every request is prepared before the run ([`Requests`]); a worker's
 //! [`TargetClient`] sends them and reads the answers into [`crate::wire::Answer`].
 //!
 //! Dependencies run one way: this module uses the protocol modules, they use `crate::wire`,
@@ -11,6 +11,7 @@ mod hpack;
 pub mod http;
 pub mod http1;
 pub mod http2;
+pub mod socket;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use sluice_proto::v1::CheckRequest;
 
 use crate::wire::{Answer, Call, Endpoint, ErrorKind, Protocol};
 use grpc::GrpcClient;
+use socket::{Dialer, TlsOptions};
 
 /// Every request a run sends, built before it starts: per key, the framed gRPC Check and the
 /// HTTP API-key header; one HTTP check request line. Sending then encodes and formats nothing:
@@ -74,7 +76,7 @@ pub enum TargetClient {
     /// One keep-alive HTTP/1.1 connection per worker, dialed on first use and redialed after
     /// an error: no pool, so no lock shared between workers on the hot path.
     Http {
-        authority: String,
+        dialer: Dialer,
         /// `host: AUTHORITY\r\n`
         host: Bytes,
         connection: Option<http1::Connection>,
@@ -82,31 +84,35 @@ pub enum TargetClient {
 }
 
 impl TargetClient {
-    /// Opens `connections` HTTP/2 connections (gRPC), or checks an HTTP target answers.
-    pub async fn connect(endpoint: &Endpoint, connections: usize) -> anyhow::Result<Self> {
+    /// Opens `connections` HTTP/2 connections (gRPC), or checks an HTTP target answers; TLS
+    /// targets are verified as `tls` says.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        connections: usize,
+        tls: &TlsOptions,
+    ) -> anyhow::Result<Self> {
         let connections = connections.max(1);
         match endpoint.protocol {
             Protocol::Grpc => {
+                let dialer = Dialer::for_endpoint(endpoint, tls, b"h2")?;
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
                     clients.push(
-                        GrpcClient::connect(endpoint.authority())
-                            .await
-                            .map_err(|err| {
-                                anyhow::anyhow!("cannot connect to {endpoint}: {err}")
-                            })?,
+                        GrpcClient::connect(&dialer).await.map_err(|err| {
+                            anyhow::anyhow!("cannot connect to {endpoint}: {err}")
+                        })?,
                     );
                 }
                 Ok(TargetClient::Grpc(clients))
             }
             Protocol::Http => {
-                let authority = endpoint.authority().to_owned();
-                let connection = http1::Connection::dial(&authority).await.map_err(|kind| {
+                let dialer = Dialer::for_endpoint(endpoint, tls, b"http/1.1")?;
+                let connection = http1::Connection::dial(&dialer).await.map_err(|kind| {
                     anyhow::anyhow!("cannot connect to {endpoint}: {}", kind.label())
                 })?;
                 Ok(TargetClient::Http {
-                    host: format!("host: {authority}\r\n").into(),
-                    authority,
+                    host: format!("host: {}\r\n", endpoint.authority()).into(),
+                    dialer,
                     connection: Some(connection),
                 })
             }
@@ -120,10 +126,8 @@ impl TargetClient {
             TargetClient::Grpc(clients) => {
                 TargetClient::Grpc(vec![clients[worker % clients.len()].clone()])
             }
-            TargetClient::Http {
-                authority, host, ..
-            } => TargetClient::Http {
-                authority: authority.clone(),
+            TargetClient::Http { dialer, host, .. } => TargetClient::Http {
+                dialer: dialer.clone(),
                 host: host.clone(),
                 connection: None,
             },
@@ -178,12 +182,12 @@ impl TargetClient {
         let serving = match self {
             TargetClient::Grpc(clients) => clients[0].health().await?,
             TargetClient::Http {
-                authority,
+                dialer,
                 host,
                 connection,
             } => {
                 let request = [http::HEALTH_LINE, host, b"\r\n"];
-                let (status, _) = http::exchange(connection, authority, &request).await?;
+                let (status, _) = http::exchange(connection, dialer, &request).await?;
                 (200..300).contains(&status)
             }
         };
@@ -195,13 +199,13 @@ impl TargetClient {
         match self {
             TargetClient::Grpc(clients) => clients[0].check(&prepared.grpc_check).await,
             TargetClient::Http {
-                authority,
+                dialer,
                 host,
                 connection,
             } => {
                 let request =
                     http::keyed_post(&requests.http_check, host, prepared.api_key.as_bytes());
-                let (status, body) = http::exchange(connection, authority, &request).await?;
+                let (status, body) = http::exchange(connection, dialer, &request).await?;
                 http::check_answer(status, &body)
             }
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::{
     admin::AdminAccess,
+    client::socket::TlsOptions,
     keys::Distribution,
     metrics::ClientMetrics,
     schedule::Schedule,
@@ -25,6 +26,8 @@ pub enum LoadModel {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub targets: Vec<Endpoint>,
+    /// How `grpcs://` and `https://` targets are verified.
+    pub tls: TlsOptions,
     /// gRPC: HTTP/2 connections per target (HTTP: one connection per worker).
     pub connections: usize,
     pub model: LoadModel,
@@ -58,6 +61,7 @@ impl RunConfig {
     pub fn new(targets: Vec<Endpoint>) -> Self {
         Self {
             targets,
+            tls: TlsOptions::default(),
             connections: 4,
             model: LoadModel::Closed { concurrency: 64 },
             requests: None,

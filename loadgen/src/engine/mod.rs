@@ -74,7 +74,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Run> {
     anyhow::ensure!(problems.is_empty(), "invalid run: {}", problems.join("; "));
     let mut clients = Vec::with_capacity(config.targets.len());
     for endpoint in &config.targets {
-        clients.push(TargetClient::connect(endpoint, config.connections).await?);
+        clients.push(TargetClient::connect(endpoint, config.connections, &config.tls).await?);
     }
     let keys = KeySpace::new(&config.key_prefix, config.keys);
     let requests = Requests::new(
