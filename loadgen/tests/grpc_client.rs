@@ -303,3 +303,70 @@ async fn a_server_that_is_not_http2_is_a_clear_connect_error() {
     let text = error.to_string();
     assert!(text.contains("without HTTP/2 SETTINGS"), "{text}");
 }
+
+/// Fuzzing the frame reader: a server that sends its SETTINGS, then whatever bytes (random,
+/// or a valid frame header with random contents), then closes. Whatever arrives, the waiting
+/// call ends (an answer or an error) and the connection is marked closed: a panic in the
+/// connection's task would leave the call waiting forever.
+#[test]
+fn any_bytes_from_the_server_end_the_call_cleanly() {
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let frames = prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..200),
+        // A frame header that parses (length, type 0-9, flags, stream 1) and a random payload.
+        (
+            0u8..10,
+            any::<u8>(),
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(kind, flags, payload)| {
+                let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+                frame.extend_from_slice(&[kind, flags, 0, 0, 0, 1]);
+                frame.extend_from_slice(&payload);
+                frame
+            }),
+    ];
+    let config = ProptestConfig::with_cases(300);
+    proptest::test_runner::TestRunner::new(config)
+        .run(&proptest::collection::vec(frames, 1..4), |sent| {
+            runtime.block_on(async {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let address = listener.local_addr().unwrap().to_string();
+                let server = tokio::spawn(async move {
+                    let (mut socket, _) = listener.accept().await.unwrap();
+                    // An empty SETTINGS frame, then the fuzz.
+                    socket
+                        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+                        .await
+                        .unwrap();
+                    let mut preface = [0u8; 24];
+                    let _ = socket.read_exact(&mut preface).await;
+                    for bytes in sent {
+                        let _ = socket.write_all(&bytes).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                });
+                let connection = Connection::connect(&Dialer::plain(&address)).await.unwrap();
+                let head = connection.request_head("/test/Echo");
+                let request = message("x");
+                let call = connection.unary(&head, &request);
+                let ended = tokio::time::timeout(Duration::from_secs(2), call).await;
+                prop_assert!(ended.is_ok(), "the call never ended");
+                server.await.unwrap();
+                let closed = tokio::time::timeout(Duration::from_secs(2), async {
+                    while !connection.is_closed() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                })
+                .await;
+                prop_assert!(closed.is_ok(), "the connection never closed");
+                Ok(())
+            })
+        })
+        .unwrap();
+}

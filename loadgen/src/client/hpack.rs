@@ -22,10 +22,10 @@ pub enum Error {
 
 /// A request header block for a POST of `path` on `authority` with gRPC's headers, encoded as
 /// literals without indexing.
-pub fn encode_grpc_request(path: &str, authority: &str) -> Vec<u8> {
+pub fn encode_grpc_request(path: &str, authority: &str, tls: bool) -> Vec<u8> {
     let mut block = Vec::with_capacity(64 + path.len() + authority.len());
     block.push(0x80 | 3); // :method: POST
-    block.push(0x80 | 6); // :scheme: http
+    block.push(0x80 | if tls { 7 } else { 6 }); // :scheme: https or http
     literal_with_indexed_name(&mut block, 4, path); // :path
     literal_with_indexed_name(&mut block, 1, authority); // :authority
     literal_with_indexed_name(&mut block, 31, "application/grpc"); // content-type
@@ -557,7 +557,7 @@ mod tests {
 
     #[test]
     fn the_request_block_decodes_to_the_grpc_headers() {
-        let block = encode_grpc_request("/sluice.v1.RateLimiter/Check", "127.0.0.1:50051");
+        let block = encode_grpc_request("/sluice.v1.RateLimiter/Check", "127.0.0.1:50051", false);
         assert_eq!(
             decode_all(&mut Decoder::new(0), &block).unwrap(),
             pairs(&[
@@ -571,8 +571,45 @@ mod tests {
         );
         // Long values use the integer's continuation bytes.
         let long = "x".repeat(300);
-        let block = encode_grpc_request(&format!("/{long}"), "h");
+        let block = encode_grpc_request(&format!("/{long}"), "h", true);
         let fields = decode_all(&mut Decoder::new(0), &block).unwrap();
         assert_eq!(fields[2].1.len(), 301);
+        assert_eq!(fields[1], (":scheme".into(), "https".into()));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Fuzzing the decoder with whatever a server could send: blocks of random bytes, and
+        /// random edits of valid blocks, through one decoder (its table carries over). It may
+        /// refuse a block, never panic, and its table never outgrows what we advertised.
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(
+            blocks in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+                1..8,
+            ),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()),
+                0..6,
+            ),
+        ) {
+            let mut decoder = Decoder::new(256);
+            // A literal with incremental indexing and a new name: grpc-status: 0.
+            let mut valid = vec![0x40];
+            string(&mut valid, "grpc-status");
+            string(&mut valid, "0");
+            for (at, byte) in &edits {
+                let at = at % valid.len();
+                valid[at] = *byte;
+            }
+            for block in blocks.iter().chain([&valid]) {
+                let _ = decoder.decode(block, |name, value| {
+                    assert!(name.len() + value.len() < 1 << 20);
+                });
+                proptest::prop_assert!(decoder.size <= decoder.max_size);
+                proptest::prop_assert!(decoder.max_size <= decoder.limit);
+            }
+        }
     }
 }

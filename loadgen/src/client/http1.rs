@@ -1,9 +1,13 @@
 //! HTTP/1.1 on one keep-alive connection owned by one worker. The generator's requests have no
 //! body and are known before the run, so a request is its parts copied into a reused buffer
 //! and sent in one write; the response is parsed in place (httparse) and its body split off
-//! the read buffer without a copy. hyper's client costs 6 allocations per /healthz and 14 per
-//! /check (header maps, its dispatch channel) and keeps oha, which runs on it, below wrk;
-//! this is what wrk does.
+//! the read buffer without a copy; this is what wrk does.
+//!
+//! Why own this instead of hyper's connection-level client (`hyper::client::conn::http1`, one
+//! connection per worker, as oha runs): `scripts/bench-clients` measured hyper at 0.75x this
+//! client's rate on GET /healthz with 64 connections, at 1.4x the client CPU per call (header
+//! maps, a request per call, its dispatch channel), while this client reached 1.05x wrk
+//! (results/benchmarks/clients.md). The rule for keeping it was hyper losing more than 10%.
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -77,6 +77,10 @@ impl Dialer {
         &self.authority
     }
 
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Connects (and completes the TLS handshake, for TLS targets).
     pub async fn dial(&self) -> io::Result<Socket> {
         let socket = TcpStream::connect(&self.authority).await?;
