@@ -77,44 +77,7 @@ impl Endpoint {
     }
 }
 
-/// Why a request failed. Errors never count as allowed or denied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    Timeout,
-    Unavailable,
-    Refused,
-    InvalidArgument,
-    Other,
-}
-
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] = [
-        ErrorKind::Timeout,
-        ErrorKind::Unavailable,
-        ErrorKind::Refused,
-        ErrorKind::InvalidArgument,
-        ErrorKind::Other,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Unavailable => "unavailable",
-            ErrorKind::Refused => "refused",
-            ErrorKind::InvalidArgument => "invalid_argument",
-            ErrorKind::Other => "other",
-        }
-    }
-
-    /// Worth retrying: the request may succeed later.
-    pub fn is_transient(self) -> bool {
-        matches!(
-            self,
-            ErrorKind::Timeout | ErrorKind::Unavailable | ErrorKind::Refused
-        )
-    }
-}
+pub use transport::ErrorKind;
 
 /// The algorithms the service reports, for the ledger's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,11 +7,9 @@
 //! and nothing here is used by `wire`.
 
 mod grpc;
-mod hpack;
 pub mod http;
-pub mod http1;
-pub mod http2;
-pub mod socket;
+
+pub use transport::{http1, http2, socket};
 
 use std::time::Duration;
 
@@ -94,7 +92,7 @@ impl TargetClient {
         let connections = connections.max(1);
         match endpoint.protocol {
             Protocol::Grpc => {
-                let dialer = Dialer::for_endpoint(endpoint, tls, b"h2")?;
+                let dialer = dialer(endpoint, tls, b"h2")?;
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
                     clients.push(
@@ -106,7 +104,7 @@ impl TargetClient {
                 Ok(TargetClient::Grpc(clients))
             }
             Protocol::Http => {
-                let dialer = Dialer::for_endpoint(endpoint, tls, b"http/1.1")?;
+                let dialer = dialer(endpoint, tls, b"http/1.1")?;
                 let connection = http1::Connection::dial(&dialer).await.map_err(|kind| {
                     anyhow::anyhow!("cannot connect to {endpoint}: {}", kind.label())
                 })?;
@@ -210,4 +208,13 @@ impl TargetClient {
             }
         }
     }
+}
+
+/// How to reach `endpoint`: TLS for `grpcs://` and `https://` (offering `alpn`), else TCP.
+fn dialer(endpoint: &Endpoint, tls: &TlsOptions, alpn: &[u8]) -> anyhow::Result<Dialer> {
+    if !endpoint.tls {
+        return Ok(Dialer::plain(endpoint.authority()));
+    }
+    Dialer::tls(endpoint.authority(), endpoint.host(), tls, alpn)
+        .map_err(|error| anyhow::anyhow!("{endpoint}: {error:#}"))
 }

@@ -39,11 +39,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::{
+use crate::ErrorKind;
+use crate::{
     hpack,
     socket::{Dialer, Socket},
 };
-use crate::wire::ErrorKind;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -1,4 +1,4 @@
-//! loadgen's own HTTP/2 client against a second server implementation: gRPC's C core (Python
+//! The generator's own HTTP/2 client against a second server implementation: gRPC's C core (Python
 //! grpcio, tests/support/grpc_server.py), whose HTTP/2 framing and HPACK encoder (it indexes
 //! headers in the dynamic table) are not the h2 crate's that every Rust server here runs on.
 
@@ -8,11 +8,8 @@ use std::{
     time::Duration,
 };
 
-use loadgen::{
-    client::{http2::Connection, socket::Dialer},
-    wire::ErrorKind,
-};
 use sluice_testkit::local_redis::free_port;
+use transport::{ErrorKind, http2::Connection, socket::Dialer};
 
 const INSTALL: &str = "`python3 -m pip install grpcio==1.85.3` (scripts/test does this)";
 

@@ -12,8 +12,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::socket::{Dialer, Socket};
-use crate::wire::ErrorKind;
+use crate::ErrorKind;
+use crate::socket::{Dialer, Socket};
 
 /// Larger response heads or bodies are errors, not memory the generator gives away.
 const MAX_HEAD: usize = 64 * 1024;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::{HeaderMap, Response, StatusCode};
-use loadgen::client::{http2::Connection, socket::Dialer};
-use loadgen::wire::ErrorKind;
+use transport::{ErrorKind, http2::Connection, socket::Dialer};
+
 use tokio::net::TcpListener;
 
 /// What the scripted server saw, for the tests to assert on (a panic in its tasks would go

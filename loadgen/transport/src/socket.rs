@@ -25,8 +25,6 @@ use tokio_rustls::{
     },
 };
 
-use crate::wire::Endpoint;
-
 /// How TLS targets are verified.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsOptions {
@@ -54,23 +52,22 @@ impl Dialer {
         }
     }
 
-    /// The dialer for `endpoint`: TLS for `grpcs://` and `https://`, offering `alpn` (`h2`,
-    /// `http/1.1`).
-    pub fn for_endpoint(
-        endpoint: &Endpoint,
+    /// TLS to `authority`, whose certificate must name `host`, offering `alpn` (`h2`,
+    /// `http/1.1`), verified as `options` say.
+    pub fn tls(
+        authority: &str,
+        host: &str,
         options: &TlsOptions,
         alpn: &[u8],
     ) -> anyhow::Result<Self> {
-        let mut dialer = Self::plain(endpoint.authority());
-        if endpoint.tls {
-            let host = endpoint.host().to_owned();
-            let name = ServerName::try_from(host)
-                .with_context(|| format!("{endpoint}: the host is not a DNS name or IP address"))?;
-            let mut config = client_config(options)?;
-            config.alpn_protocols = vec![alpn.to_vec()];
-            dialer.tls = Some((TlsConnector::from(Arc::new(config)), name));
-        }
-        Ok(dialer)
+        let name = ServerName::try_from(host.to_owned())
+            .with_context(|| format!("`{host}` is not a DNS name or IP address"))?;
+        let mut config = client_config(options)?;
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Self {
+            authority: authority.to_owned(),
+            tls: Some((TlsConnector::from(Arc::new(config)), name)),
+        })
     }
 
     pub fn authority(&self) -> &str {
