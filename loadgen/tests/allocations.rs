@@ -15,8 +15,9 @@ use std::{
 use loadgen::{
     engine::{self, LoadModel, RunConfig},
     keys::{Distribution, KeyPicker},
+    ledger::KeyLedger,
     metrics::ClientMetrics,
-    stats::{Interval, KeyLedger, Outcome, Recorder},
+    stats::{Interval, Outcome, Recorder},
     wire::{Answer, Call, Endpoint},
 };
 use sluice::{

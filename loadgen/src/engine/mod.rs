@@ -28,7 +28,8 @@ use crate::{
     admin,
     client::{Requests, TargetClient},
     keys::KeySpace,
-    stats::{Interval, KeyLedger, Recorder, SealedInterval},
+    ledger::key::KeyLedger,
+    stats::{Interval, Recorder, SealedInterval},
 };
 use pacing::{CachePadded, Pacing};
 use precise_timer::PreciseTimer;

@@ -15,7 +15,8 @@ use super::{
 use crate::{
     client::{Requests, TargetClient},
     keys::{KeyPicker, KeySpace},
-    stats::{Interval, KeyLedger, Outcome, Recorder},
+    ledger::key::KeyLedger,
+    stats::{Interval, Outcome, Recorder},
     wire::{Answer, Call, ErrorKind},
 };
 

@@ -1,6 +1,9 @@
 //! The correctness ledger: for every key, was the admitted cost within what the rule allows
 //! over the run (over-admission), and was anything denied while budget clearly remained
 //! (under-admission)? Then: do the service's own counters agree with what the client saw?
+//! `key` holds what workers record per key during the run; this module judges it after.
+
+pub mod key;
 
 use std::sync::atomic::Ordering;
 
@@ -8,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     engine::RunResult,
-    stats::KeyLedger,
     wire::{AlgorithmKind, LimitBound},
 };
+pub use key::KeyLedger;
 
 /// The most a key may be admitted over `elapsed_us` under `algorithm` with `limit` per
 /// `window_us` (the policy window the service reports), plus one unit for rounding.
