@@ -15,6 +15,7 @@ use sluice::{
     config::{Config, Overrides},
     server::{self, RunningServer},
 };
+use sluice_testkit::folder::Folder;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{
     TlsAcceptor,
@@ -120,45 +121,25 @@ async fn tls_front(dir: &Path, backend: std::net::SocketAddr) -> u16 {
 }
 
 struct Setup {
-    _dir: tempdir::Dir,
+    _dir: Folder,
     ca: std::path::PathBuf,
     node: RunningServer,
     grpcs: Endpoint,
     https: Endpoint,
 }
 
-mod tempdir {
-    /// A fresh folder under the system's temporary one, removed when dropped.
-    pub struct Dir(pub std::path::PathBuf);
-
-    impl Dir {
-        pub fn new(name: &str) -> Self {
-            let path = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            Self(path)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// A service behind TLS fronts; `name` keeps each test's certificates apart.
 async fn setup(name: &str) -> Setup {
-    let dir = tempdir::Dir::new(name);
-    certificates(&dir.0);
+    let dir = Folder::new(name);
+    certificates(dir.path());
     let overrides = Overrides::loopback("tls:admin:tls-test-admin-token-0123");
     let node = server::start(Config::parse(RULES, "test", &overrides).unwrap())
         .await
         .unwrap();
-    let grpc_port = tls_front(&dir.0, node.grpc_addr).await;
-    let http_port = tls_front(&dir.0, node.http_addr).await;
+    let grpc_port = tls_front(dir.path(), node.grpc_addr).await;
+    let http_port = tls_front(dir.path(), node.http_addr).await;
     Setup {
-        ca: dir.0.join("ca.pem"),
+        ca: dir.path().join("ca.pem"),
         grpcs: format!("grpcs://localhost:{grpc_port}").parse().unwrap(),
         https: format!("https://127.0.0.1:{http_port}").parse().unwrap(),
         node,

@@ -5,7 +5,6 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -14,28 +13,7 @@ use sluice::{
     reload::{self, ConfigSource, Reloaded},
     server,
 };
-
-/// A folder of its own for each test's files, removed when dropped.
-struct Folder(PathBuf);
-
-impl Folder {
-    fn new(what: &str) -> Folder {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "sluice-reload-{what}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Folder(path)
-    }
-}
-
-impl Drop for Folder {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use sluice_testkit::folder::Folder;
 
 fn login_rule(limit: u64) -> String {
     format!("[rules.login]\nalgorithm = \"fixed_window\"\nlimit = {limit}\nwindow = \"1h\"\n")
@@ -59,8 +37,8 @@ async fn remaining(http: &reqwest::Client, url: String) -> (u16, u64, u64) {
 
 #[tokio::test]
 async fn a_valid_file_swaps_the_rules_and_anything_else_changes_nothing() {
-    let folder = Folder::new("inprocess");
-    let path = folder.0.join("sluice.toml");
+    let folder = Folder::new("reload-inprocess");
+    let path = folder.path().join("sluice.toml");
     std::fs::write(&path, login_rule(3)).unwrap();
     let source = ConfigSource {
         path: path.clone(),
@@ -169,7 +147,7 @@ struct ConfigMap {
 impl ConfigMap {
     fn new(text: &str) -> ConfigMap {
         let mut map = ConfigMap {
-            folder: Folder::new("configmap"),
+            folder: Folder::new("reload-configmap"),
             generation: 0,
         };
         map.publish(text);
@@ -178,18 +156,18 @@ impl ConfigMap {
     }
 
     fn path(&self) -> PathBuf {
-        self.folder.0.join("sluice.toml")
+        self.folder.path().join("sluice.toml")
     }
 
     fn publish(&mut self, text: &str) {
         self.generation += 1;
         let version = format!("..2026_11_30_v{}", self.generation);
-        let dir = self.folder.0.join(&version);
+        let dir = self.folder.path().join(&version);
         std::fs::create_dir(&dir).unwrap();
         std::fs::write(dir.join("sluice.toml"), text).unwrap();
-        let staged = self.folder.0.join("..data_tmp");
+        let staged = self.folder.path().join("..data_tmp");
         std::os::unix::fs::symlink(&version, &staged).unwrap();
-        std::fs::rename(&staged, self.folder.0.join("..data")).unwrap();
+        std::fs::rename(&staged, self.folder.path().join("..data")).unwrap();
     }
 }
 
@@ -281,8 +259,8 @@ async fn a_configmap_swap_reloads_under_load_and_a_bad_one_keeps_the_rules() {
 
 #[tokio::test]
 async fn sighup_reloads_when_polling_is_off() {
-    let folder = Folder::new("sighup");
-    let path = folder.0.join("sluice.toml");
+    let folder = Folder::new("reload-sighup");
+    let path = folder.path().join("sluice.toml");
     let no_poll = "[server]\nconfig_poll_interval = \"0s\"\n";
     std::fs::write(&path, format!("{no_poll}{}", login_rule(7))).unwrap();
     let mut node = common::binary::Node::start(&["--config", &path_arg(&path)]);
