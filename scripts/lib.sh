@@ -29,6 +29,9 @@ start_service() {
     wait_healthy "http://127.0.0.1:$http_port"
 }
 
+# CPU clock ticks (user + system) PID has used so far; divide by `getconf CLK_TCK` for seconds.
+process_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
 # One value from a run's summary.json: a Python expression over `s`, the parsed summary.
 # Usage: summary_value DIR EXPRESSION   e.g. summary_value "$work/run1" 'round(s["throughput_rps"])'
 summary_value() {
