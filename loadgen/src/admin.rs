@@ -62,9 +62,9 @@ pub async fn reset_keys(
     resource: &str,
 ) -> anyhow::Result<()> {
     for addr in &access.addrs {
-        let mut connection = None;
+        let (dialer, mut connection) = (Dialer::plain(addr), None);
         for key in keys.names() {
-            reset(&mut connection, addr, &access.token, key, resource)
+            reset(&mut connection, &dialer, &access.token, key, resource)
                 .await
                 .with_context(|| format!("reset of {key} on the admin API at {addr}"))?;
         }
@@ -74,17 +74,18 @@ pub async fn reset_keys(
 
 async fn reset(
     slot: &mut Option<http1::Connection>,
-    addr: &str,
+    dialer: &Dialer,
     token: &str,
     key: &str,
     resource: &str,
 ) -> anyhow::Result<()> {
     let body = serde_json::to_vec(&serde_json::json!({ "key": key, "resource": resource }))?;
     let head = format!(
-        "POST /v1/keys/reset HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        "POST /v1/keys/reset HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        dialer.authority(),
         body.len()
     );
-    let (status, answer) = exchange(slot, &Dialer::plain(addr), &[head.as_bytes(), &body])
+    let (status, answer) = exchange(slot, dialer, &[head.as_bytes(), &body])
         .await
         .map_err(|kind| anyhow::anyhow!("{}", kind.label()))?;
     anyhow::ensure!(
