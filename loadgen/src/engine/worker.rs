@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{
-    LoadModel, RunConfig,
+    RunConfig,
     pacing::{CachePadded, Pacing},
     timeline::Timeline,
 };
@@ -48,7 +48,7 @@ pub(super) async fn work(shared: &Shared, worker: usize, target: usize, mut clie
     );
     let mut interval = (0usize, Interval::new(targets));
     let measure_from = shared.pacing.start + config.warmup;
-    let open = matches!(config.model, LoadModel::Open { .. });
+    let open = shared.pacing.is_open();
     // One timer per worker, re-armed per request.
     let mut deadline = Box::pin(tokio::time::sleep(config.timeout));
     // A ticket comes out due (the pacing thread releases it then), so the worker sends at once.
