@@ -7,3 +7,12 @@
 pub mod folder;
 pub mod local_redis;
 pub mod tools;
+
+/// This crate's tests that bind ports or start programs run one at a time: a program started
+/// by one (fork, then exec) briefly holds a copy of every socket another has open, so a port
+/// another test just released can still read as taken.
+#[cfg(test)]
+fn one_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -295,6 +295,7 @@ mod tests {
 
     #[test]
     fn a_server_whose_port_was_taken_starts_on_another() {
+        let _one_at_a_time = crate::one_test_at_a_time();
         let holder = TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = holder.local_addr().unwrap().port();
         TAKEN.store(taken, Ordering::SeqCst);
@@ -311,6 +312,7 @@ mod tests {
 
     #[test]
     fn cluster_ports_leave_room_for_a_free_bus_port() {
+        let _one_at_a_time = crate::one_test_at_a_time();
         for _ in 0..200 {
             let port = free_cluster_port().unwrap();
             assert!(port <= 55_535, "{port}");

@@ -50,6 +50,7 @@ mod tests {
 
     #[test]
     fn a_missing_program_names_how_to_install_it() {
+        let _one_at_a_time = crate::one_test_at_a_time();
         let error = spawn(
             &mut Command::new("sluice-no-such-program"),
             "`apt-get install sluice-no-such-program`",
@@ -65,6 +66,7 @@ mod tests {
 
     #[test]
     fn run_ok_returns_what_the_program_printed() {
+        let _one_at_a_time = crate::one_test_at_a_time();
         let said = run_ok(
             Command::new("sh").args(["-c", "echo out; echo err >&2"]),
             "sh",
