@@ -5,7 +5,14 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let protos = ["sluice/v1/ratelimiter.proto", "sluice/v1/admin.proto"];
+    let protos = [
+        "sluice/v1/ratelimiter.proto",
+        "sluice/v1/admin.proto",
+        "envoy/service/ratelimit/v3/rls.proto",
+        "envoy/extensions/common/ratelimit/v3/ratelimit.proto",
+        "envoy/type/v3/ratelimit_unit.proto",
+        "envoy/config/core/v3/base.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -17,6 +17,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod policy;
 pub mod reload;
+pub mod rls;
 pub mod rules;
 pub mod server;
 pub mod shutdown;

@@ -33,8 +33,8 @@ struct PolicyChange {
 
 impl Remapping for PolicyChange {
     fn layouts(&self, resource: &str, key: &str) -> Option<(&[Limit], &[Limit])> {
-        let before = self.old.rules().resolve(resource, key)?;
-        let after = self.new.rules().resolve(resource, key)?;
+        let before = self.old.rules().rule_of_bucket(resource, key)?;
+        let after = self.new.rules().rule_of_bucket(resource, key)?;
         (!same_layout(&before.limits, &after.limits))
             .then_some((before.limits.as_slice(), after.limits.as_slice()))
     }
@@ -97,17 +97,35 @@ pub struct Verdict<'a> {
     /// The index of the deciding limit in the rule's limits.
     pub deciding: usize,
     policy: Arc<Policy>,
-    rule: usize,
+    rule: RuleRef,
     /// The resource decided for (the request's, or [`DEFAULT_RESOURCE`]).
     pub resource: &'a str,
     /// Why the decision is not the store's own, when a failure mode made it.
     pub reason: Option<&'static str>,
+    /// The store failed and the rule's failure mode decided.
+    pub store_failed: bool,
+}
+
+/// The rule a verdict was decided under: one of the policy's, or one the request gave (an
+/// Envoy descriptor's own `limit`).
+#[derive(Debug, Clone)]
+enum RuleRef {
+    InPolicy(usize),
+    Given(Arc<Rule>),
 }
 
 impl Verdict<'_> {
     /// The rule that decided.
     pub fn rule(&self) -> &Rule {
-        self.policy.rule(self.rule)
+        match &self.rule {
+            RuleRef::InPolicy(id) => self.policy.rule(*id),
+            RuleRef::Given(rule) => rule,
+        }
+    }
+
+    /// The metrics handles of the rule that decided.
+    pub fn policy_metrics(&self) -> &crate::metrics::RuleMetrics {
+        self.policy.metrics_of(self.rule())
     }
 
     /// The limit that decided.
@@ -149,6 +167,11 @@ pub enum RequestError {
         "resource `{resource}` has no rule and there is no default_rule; add [rules.{resource}] or a [default_rule]"
     )]
     UnknownResource { resource: String },
+    #[error(
+        "resource names starting `{}` belong to Envoy's rate limit service; name another resource",
+        crate::rls::RESOURCE_PREFIX
+    )]
+    ReservedResource,
 }
 
 impl RequestError {
@@ -156,9 +179,9 @@ impl RequestError {
     pub fn field(&self) -> &'static str {
         match self {
             RequestError::EmptyKey | RequestError::KeyTooLong { .. } => "key",
-            RequestError::ResourceTooLong { .. } | RequestError::UnknownResource { .. } => {
-                "resource"
-            }
+            RequestError::ResourceTooLong { .. }
+            | RequestError::UnknownResource { .. }
+            | RequestError::ReservedResource => "resource",
             RequestError::ZeroCost | RequestError::CostAboveLimit { .. } => "cost",
         }
     }
@@ -298,7 +321,74 @@ impl<S: Store> Limiter<S> {
     ) -> Result<Verdict<'a>, LimiterError> {
         let policy = self.policy.load_full();
         let (rule, resource) = self.resolve(&policy, request.key, request.resource)?;
-        let cost = request.cost.unwrap_or(1);
+        let rule = RuleRef::InPolicy(rule.id);
+        let bucket = BucketKey {
+            resource,
+            key: request.key,
+        };
+        self.decide(policy, rule, bucket, request.cost.unwrap_or(1))
+            .await
+    }
+
+    /// Decides `bucket` under rule `rule` of `policy` (a policy from [`Limiter::policy`],
+    /// whose rule set the caller matched in, as Envoy's descriptors are). The bucket's key is
+    /// the caller's to bound ([`Limiter::check_key`]).
+    pub async fn check_rule<'a>(
+        &'a self,
+        policy: Arc<Policy>,
+        rule: usize,
+        bucket: BucketKey<'a>,
+        cost: u64,
+    ) -> Result<Verdict<'a>, LimiterError> {
+        self.decide(policy, RuleRef::InPolicy(rule), bucket, cost)
+            .await
+    }
+
+    /// Decides `bucket` under a rule the request itself gave (an Envoy descriptor's `limit`
+    /// override), counted under one shared metrics series. Its failure mode is the store's
+    /// default (it has no local share, so `local` answers as `deny`).
+    pub async fn check_given<'a>(
+        &'a self,
+        policy: Arc<Policy>,
+        rule: Rule,
+        bucket: BucketKey<'a>,
+        cost: u64,
+    ) -> Result<Verdict<'a>, LimiterError> {
+        let rule = Rule {
+            id: crate::policy::GIVEN_RULE_ID,
+            ..rule
+        };
+        self.decide(policy, RuleRef::Given(Arc::new(rule)), bucket, cost)
+            .await
+    }
+
+    /// Bounds a bucket key built by an adapter, as a request's key is bounded.
+    pub fn check_key(&self, key: &str) -> Result<(), RequestError> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(RequestError::KeyTooLong {
+                len: key.len(),
+                max: self.limits.max_key_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a denial of rule `rule` that no store was asked about (a limit of zero).
+    pub fn count_refused(&self, policy: &Policy, rule: usize) {
+        policy.metrics_of(policy.rule(rule)).denied.inc();
+    }
+
+    async fn decide<'a>(
+        &'a self,
+        policy: Arc<Policy>,
+        rule_ref: RuleRef,
+        bucket: BucketKey<'a>,
+        cost: u64,
+    ) -> Result<Verdict<'a>, LimiterError> {
+        let rule = match &rule_ref {
+            RuleRef::InPolicy(id) => policy.rule(*id),
+            RuleRef::Given(rule) => rule,
+        };
         let limit = rule.max_cost();
         if cost == 0 {
             return Err(RequestError::ZeroCost.into());
@@ -311,11 +401,6 @@ impl<S: Store> Limiter<S> {
             }
             .into());
         }
-        let bucket = BucketKey {
-            resource,
-            key: request.key,
-        };
-        let rule_id = rule.id;
         let decisions = match self
             .store
             .check(
@@ -330,9 +415,9 @@ impl<S: Store> Limiter<S> {
                 self.metrics.set_fallback_active(false);
                 decisions
             }
-            Err(err) => return self.decide_without_store(policy, rule_id, bucket, cost, err),
+            Err(err) => return self.decide_without_store(policy, rule_ref, bucket, cost, err),
         };
-        Ok(self.verdict(policy, rule_id, bucket, decisions, None))
+        Ok(self.verdict(policy, rule_ref, bucket, decisions, None))
     }
 
     /// The verdict of `decisions`, counted under its rule. A shadowed rule's denial becomes
@@ -341,12 +426,15 @@ impl<S: Store> Limiter<S> {
     fn verdict<'a>(
         &self,
         policy: Arc<Policy>,
-        rule_id: usize,
+        rule_ref: RuleRef,
         bucket: BucketKey<'a>,
         decisions: Decisions,
         reason: Option<&'static str>,
     ) -> Verdict<'a> {
-        let rule = policy.rule(rule_id);
+        let rule = match &rule_ref {
+            RuleRef::InPolicy(id) => policy.rule(*id),
+            RuleRef::Given(rule) => rule,
+        };
         let deciding = decisions.deciding();
         let decision = decisions.decision_of(deciding);
         let (outcome, reason) = if decisions.banned_for_us().is_some() {
@@ -376,9 +464,10 @@ impl<S: Store> Limiter<S> {
             decisions,
             deciding,
             policy,
-            rule: rule_id,
+            rule: rule_ref,
             resource: bucket.resource,
             reason,
+            store_failed: false,
         }
     }
 
@@ -413,12 +502,15 @@ impl<S: Store> Limiter<S> {
     fn decide_without_store<'a>(
         &'a self,
         policy: Arc<Policy>,
-        rule_id: usize,
+        rule_ref: RuleRef,
         bucket: BucketKey<'a>,
         cost: u64,
         err: StoreError,
     ) -> Result<Verdict<'a>, LimiterError> {
-        let rule = policy.rule(rule_id);
+        let rule = match &rule_ref {
+            RuleRef::InPolicy(id) => policy.rule(*id),
+            RuleRef::Given(rule) => rule,
+        };
         let mode = rule.failure_mode.unwrap_or(self.failure.default_mode);
         tracing::debug!(rule = %rule.name, error = %err, mode = mode.label(), "store failed");
         // A full memory store is not an outage: it refuses new keys only.
@@ -470,7 +562,9 @@ impl<S: Store> Limiter<S> {
                 },
             ),
         };
-        Ok(self.verdict(policy, rule_id, bucket, decisions, Some(reason)))
+        let mut verdict = self.verdict(policy, rule_ref, bucket, decisions, Some(reason));
+        verdict.store_failed = true;
+        Ok(verdict)
     }
 
     /// Counts a decision's outcome under its rule, and returns it.
@@ -492,12 +586,18 @@ impl<S: Store> Limiter<S> {
     pub fn upkeep(&self) {
         let policy = self.policy.load_full();
         let limits_of = |resource: &str, key: &str| {
-            Some(policy.rules().resolve(resource, key)?.limits.as_slice())
+            Some(
+                policy
+                    .rules()
+                    .rule_of_bucket(resource, key)?
+                    .limits
+                    .as_slice(),
+            )
         };
         self.store.upkeep(&limits_of);
         if let Some(local) = &self.failure.local {
             let local_limits_of = |resource: &str, key: &str| {
-                policy.local_limits(policy.rules().resolve(resource, key)?)
+                policy.local_limits(policy.rules().rule_of_bucket(resource, key)?)
             };
             local.sweep_expired_under(&local_limits_of);
         }
@@ -511,18 +611,51 @@ impl<S: Store> Limiter<S> {
     ) -> Result<Verdict<'a>, LimiterError> {
         let policy = self.policy.load_full();
         let (rule, resource) = self.resolve(&policy, key, resource)?;
-        let rule_id = rule.id;
-        let decisions = self
-            .store
-            .peek(
-                BucketKey { resource, key },
-                &rule.limits,
-                rule.bans(policy.key_wide_bans()),
-            )
-            .await?;
+        let rule = rule.id;
+        // The bucket borrows `key` only while the store reads it.
+        let bucket = BucketKey { resource, key };
+        let decisions = self.peek(&policy, rule, bucket).await?;
+        Ok(Self::status_verdict(policy, rule, resource, decisions))
+    }
+
+    /// Bucket `bucket`'s state under rule `rule` of `policy`, consuming nothing (see
+    /// [`Limiter::check_rule`]).
+    pub async fn status_rule<'a>(
+        &'a self,
+        policy: Arc<Policy>,
+        rule: usize,
+        bucket: BucketKey<'a>,
+    ) -> Result<Verdict<'a>, LimiterError> {
+        let decisions = self.peek(&policy, rule, bucket).await?;
+        Ok(Self::status_verdict(
+            policy,
+            rule,
+            bucket.resource,
+            decisions,
+        ))
+    }
+
+    async fn peek(
+        &self,
+        policy: &Policy,
+        rule: usize,
+        bucket: BucketKey<'_>,
+    ) -> Result<Decisions, StoreError> {
+        let rule = policy.rule(rule);
+        self.store
+            .peek(bucket, &rule.limits, rule.bans(policy.key_wide_bans()))
+            .await
+    }
+
+    fn status_verdict(
+        policy: Arc<Policy>,
+        rule: usize,
+        resource: &str,
+        decisions: Decisions,
+    ) -> Verdict<'_> {
         let deciding = decisions.deciding();
         let decision = decisions.decision_of(deciding);
-        Ok(Verdict {
+        Verdict {
             outcome: if decisions.banned_for_us().is_some() {
                 Outcome::Banned
             } else if decision.remaining > 0 {
@@ -534,10 +667,11 @@ impl<S: Store> Limiter<S> {
             decisions,
             deciding,
             policy,
-            rule: rule_id,
+            rule: RuleRef::InPolicy(rule),
             resource,
             reason: None,
-        })
+            store_failed: false,
+        }
     }
 
     /// Forgets the key's state; true when it had any.
@@ -652,6 +786,9 @@ impl<S: Store> Limiter<S> {
                 len: resource.len(),
                 max: MAX_RESOURCE_BYTES,
             });
+        }
+        if resource.starts_with(crate::rls::RESOURCE_PREFIX) {
+            return Err(RequestError::ReservedResource);
         }
         let rule =
             policy

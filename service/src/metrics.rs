@@ -41,6 +41,8 @@ pub struct Metrics {
     connections_open: IntGaugeVec,
     connections_refused: IntCounterVec,
     central_version: IntGauge,
+    near_limit: IntCounterVec,
+    envoy_detailed: IntCounterVec,
 }
 
 /// One HTTP listener's connections: open now, and refused over its cap.
@@ -59,6 +61,9 @@ pub struct RuleMetrics {
     pub banned: IntCounter,
     pub bans_started: IntCounter,
     pub remaining_ratio: Histogram,
+    /// Allowed decisions that left more than the near-limit share of the limit spent (Envoy
+    /// RLS decisions; `envoy.near_limit_ratio`).
+    pub near_limit: IntCounter,
 }
 
 /// The API a request came through, a metrics label.
@@ -245,8 +250,26 @@ impl Metrics {
             "The version of the central rules document this node last applied (0: none; rules_source.kind = \"redis\").",
         )
         .expect("valid metric");
+        let near_limit = IntCounterVec::new(
+            Opts::new(
+                "sluice_near_limit_total",
+                "Allowed Envoy RLS decisions that left more than envoy.near_limit_ratio of the limit spent, by resource.",
+            ),
+            &["resource"],
+        )
+        .expect("valid metric");
+        let envoy_detailed = IntCounterVec::new(
+            Opts::new(
+                "sluice_envoy_detailed_decisions_total",
+                "Envoy RLS decisions of detailed_metric descriptors, by descriptor value and outcome; past envoy.detailed_metric_max_series descriptors, counted under descriptor=\"_other_\".",
+            ),
+            &["descriptor", "outcome"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(near_limit.clone()),
+            Box::new(envoy_detailed.clone()),
             Box::new(remaining_ratio.clone()),
             Box::new(request_duration.clone()),
             Box::new(invalid_requests.clone()),
@@ -296,6 +319,8 @@ impl Metrics {
             connections_open,
             connections_refused,
             central_version,
+            near_limit,
+            envoy_detailed,
         }
     }
 
@@ -359,7 +384,11 @@ impl Metrics {
     }
 
     pub fn for_rule(&self, rule: &Rule) -> RuleMetrics {
-        let resource = rule.resource_label.as_str();
+        self.for_label(&rule.resource_label)
+    }
+
+    /// The handles of rules counted under the `resource` label `resource`.
+    pub fn for_label(&self, resource: &str) -> RuleMetrics {
         RuleMetrics {
             allowed: self.decisions.with_label_values(&[resource, "allowed"]),
             denied: self.decisions.with_label_values(&[resource, "denied"]),
@@ -369,7 +398,16 @@ impl Metrics {
             banned: self.decisions.with_label_values(&[resource, "banned"]),
             bans_started: self.bans_started.with_label_values(&[resource]),
             remaining_ratio: self.remaining_ratio.with_label_values(&[resource]),
+            near_limit: self.near_limit.with_label_values(&[resource]),
         }
+    }
+
+    /// Counts a decision of a `detailed_metric` descriptor under its own series; the caller
+    /// bounds how many distinct descriptors it passes ([`DetailedSeries`]).
+    pub fn envoy_detailed(&self, descriptor: &str, outcome: &str) {
+        self.envoy_detailed
+            .with_label_values(&[descriptor, outcome])
+            .inc();
     }
 
     pub fn request_duration(&self, api: Api, method: &str) -> Histogram {
@@ -404,5 +442,38 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The descriptors given series of their own, at most `cap`: envoyproxy/ratelimit's detailed
+/// metrics grow without bound (its issues #275, #1132); here the first `cap` distinct
+/// descriptors keep theirs and every later one shares [`DetailedSeries::OTHER`].
+#[derive(Debug)]
+pub struct DetailedSeries {
+    cap: usize,
+    admitted: parking_lot::Mutex<std::collections::HashSet<String>>,
+}
+
+impl DetailedSeries {
+    pub const OTHER: &'static str = "_other_";
+
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            admitted: parking_lot::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// The label to count `descriptor` under.
+    pub fn label<'a>(&self, descriptor: &'a str) -> &'a str {
+        let mut admitted = self.admitted.lock();
+        if admitted.contains(descriptor) {
+            return descriptor;
+        }
+        if admitted.len() < self.cap {
+            admitted.insert(descriptor.to_owned());
+            return descriptor;
+        }
+        Self::OTHER
     }
 }

@@ -10,11 +10,20 @@ use crate::{
     rules::{Rule, RuleSet},
 };
 
+/// The id of a rule a request gave itself (an Envoy descriptor's `limit`): not in the set,
+/// counted under one shared series.
+pub const GIVEN_RULE_ID: usize = usize::MAX;
+
+/// The metrics `resource` label of rules requests give themselves.
+pub const GIVEN_RULE_LABEL: &str = "envoy:request_override";
+
 #[derive(Debug)]
 pub struct Policy {
     rules: RuleSet,
     /// Indexed by rule id.
     rule_metrics: Vec<RuleMetrics>,
+    /// For rules requests give themselves ([`GIVEN_RULE_ID`]).
+    given_metrics: RuleMetrics,
     /// Some rule bans with scope `key`, so every rule's check reads the key-wide ban state.
     key_wide_bans: bool,
     /// Each rule's limits scaled to this node's share, for the `local` failure mode; indexed
@@ -59,7 +68,9 @@ impl Policy {
                 .collect(),
             None => Vec::new(),
         };
+        let given_metrics = metrics.for_label(GIVEN_RULE_LABEL);
         Self {
+            given_metrics,
             key_wide_bans: rules.has_key_wide_bans(),
             rules,
             rule_metrics,
@@ -80,7 +91,9 @@ impl Policy {
     }
 
     pub fn metrics_of(&self, rule: &Rule) -> &RuleMetrics {
-        &self.rule_metrics[rule.id]
+        self.rule_metrics
+            .get(rule.id)
+            .unwrap_or(&self.given_metrics)
     }
 
     pub fn key_wide_bans(&self) -> bool {

@@ -118,6 +118,9 @@ fn restart_only_changes(running: &Config, next: &Config) -> Vec<&'static str> {
     if running.rules_source != next.rules_source {
         sections.push("rules_source");
     }
+    if running.envoy.settings != next.envoy.settings {
+        sections.push("envoy");
+    }
     sections
 }
 
@@ -133,7 +136,7 @@ pub async fn watch(
 ) {
     let stopping = crate::shutdown::requested(shutdown);
     tokio::pin!(stopping);
-    let mut seen = content_hash(&source);
+    let mut seen = content_hash(&source, &running);
     let mut ticker = tokio::time::interval(if poll.is_zero() {
         Duration::from_secs(3600)
     } else {
@@ -147,11 +150,11 @@ pub async fn watch(
                 if request.is_none() {
                     return;
                 }
-                seen = content_hash(&source);
+                seen = content_hash(&source, &running);
                 running = reload_off_the_runtime(&limiter, running, &source).await;
             }
             _ = ticker.tick(), if !poll.is_zero() => {
-                let now = content_hash(&source);
+                let now = content_hash(&source, &running);
                 if now != seen {
                     seen = now;
                     running = reload_off_the_runtime(&limiter, running, &source).await;
@@ -178,9 +181,14 @@ async fn reload_off_the_runtime(
     .unwrap_or(fallback)
 }
 
-/// The file's content, hashed; `None` while it cannot be read (mid-swap, say).
-fn content_hash(source: &ConfigSource) -> Option<String> {
-    std::fs::read(&source.path)
-        .ok()
-        .map(|bytes| short_hash(&bytes))
+/// The file's content and that of the Envoy YAML files it names (as running), hashed; `None`
+/// while any cannot be read (mid-swap, say).
+fn content_hash(source: &ConfigSource, running: &Config) -> Option<String> {
+    let mut all = std::fs::read(&source.path).ok()?;
+    let files = crate::config::source_files(&running.envoy.settings.config_paths).ok()?;
+    for file in files {
+        all.extend_from_slice(file.as_os_str().as_encoded_bytes());
+        all.extend_from_slice(&std::fs::read(&file).ok()?);
+    }
+    Some(short_hash(&all))
 }

@@ -2,9 +2,12 @@
 
 use std::collections::HashMap;
 
-use crate::algorithm::{
-    ban::{Ban, BanScope, Bans},
-    stacked::Limit,
+use crate::{
+    algorithm::{
+        ban::{Ban, BanScope, Bans},
+        stacked::Limit,
+    },
+    rls::{self, Domains},
 };
 
 /// The resource a request names when it names none.
@@ -98,6 +101,8 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     by_resource: HashMap<String, RuleGroup>,
     default: Option<RuleGroup>,
+    /// Envoy RLS domains: descriptor trees whose limits are rules of this set.
+    envoy: Domains,
 }
 
 impl RuleSet {
@@ -109,8 +114,27 @@ impl RuleSet {
         Some(&self.rules[id])
     }
 
+    /// The rule a stored bucket is decided under: an Envoy descriptor's, when the resource
+    /// is one of theirs ([`rls::RESOURCE_PREFIX`]), else as [`RuleSet::resolve`].
+    pub fn rule_of_bucket(&self, resource: &str, key: &str) -> Option<&Rule> {
+        if resource.starts_with(rls::RESOURCE_PREFIX) {
+            let id = self.envoy.rule_of_resource(resource)?;
+            return Some(&self.rules[id]);
+        }
+        self.resolve(resource, key)
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The Envoy RLS domains.
+    pub fn envoy(&self) -> &Domains {
+        &self.envoy
+    }
+
+    pub(crate) fn set_envoy(&mut self, domains: Domains) {
+        self.envoy = domains;
     }
 
     pub fn has_default(&self) -> bool {
@@ -149,7 +173,18 @@ impl RuleSet {
             (Some(a), Some(b)) => same_group(a, b),
             _ => false,
         };
+        let same_envoy = self.envoy.resource_rules().count()
+            == other.envoy.resource_rules().count()
+            && self.envoy.resource_rules().all(|(resource, id)| {
+                other
+                    .envoy
+                    .rule_of_resource(resource)
+                    .is_some_and(|other_id| {
+                        same_layout(&self.rules[id].limits, &other.rules[other_id].limits)
+                    })
+            });
         same_default
+            && same_envoy
             && self.by_resource.len() == other.by_resource.len()
             && self.by_resource.iter().all(|(resource, group)| {
                 other

@@ -25,6 +25,7 @@ use crate::{
         capped::Capped,
         grpc::GrpcApi,
         http,
+        rls::RlsApi,
         serve::{self, ConnectionLimits},
     },
     central::{self, CentralRules},
@@ -36,6 +37,11 @@ use crate::{
     shutdown,
     store::{Backend, MemoryStore, RedisStore},
 };
+
+type RlsServer =
+    sluice_proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer<
+        RlsApi,
+    >;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -191,6 +197,7 @@ pub async fn start_with(
     health_reporter
         .set_serving::<sluice_proto::v1::rate_limiter_server::RateLimiterServer<GrpcApi>>()
         .await;
+    health_reporter.set_serving::<RlsServer>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(sluice_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -208,6 +215,10 @@ pub async fn start_with(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(GrpcApi::server(limiter.clone()))
+        .add_service(RlsApi::server(
+            limiter.clone(),
+            config.envoy.settings.clone(),
+        ))
         .serve_with_incoming_shutdown(
             Capped::new(
                 TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
@@ -278,6 +289,7 @@ pub async fn start_with(
         health_reporter
             .set_not_serving::<sluice_proto::v1::rate_limiter_server::RateLimiterServer<GrpcApi>>()
             .await;
+        health_reporter.set_not_serving::<RlsServer>().await;
         info!(grace = ?grace, "draining in-flight requests");
         let drain = async {
             let grpc = grpc.await.expect("gRPC task does not panic");

@@ -263,7 +263,7 @@ fn verdict_response(verdict: &Verdict<'_>) -> Response {
 }
 
 /// Seconds, rounded up, so a client that waits this long is never early.
-fn whole_seconds_up(us: u64) -> u64 {
+pub fn whole_seconds_up(us: u64) -> u64 {
     us.div_ceil(1_000_000)
 }
 
@@ -274,26 +274,7 @@ fn whole_seconds_up(us: u64) -> u64 {
 pub fn rate_limit_headers(verdict: &Verdict<'_>, denied: bool) -> HeaderMap {
     let mut policies = String::new();
     let mut states = String::new();
-    for (limit, decision) in verdict.limits() {
-        let separator = if policies.is_empty() { "" } else { ", " };
-        let window = whole_seconds_up(limit.algorithm.policy_window_us()).max(1);
-        let t = if decision.allowed {
-            whole_seconds_up(decision.reset_after_us)
-        } else {
-            whole_seconds_up(decision.retry_after_us).max(1)
-        };
-        let name = &limit.name;
-        let _ = write!(
-            policies,
-            "{separator}\"{name}\";q={};w={window}",
-            decision.limit
-        );
-        let _ = write!(
-            states,
-            "{separator}\"{name}\";r={};t={t}",
-            decision.remaining
-        );
-    }
+    push_rate_limit_items(verdict, &mut policies, &mut states);
     let Decision {
         limit,
         remaining,
@@ -322,6 +303,31 @@ pub fn rate_limit_headers(verdict: &Verdict<'_>, denied: bool) -> HeaderMap {
         );
     }
     headers
+}
+
+/// Appends one `RateLimit-Policy` and one `RateLimit` item per limit of `verdict` to the two
+/// lists (comma-separated, as the draft allows several).
+pub fn push_rate_limit_items(verdict: &Verdict<'_>, policies: &mut String, states: &mut String) {
+    for (limit, decision) in verdict.limits() {
+        let separator = if policies.is_empty() { "" } else { ", " };
+        let window = whole_seconds_up(limit.algorithm.policy_window_us()).max(1);
+        let t = if decision.allowed {
+            whole_seconds_up(decision.reset_after_us)
+        } else {
+            whole_seconds_up(decision.retry_after_us).max(1)
+        };
+        let name = &limit.name;
+        let _ = write!(
+            policies,
+            "{separator}\"{name}\";q={};w={window}",
+            decision.limit
+        );
+        let _ = write!(
+            states,
+            "{separator}\"{name}\";r={};t={t}",
+            decision.remaining
+        );
+    }
 }
 
 /// A request's optional JSON body: empty (or whitespace) is the default.

@@ -4,4 +4,5 @@ pub mod answer;
 pub mod capped;
 pub mod grpc;
 pub mod http;
+pub mod rls;
 pub mod serve;

@@ -5,6 +5,7 @@
 mod admin_config;
 mod ban_config;
 mod duration;
+mod envoy_config;
 pub mod rule_config;
 mod rules_source;
 
@@ -19,6 +20,7 @@ use serde::Deserialize;
 
 pub use admin_config::AdminConfig;
 pub use duration::parse_duration;
+pub use envoy_config::{EnvoyConfig, EnvoyHeaders, EnvoySettings, StoreFailure, source_files};
 pub use rules_source::{CentralSource, DEFAULT_RULES_KEY, RulesSource};
 
 use crate::rules::{FailureMode, RuleSet};
@@ -53,6 +55,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Where the rules come from: this file, or a document in Redis shared by a fleet.
     pub rules_source: RulesSource,
+    /// Envoy's rate limit service: its settings and YAML files (whose limits are in `rules`).
+    pub envoy: EnvoyConfig,
     /// A stable hash of the configuration's text (before overrides): every node that loaded
     /// the same file reports the same version.
     pub version: String,
@@ -275,9 +279,24 @@ impl Config {
         })?;
         raw.apply(overrides);
         let mut config = raw.validate()?;
-        config.version = crate::decision_log::short_hash(text.as_bytes());
+        config.version = version_of(text, &config.envoy);
         Ok(config)
     }
+}
+
+/// A configuration's version: its text and every Envoy YAML file it read, hashed together.
+fn version_of(text: &str, envoy: &EnvoyConfig) -> String {
+    if envoy.sources.is_empty() {
+        return crate::decision_log::short_hash(text.as_bytes());
+    }
+    let mut all = text.as_bytes().to_vec();
+    for source in &envoy.sources {
+        all.extend_from_slice(b"\0");
+        all.extend_from_slice(source.name.as_bytes());
+        all.extend_from_slice(b"\0");
+        all.extend_from_slice(source.text.as_bytes());
+    }
+    crate::decision_log::short_hash(&all)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -286,6 +305,7 @@ struct RawConfig {
     server: RawServer,
     admin: admin_config::RawAdmin,
     rules_source: rules_source::RawRulesSource,
+    envoy: envoy_config::RawEnvoy,
     limits: RawLimits,
     backend: RawBackend,
     default_rule: Option<rule_config::RawRule>,
@@ -350,6 +370,11 @@ struct RawMemory {
 pub(crate) struct Issues(Vec<ConfigIssue>);
 
 impl Issues {
+    /// The problems as an error, if there are any.
+    pub(crate) fn into_error(self) -> Option<ConfigError> {
+        (!self.0.is_empty()).then_some(ConfigError::Invalid(self.0))
+    }
+
     pub(crate) fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigIssue {
             path: path.into(),
@@ -386,12 +411,15 @@ impl RawConfig {
         let limits = self.limits.validate(&mut issues);
         let backend = self.backend.validate(&mut issues);
         let rules_source = self.rules_source.validate(&backend, &mut issues);
+        let envoy = self.envoy.validate(&mut issues);
         let mut rules = rule_config::build_rule_set(
             self.default_rule,
             self.rules,
             limits.max_key_bytes,
+            !envoy.sources.is_empty(),
             &mut issues,
         );
+        crate::rls::load::build(&envoy.sources, &mut rules, &mut issues);
         if server.shadow {
             rules.shadow_all();
         }
@@ -403,6 +431,7 @@ impl RawConfig {
                 rules,
                 admin,
                 rules_source,
+                envoy,
                 version: String::new(),
             })
         } else {

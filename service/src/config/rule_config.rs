@@ -27,7 +27,7 @@ pub const MAX_RESOURCE_BYTES: usize = 128;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub(super) struct RawRule {
+pub(crate) struct RawRule {
     name: Option<String>,
     // The one-limit form: the algorithm and its parameters on the rule itself.
     algorithm: Option<String>,
@@ -128,14 +128,15 @@ pub(super) fn build_rule_set(
     default_rule: Option<RawRule>,
     rules: BTreeMap<String, RawRule>,
     max_key_bytes: usize,
+    envoy_configured: bool,
     issues: &mut Issues,
 ) -> RuleSet {
     let mut set = RuleSet::default();
     let mut names = HashSet::new();
-    if default_rule.is_none() && rules.is_empty() {
+    if default_rule.is_none() && rules.is_empty() && !envoy_configured {
         issues.add(
             "rules",
-            "no rules: add a [default_rule] (applies to every resource) or a [rules.<resource>] section",
+            "no rules: add a [default_rule] (applies to every resource), a [rules.<resource>] section, or Envoy rate limit files ([envoy] config_paths)",
         );
     }
     let groups = default_rule.map(|raw| (None, raw)).into_iter().chain(
@@ -246,7 +247,7 @@ fn build_rule(
     path: &str,
     label: &str,
     default_name: &str,
-    mut raw: RawRule,
+    raw: RawRule,
     issues: &mut Issues,
 ) -> usize {
     let name = raw.name.clone().unwrap_or_else(|| default_name.to_owned());
@@ -263,6 +264,17 @@ fn build_rule(
             format!("rule name `{name}` is used twice; give each rule its own name"),
         );
     }
+    set.push(rule_from_raw(path, name, label, raw, issues))
+}
+
+/// The rule `raw` describes, named `name` (already checked), its problems added to `issues`.
+fn rule_from_raw(
+    path: &str,
+    name: String,
+    label: &str,
+    mut raw: RawRule,
+    issues: &mut Issues,
+) -> Rule {
     let failure_mode = raw.failure_mode.as_deref().and_then(|text| {
         let mode = FailureMode::parse(text);
         if mode.is_none() {
@@ -282,7 +294,7 @@ fn build_rule(
         .take()
         .and_then(|ban| super::ban_config::build_ban(&format!("{path}.ban"), ban, issues));
     let limits = build_limits(path, &name, raw, issues);
-    set.push(Rule {
+    Rule {
         id: 0,
         name,
         resource_label: label.to_owned(),
@@ -290,7 +302,86 @@ fn build_rule(
         failure_mode,
         shadow,
         ban,
-    })
+    }
+}
+
+/// A descriptor's `rate_limit` numbers as Sluice's algorithms take them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EnvoyRate {
+    pub requests_per_unit: u64,
+    pub unit_seconds: u64,
+}
+
+/// The rule of one descriptor of Envoy's configuration. `raw` is the descriptor's `sluice`
+/// block (Sluice's own extension: any algorithm and its parameters, stacked `limits`, `ban`,
+/// `failure_mode`); where it leaves an algorithm's numbers out, `rate` fills them (a fixed
+/// window of `requests_per_unit` per unit unless `algorithm` says otherwise).
+pub(crate) fn envoy_rule(
+    path: &str,
+    name: String,
+    label: &str,
+    raw: Option<RawRule>,
+    rate: Option<EnvoyRate>,
+    shadow: bool,
+    issues: &mut Issues,
+) -> Rule {
+    let mut raw = raw.unwrap_or_default();
+    for (field, given, instead) in [
+        (
+            "key",
+            raw.key.is_some(),
+            "descriptors match by `key` and `value` on the descriptor",
+        ),
+        (
+            "overrides",
+            !raw.overrides.is_empty(),
+            "give each value its own descriptor",
+        ),
+        (
+            "shadow",
+            raw.shadow.is_some(),
+            "use the descriptor's `shadow_mode`",
+        ),
+        ("name", raw.name.is_some(), "use `rate_limit.name`"),
+    ] {
+        if given {
+            issues.add(
+                format!("{path}.sluice.{field}"),
+                format!("not taken in a descriptor's `sluice` block; {instead}"),
+            );
+        }
+    }
+    raw.shadow = Some(shadow);
+    if let Some(rate) = rate {
+        if raw.limits.is_some() {
+            issues.add(
+                format!("{path}.rate_limit"),
+                "this descriptor's limits are in `sluice.limits`; remove `unit` and `requests_per_unit` from `rate_limit` (keep its `name` and `replaces`)",
+            );
+        } else {
+            let per_second = rate.requests_per_unit as f64 / rate.unit_seconds as f64;
+            let algorithm = raw
+                .algorithm
+                .get_or_insert_with(|| "fixed_window".to_owned());
+            match algorithm.as_str() {
+                "token_bucket" => {
+                    raw.capacity.get_or_insert(rate.requests_per_unit);
+                    raw.refill_per_second.get_or_insert(per_second);
+                }
+                "gcra" => {
+                    raw.rate_per_second.get_or_insert(per_second);
+                    raw.burst.get_or_insert(rate.requests_per_unit);
+                }
+                _ => {
+                    raw.limit.get_or_insert(rate.requests_per_unit);
+                    raw.window
+                        .get_or_insert_with(|| format!("{}s", rate.unit_seconds));
+                }
+            }
+        }
+    }
+    let path = format!("{path}.sluice");
+    rule_from_raw(&path, name, label, raw, issues)
 }
 
 /// A stand-in that keeps validating the rest when an algorithm is unusable.

@@ -113,8 +113,11 @@ impl Config {
             raw.default_rule,
             raw.rules,
             self.limits.max_key_bytes,
+            !self.envoy.sources.is_empty(),
             &mut issues,
         );
+        // Envoy's descriptors come from their YAML files, never from the rules document.
+        crate::rls::load::build(&self.envoy.sources, &mut rules, &mut issues);
         if self.server.shadow {
             rules.shadow_all();
         }

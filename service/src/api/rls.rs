@@ -1,0 +1,567 @@
+//! Envoy's `envoy.service.ratelimit.v3.RateLimitService` on the gRPC port: each request
+//! descriptor is matched in the domain's tree ([`crate::rls::matching`]) and decided by the
+//! limiter under that descriptor's rule, on its own, as envoyproxy/ratelimit decides them; the
+//! answer is over limit when any descriptor is (quota-mode descriptors only when all of them
+//! are).
+
+use std::{sync::Arc, time::Instant};
+
+use futures_util::future::join_all;
+use prometheus::Histogram;
+use sluice_proto::envoy::{
+    config::core::v3::HeaderValue,
+    extensions::common::ratelimit::v3::{RateLimitDescriptor, rate_limit_descriptor::Entry},
+    service::ratelimit::v3::{
+        RateLimitRequest, RateLimitResponse,
+        rate_limit_response::{Code, DescriptorStatus, RateLimit},
+        rate_limit_service_server::{RateLimitService, RateLimitServiceServer},
+    },
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    algorithm::{FixedWindow, MICROS_PER_SEC, NEVER, stacked::Limit},
+    config::{EnvoySettings, StoreFailure},
+    limiter::{Limiter, LimiterError, Outcome, Verdict},
+    metrics::{Api, DetailedSeries},
+    policy::{GIVEN_RULE_LABEL, Policy},
+    rls::{self, Leaf, Limited, Unit, matching},
+    rules::Rule,
+    store::{Backend, BucketKey},
+};
+
+impl matching::Entry for Entry {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+pub struct RlsApi {
+    limiter: Arc<Limiter<Backend>>,
+    settings: EnvoySettings,
+    detailed: DetailedSeries,
+    duration: Histogram,
+}
+
+/// One descriptor's answer, before it becomes a [`DescriptorStatus`].
+struct Answer {
+    code: Code,
+    current_limit: Option<RateLimit>,
+    remaining: u32,
+    /// Until the limit is restored (allowed) or the same request fits (over the limit).
+    reset_us: Option<u64>,
+    quota_mode: bool,
+    /// `RateLimit-Policy` and `RateLimit` items of the rule that decided.
+    items: Option<(String, String)>,
+}
+
+impl Answer {
+    fn unlimited_or_unmatched(remaining: u32) -> Self {
+        Self {
+            code: Code::Ok,
+            current_limit: None,
+            remaining,
+            reset_us: None,
+            quota_mode: false,
+            items: None,
+        }
+    }
+}
+
+/// What a descriptor reached before it is decided.
+enum Target<'p> {
+    None,
+    Leaf(matching::Matched<'p>),
+    Override { requests_per_unit: u32, unit: Unit },
+}
+
+impl RlsApi {
+    pub fn server(
+        limiter: Arc<Limiter<Backend>>,
+        settings: EnvoySettings,
+    ) -> RateLimitServiceServer<Self> {
+        let duration = limiter
+            .metrics()
+            .request_duration(Api::Grpc, "should_rate_limit");
+        RateLimitServiceServer::new(Self {
+            detailed: DetailedSeries::new(settings.detailed_metric_max_series),
+            limiter,
+            settings,
+            duration,
+        })
+    }
+
+    fn invalid(&self, field: &'static str, message: String) -> Status {
+        self.limiter.metrics().invalid_request(Api::Grpc, field);
+        Status::invalid_argument(message)
+    }
+
+    async fn answer(&self, request: RateLimitRequest) -> Result<RateLimitResponse, Status> {
+        if request.domain.is_empty() {
+            return Err(self.invalid(
+                "domain",
+                "domain is empty; send the domain of the rate limit configuration (Envoy's rate limit filter `domain`)".into(),
+            ));
+        }
+        if request.descriptors.is_empty() {
+            return Err(self.invalid(
+                "descriptors",
+                "descriptors is empty; send at least one descriptor (Envoy's `rate_limits` actions)".into(),
+            ));
+        }
+        let policy = self.limiter.policy();
+        let domains = policy.rules().envoy();
+        let mut targets = Vec::with_capacity(request.descriptors.len());
+        for (index, descriptor) in request.descriptors.iter().enumerate() {
+            targets.push(self.target(domains, &request.domain, index, descriptor)?);
+        }
+        // A limit named in a matched limit's `replaces` is not checked (the reference's rule).
+        let replaced: Vec<&str> = targets
+            .iter()
+            .filter_map(|target| match target {
+                Target::Leaf(matched) => Some(matched.leaf.named().replaces.iter()),
+                _ => None,
+            })
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        if !replaced.is_empty() {
+            for target in &mut targets {
+                if let Target::Leaf(matched) = target {
+                    let name = &matched.leaf.named().name;
+                    if !name.is_empty() && replaced.contains(&name.as_str()) {
+                        *target = Target::None;
+                    }
+                }
+            }
+        }
+        let default_hits = u64::from(request.hits_addend.max(1));
+        let decisions = targets.iter().zip(&request.descriptors).enumerate().map(
+            |(index, (target, descriptor))| {
+                let hits = descriptor.hits_addend.unwrap_or(default_hits);
+                self.decide(&policy, &request.domain, index, target, descriptor, hits)
+            },
+        );
+        let answers = join_all(decisions)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(self.response(answers))
+    }
+
+    fn target<'p>(
+        &self,
+        domains: &'p rls::Domains,
+        domain: &str,
+        index: usize,
+        descriptor: &RateLimitDescriptor,
+    ) -> Result<Target<'p>, Status> {
+        // An unknown domain limits nothing, an override included (as the reference).
+        if domains.root_exists(domain)
+            && let Some(limit) = &descriptor.limit
+        {
+            let unit = Unit::from_proto(limit.unit).ok_or_else(|| {
+                self.invalid(
+                    "descriptors.limit.unit",
+                    format!("descriptors[{index}].limit.unit {} is not a unit; use SECOND to WEEK (1 to 7)", limit.unit),
+                )
+            })?;
+            return Ok(Target::Override {
+                requests_per_unit: limit.requests_per_unit,
+                unit,
+            });
+        }
+        Ok(matching::find(domains, domain, &descriptor.entries).map_or(Target::None, Target::Leaf))
+    }
+
+    async fn decide(
+        &self,
+        policy: &Arc<Policy>,
+        domain: &str,
+        index: usize,
+        target: &Target<'_>,
+        descriptor: &RateLimitDescriptor,
+        hits: u64,
+    ) -> Result<Answer, Status> {
+        let entries = descriptor
+            .entries
+            .iter()
+            .map(|entry| (entry.key.as_str(), entry.value.as_str()));
+        match target {
+            Target::None => Ok(Answer::unlimited_or_unmatched(0)),
+            Target::Leaf(matched) => match matched.leaf {
+                Leaf::Unlimited(_) => Ok(Answer::unlimited_or_unmatched(u32::MAX)),
+                Leaf::Blocked(limited) => {
+                    self.limiter.count_refused(policy, limited.rule);
+                    Ok(blocked(
+                        limited.named.name.clone(),
+                        limited.unit,
+                        limited.quota_mode,
+                    ))
+                }
+                Leaf::Limited(limited) => {
+                    let key = rls::bucket_key(entries, &matched.shared);
+                    self.bound_key(index, &key)?;
+                    let bucket = BucketKey {
+                        resource: &limited.resource,
+                        key: &key,
+                    };
+                    let rule = policy.rule(limited.rule);
+                    let verdict = if hits == 0 {
+                        self.limiter
+                            .status_rule(policy.clone(), limited.rule, bucket)
+                            .await
+                    } else if hits > rule.max_cost() {
+                        self.limiter.count_refused(policy, limited.rule);
+                        return Ok(too_many_hits(limited, rule));
+                    } else {
+                        self.limiter
+                            .check_rule(policy.clone(), limited.rule, bucket, hits)
+                            .await
+                    };
+                    let verdict = self.store_answered(verdict)?;
+                    if limited.detailed_metric {
+                        let full_key = detailed_key(domain, &descriptor.entries);
+                        self.limiter.metrics().envoy_detailed(
+                            self.detailed.label(&full_key),
+                            verdict.outcome.label(),
+                        );
+                    }
+                    Ok(self.limited_answer(&verdict, limited, hits == 0))
+                }
+            },
+            Target::Override {
+                requests_per_unit,
+                unit,
+            } => {
+                if *requests_per_unit == 0 {
+                    return Ok(blocked(String::new(), *unit, false));
+                }
+                let resource = rls::override_resource(domain, *requests_per_unit, *unit);
+                let key = rls::bucket_key(entries, &[]);
+                self.bound_key(index, &key)?;
+                let limit = u64::from(*requests_per_unit);
+                let rule = given_rule(limit, *unit);
+                if hits > limit {
+                    return Ok(too_many_hits_of(limit, *unit, String::new()));
+                }
+                let bucket = BucketKey {
+                    resource: &resource,
+                    key: &key,
+                };
+                let verdict = if hits == 0 {
+                    // Nothing spent: the override's counter is only read.
+                    return Ok(Answer {
+                        code: Code::Ok,
+                        current_limit: Some(current_limit(*requests_per_unit, *unit, "")),
+                        remaining: *requests_per_unit,
+                        reset_us: None,
+                        quota_mode: false,
+                        items: None,
+                    });
+                } else {
+                    self.limiter
+                        .check_given(policy.clone(), rule, bucket, hits)
+                        .await
+                };
+                let verdict = self.store_answered(verdict)?;
+                let code = code_of(verdict.outcome);
+                Ok(Answer {
+                    code,
+                    current_limit: Some(current_limit(*requests_per_unit, *unit, "")),
+                    remaining: clamp(verdict.decision.remaining),
+                    reset_us: Some(reset_us(&verdict)),
+                    quota_mode: false,
+                    items: Some(items(&verdict)),
+                })
+            }
+        }
+    }
+
+    fn bound_key(&self, index: usize, key: &str) -> Result<(), Status> {
+        self.limiter.check_key(key).map_err(|err| {
+            self.invalid(
+                "descriptors.entries",
+                format!("descriptors[{index}]: its entries make a {err}"),
+            )
+        })
+    }
+
+    /// The verdict, or UNAVAILABLE when the store failed and `envoy.store_failure` hands the
+    /// decision to the gateway.
+    fn store_answered<'a>(
+        &self,
+        verdict: Result<Verdict<'a>, LimiterError>,
+    ) -> Result<Verdict<'a>, Status> {
+        match verdict {
+            Ok(verdict)
+                if verdict.store_failed
+                    && self.settings.store_failure == StoreFailure::Unavailable =>
+            {
+                Err(Status::unavailable(
+                    "the rate limit store is unavailable; the gateway's failure_mode_deny decides",
+                ))
+            }
+            Ok(verdict) => Ok(verdict),
+            Err(LimiterError::Invalid(err)) => Err(self.invalid(err.field(), err.to_string())),
+            Err(err @ LimiterError::Store(_)) => Err(Status::unavailable(err.to_string())),
+        }
+    }
+
+    fn limited_answer(&self, verdict: &Verdict<'_>, limited: &Limited, read_only: bool) -> Answer {
+        let decision = &verdict.decision;
+        let code = if read_only && verdict.outcome != Outcome::Banned {
+            Code::Ok
+        } else {
+            code_of(verdict.outcome)
+        };
+        if verdict.outcome == Outcome::Allowed && !read_only {
+            let spent = decision.limit - decision.remaining;
+            let near = (decision.limit as f64 * self.settings.near_limit_ratio).floor() as u64;
+            if spent > near {
+                verdict.policy_metrics().near_limit.inc();
+            }
+        }
+        let unit = if verdict.rule().limits.len() == 1 {
+            limited.unit
+        } else {
+            Unit::reported_for(verdict.policy_window_us())
+        };
+        Answer {
+            code,
+            current_limit: Some(current_limit(
+                clamp(decision.limit),
+                unit,
+                &limited.named.name,
+            )),
+            remaining: clamp(decision.remaining),
+            reset_us: Some(reset_us(verdict)),
+            quota_mode: limited.quota_mode,
+            items: Some(items(verdict)),
+        }
+    }
+
+    fn response(&self, answers: Vec<Answer>) -> RateLimitResponse {
+        let over = |answer: &&Answer| answer.code == Code::OverLimit;
+        let rate_limited = answers.iter().filter(|a| !a.quota_mode).any(|a| over(&a));
+        let quotas = answers.iter().filter(|a| a.quota_mode).count();
+        let quotas_over = answers.iter().filter(|a| a.quota_mode).filter(over).count();
+        let overall = if rate_limited || (quotas > 0 && quotas == quotas_over) {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        };
+        let headers = self.headers(&answers);
+        RateLimitResponse {
+            overall_code: overall as i32,
+            statuses: answers
+                .into_iter()
+                .map(|answer| DescriptorStatus {
+                    code: answer.code as i32,
+                    current_limit: answer.current_limit,
+                    limit_remaining: answer.remaining,
+                    duration_until_reset: answer.reset_us.map(duration),
+                    quota: None,
+                })
+                .collect(),
+            response_headers_to_add: headers,
+            ..RateLimitResponse::default()
+        }
+    }
+
+    /// The headers `envoy.headers` asks for. The `X-RateLimit-*` ones describe one
+    /// descriptor, as the reference picks it: the last one over its limit, else the one with
+    /// the least remaining.
+    fn headers(&self, answers: &[Answer]) -> Vec<HeaderValue> {
+        let mut headers = Vec::new();
+        let header = |key: &str, value: String| HeaderValue {
+            key: key.to_owned(),
+            value,
+            raw_value: Vec::new(),
+        };
+        if self.settings.headers.draft03() {
+            let mut chosen: Option<&Answer> = None;
+            for answer in answers.iter().filter(|a| a.current_limit.is_some()) {
+                let over = answer.code == Code::OverLimit && !answer.quota_mode;
+                if over
+                    || chosen
+                        .is_none_or(|c| c.code != Code::OverLimit && answer.remaining < c.remaining)
+                {
+                    chosen = Some(answer);
+                }
+            }
+            if let Some(answer) = chosen {
+                let limit = answer
+                    .current_limit
+                    .as_ref()
+                    .map_or(0, |l| l.requests_per_unit);
+                headers.push(header("x-ratelimit-limit", limit.to_string()));
+                headers.push(header(
+                    "x-ratelimit-remaining",
+                    answer.remaining.to_string(),
+                ));
+                let reset = crate::api::http::whole_seconds_up(answer.reset_us.unwrap_or(0));
+                headers.push(header("x-ratelimit-reset", reset.to_string()));
+            }
+        }
+        if self.settings.headers.draft10() {
+            let (mut policies, mut states) = (String::new(), String::new());
+            for (policy, state) in answers.iter().filter_map(|a| a.items.as_ref()) {
+                for (list, item) in [(&mut policies, policy), (&mut states, state)] {
+                    if !list.is_empty() {
+                        list.push_str(", ");
+                    }
+                    list.push_str(item);
+                }
+            }
+            if !policies.is_empty() {
+                headers.push(header("ratelimit-policy", policies));
+                headers.push(header("ratelimit", states));
+            }
+        }
+        headers
+    }
+}
+
+#[tonic::async_trait]
+impl RateLimitService for RlsApi {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let started = Instant::now();
+        let result = self.answer(request.into_inner()).await.map(Response::new);
+        self.duration.observe(started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+fn code_of(outcome: Outcome) -> Code {
+    if outcome.proceeds() {
+        Code::Ok
+    } else {
+        Code::OverLimit
+    }
+}
+
+fn clamp(value: u64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+fn current_limit(requests_per_unit: u32, unit: Unit, name: &str) -> RateLimit {
+    RateLimit {
+        name: name.to_owned(),
+        requests_per_unit,
+        unit: unit as i32,
+    }
+}
+
+/// The wait the status reports: until the same request fits when over the limit, else until
+/// the limit is fully restored.
+fn reset_us(verdict: &Verdict<'_>) -> u64 {
+    let decision = &verdict.decision;
+    if decision.allowed || decision.retry_after_us == NEVER {
+        decision.reset_after_us
+    } else {
+        decision.retry_after_us
+    }
+}
+
+fn items(verdict: &Verdict<'_>) -> (String, String) {
+    let (mut policies, mut states) = (String::new(), String::new());
+    crate::api::http::push_rate_limit_items(verdict, &mut policies, &mut states);
+    (policies, states)
+}
+
+fn duration(us: u64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: (us / MICROS_PER_SEC) as i64,
+        nanos: ((us % MICROS_PER_SEC) * 1_000) as i32,
+    }
+}
+
+/// A limit of zero: every request over it, until the end of the unit's aligned window.
+fn blocked(name: String, unit: Unit, quota_mode: bool) -> Answer {
+    let unit_us = unit.seconds() * MICROS_PER_SEC;
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros() as u64);
+    Answer {
+        code: Code::OverLimit,
+        current_limit: Some(current_limit(0, unit, &name)),
+        remaining: 0,
+        reset_us: Some(unit_us - now_us % unit_us),
+        quota_mode,
+        items: None,
+    }
+}
+
+/// More hits than the limit holds: over the limit, nothing spent.
+fn too_many_hits(limited: &Limited, rule: &Rule) -> Answer {
+    let window_us = rule
+        .limits
+        .iter()
+        .map(|limit| limit.algorithm.policy_window_us())
+        .max()
+        .unwrap_or(0);
+    Answer {
+        quota_mode: limited.quota_mode,
+        ..too_many_hits_of(rule.max_cost(), limited.unit, limited.named.name.clone())
+            .with_reset(window_us)
+    }
+}
+
+fn too_many_hits_of(limit: u64, unit: Unit, name: String) -> Answer {
+    Answer {
+        code: Code::OverLimit,
+        current_limit: Some(current_limit(clamp(limit), unit, &name)),
+        remaining: 0,
+        reset_us: Some(unit.seconds() * MICROS_PER_SEC),
+        quota_mode: false,
+        items: None,
+    }
+}
+
+impl Answer {
+    fn with_reset(self, reset_us: u64) -> Self {
+        Self {
+            reset_us: Some(reset_us),
+            ..self
+        }
+    }
+}
+
+/// The rule of a descriptor's own `limit`: a fixed window of `limit` per unit, as the
+/// reference applies one.
+fn given_rule(limit: u64, unit: Unit) -> Rule {
+    let window_us = unit.seconds() * MICROS_PER_SEC;
+    Rule {
+        id: 0,
+        name: "request_override".to_owned(),
+        resource_label: GIVEN_RULE_LABEL.to_owned(),
+        limits: vec![Limit::new(
+            "request_override",
+            crate::algorithm::Algorithm::FixedWindow(FixedWindow::new(limit, window_us)),
+        )],
+        failure_mode: None,
+        shadow: false,
+        ban: None,
+    }
+}
+
+/// The reference's detailed metric key: the domain and every entry's `key_value`.
+fn detailed_key(domain: &str, entries: &[Entry]) -> String {
+    let mut key = domain.to_owned();
+    for entry in entries {
+        key.push('.');
+        key.push_str(&entry.key);
+        if !entry.value.is_empty() {
+            key.push('_');
+            key.push_str(&entry.value);
+        }
+    }
+    key
+}

@@ -1,0 +1,131 @@
+//! Which configured limit a request descriptor reaches, exactly as envoyproxy/ratelimit
+//! matches (its `src/config/config_impl.go`, `GetLimit`): entry by entry down the domain's
+//! tree, trying at each level the exact `key_value`, then the level's wildcards in
+//! configuration order, then the bare `key`; a limit applies only when it sits at the
+//! request's last entry. Pure: no I/O, no clock.
+
+use super::{Domains, Leaf, Node};
+
+/// A descriptor entry as matching reads it.
+pub trait Entry {
+    fn key(&self) -> &str;
+    fn value(&self) -> &str;
+}
+
+impl Entry for (&str, &str) {
+    fn key(&self) -> &str {
+        self.0
+    }
+    fn value(&self) -> &str {
+        self.1
+    }
+}
+
+/// The limit a descriptor reached.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Matched<'a> {
+    pub leaf: &'a Leaf,
+    /// Entries matched by a `share_threshold` wildcard: (entry index, the pattern's value),
+    /// which names their bucket in place of the request's value.
+    pub shared: Vec<(usize, &'a str)>,
+}
+
+/// The limit `entries` reach in `domain`, if any. An unknown domain, an empty descriptor or
+/// a path that leaves the tree (or stops above the last entry) reaches none.
+pub fn find<'a, E: Entry>(
+    domains: &'a Domains,
+    domain: &str,
+    entries: &[E],
+) -> Option<Matched<'a>> {
+    let mut level: &Node = domains.root(domain)?;
+    let mut shared = Vec::new();
+    let mut composite = String::new();
+    let last = entries.len().checked_sub(1)?;
+    for (index, entry) in entries.iter().enumerate() {
+        composite.clear();
+        composite.push_str(entry.key());
+        composite.push('_');
+        composite.push_str(entry.value());
+        let mut next = level.children.get(composite.as_str());
+        if next.is_none()
+            && let Some(wildcard) = level
+                .wildcards
+                .iter()
+                .find(|wildcard| wildcard_match(&wildcard.parts, &composite))
+        {
+            next = level.children.get(&wildcard.composite);
+            if let Some(value) = next.and_then(|node| node.shared_value.as_deref()) {
+                shared.push((index, value));
+            }
+        }
+        let next = next.or_else(|| level.children.get(entry.key()))?;
+        if index == last {
+            return next.limit.as_ref().map(|leaf| Matched { leaf, shared });
+        }
+        if next.children.is_empty() {
+            return None;
+        }
+        level = next;
+    }
+    None
+}
+
+/// Whether `value` matches a pattern split at each `*` (each `*` matches any run of
+/// characters, possibly empty, and the literal parts must appear in order).
+pub fn wildcard_match(parts: &[String], value: &str) -> bool {
+    let [first, middle @ .., last] = parts else {
+        return parts.first().is_some_and(|only| only == value);
+    };
+    let fixed: usize = parts.iter().map(String::len).sum();
+    if value.len() < fixed || !value.starts_with(first.as_str()) || !value.ends_with(last.as_str())
+    {
+        return false;
+    }
+    let mut rest = &value[first.len()..value.len() - last.len()];
+    for part in middle {
+        match rest.find(part.as_str()) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(pattern: &str) -> Vec<String> {
+        pattern.split('*').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn wildcards_match_trailing_middle_and_several_stars() {
+        let cases = [
+            ("value*", "value1", true),
+            ("value*", "value", true),
+            ("value*", "valu", false),
+            ("/api/*/action", "/api/123/action", true),
+            ("/api/*/action", "/api/123/other", false),
+            ("/api/*/action", "/api/action", false),
+            (
+                "/api/*/resource/*/action",
+                "/api/v1/resource/9/action",
+                true,
+            ),
+            ("/api/*/resource/*/action", "/api/v1/thing/9/action", false),
+            ("a*a", "a", false),
+            ("a*a", "aa", true),
+            ("*", "", true),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ];
+        for (pattern, value, expected) in cases {
+            assert_eq!(
+                wildcard_match(&parts(pattern), value),
+                expected,
+                "{pattern} vs {value}"
+            );
+        }
+    }
+}
