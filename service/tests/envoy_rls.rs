@@ -679,3 +679,203 @@ async fn health_reports_the_rate_limit_service_serving() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
 }
+
+/// Each algorithm, with the same parameters as a `sluice.v1` rule and as an Envoy
+/// descriptor's `sluice` block, answers the same sequence of costs alike. Parameters restore
+/// so slowly that the few milliseconds between the two sequences change nothing.
+#[tokio::test]
+async fn every_algorithm_decides_through_rls_as_through_sluice_v1() {
+    let algorithms = [
+        (
+            "token_bucket",
+            "capacity = 6\nrefill_per_second = 0.0001",
+            "{algorithm: token_bucket, capacity: 6, refill_per_second: 0.0001}",
+        ),
+        (
+            "gcra",
+            "rate_per_second = 0.0001\nburst = 6",
+            "{algorithm: gcra, rate_per_second: 0.0001, burst: 6}",
+        ),
+        (
+            "fixed_window",
+            "limit = 6\nwindow = \"1h\"",
+            "{algorithm: fixed_window, limit: 6, window: 1h}",
+        ),
+        (
+            "sliding_window_counter",
+            "limit = 6\nwindow = \"1h\"",
+            "{algorithm: sliding_window_counter, limit: 6, window: 1h}",
+        ),
+        (
+            "sliding_window_log",
+            "limit = 6\nwindow = \"1h\"",
+            "{algorithm: sliding_window_log, limit: 6, window: 1h}",
+        ),
+        (
+            "stacked",
+            "[[rules.stacked.limits]]\nname = \"small\"\nalgorithm = \"fixed_window\"\nlimit = 4\nwindow = \"1h\"\n[[rules.stacked.limits]]\nname = \"large\"\nalgorithm = \"token_bucket\"\ncapacity = 6\nrefill_per_second = 0.0001",
+            "{limits: [{name: small, algorithm: fixed_window, limit: 4, window: 1h}, {name: large, algorithm: token_bucket, capacity: 6, refill_per_second: 0.0001}]}",
+        ),
+    ];
+    let mut toml = String::new();
+    let mut yaml = String::from("domain: same\ndescriptors:\n");
+    for (name, table, block) in algorithms {
+        if name == "stacked" {
+            toml.push_str(&format!("{table}\n"));
+        } else {
+            toml.push_str(&format!(
+                "[rules.{name}]\nalgorithm = \"{name}\"\n{table}\n"
+            ));
+        }
+        yaml.push_str(&format!("  - key: {name}\n    sluice: {block}\n"));
+    }
+    let (server, _folder) = start(&[("same.yaml", &yaml)], &format!("\n{toml}")).await;
+    let mut rls = client(&server).await;
+    let mut grpc = common::grpc_client(&server).await;
+    let costs = [1u32, 2, 1, 3, 1, 1, 2, 1];
+    for (name, _, _) in algorithms {
+        let mut through_v1 = Vec::new();
+        for cost in costs {
+            let answer = grpc
+                .check(sluice_proto::v1::CheckRequest {
+                    key: "client".into(),
+                    resource: name.into(),
+                    cost: Some(u64::from(cost)),
+                })
+                .await
+                .expect("sluice.v1 answers")
+                .into_inner();
+            let allowed = answer.decision() == sluice_proto::v1::Decision::Allowed;
+            through_v1.push((allowed, answer.remaining, answer.limit));
+        }
+        let mut through_rls = Vec::new();
+        for cost in costs {
+            let mut ask_once = request("same", vec![descriptor(&[(name, "client")])]);
+            ask_once.hits_addend = cost;
+            let response = ask(&mut rls, ask_once).await;
+            let status = &response.statuses[0];
+            let limit = status.current_limit.as_ref().expect("limited");
+            through_rls.push((
+                status.code() == Code::Ok,
+                u64::from(status.limit_remaining),
+                u64::from(limit.requests_per_unit),
+            ));
+        }
+        assert_eq!(through_rls, through_v1, "{name}");
+        assert!(
+            through_v1.iter().any(|(allowed, ..)| !allowed),
+            "{name} denies some"
+        );
+    }
+}
+
+#[tokio::test]
+async fn editing_a_yaml_file_reloads_its_limits_and_a_bad_edit_keeps_them() {
+    let folder = Folder::new("envoy-reload");
+    let yaml_path = folder.path().join("api.yaml");
+    let yaml = |limit: u32| {
+        format!(
+            "domain: api\ndescriptors: [{{key: user, rate_limit: {{unit: hour, requests_per_unit: {limit}}}}}]\n"
+        )
+    };
+    std::fs::write(&yaml_path, yaml(3)).unwrap();
+    let toml_path = folder.path().join("sluice.toml");
+    std::fs::write(
+        &toml_path,
+        format!(
+            "[server]\nconfig_poll_interval = \"50ms\"\n[envoy]\nconfig_paths = [\"{}\"]\n",
+            yaml_path.display()
+        ),
+    )
+    .unwrap();
+    let overrides = common::loopback_overrides();
+    let config = sluice::config::Config::load(Some(&toml_path), &overrides).unwrap();
+    let mut server = sluice::server::start(config).await.unwrap();
+    server.follow_file(sluice::reload::ConfigSource {
+        path: toml_path.clone(),
+        overrides,
+    });
+    let mut rls = client(&server).await;
+    let limit_now = |response: RateLimitResponse| {
+        let status = &response.statuses[0];
+        (
+            status.current_limit.as_ref().unwrap().requests_per_unit,
+            status.limit_remaining,
+        )
+    };
+    let one = || request("api", vec![descriptor(&[("user", "a")])]);
+    assert_eq!(limit_now(ask(&mut rls, one()).await), (3, 2));
+    std::fs::write(&yaml_path, yaml(10)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (limit, remaining) = limit_now(ask(&mut rls, one()).await);
+        if limit == 10 {
+            // The count carried over: 1 spent before, this one now.
+            assert!(remaining <= 8, "{remaining}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::write(
+        &yaml_path,
+        "domain: api\ndescriptors: [{key: user, rate_limit: {unit: fortnight}}]\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        limit_now(ask(&mut rls, one()).await).0,
+        10,
+        "a bad edit keeps the running limits"
+    );
+    let metrics = common::metrics_text(&server).await;
+    assert!(
+        metrics.contains("sluice_config_reloads_total{result=\"invalid\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn near_limit_and_detailed_metrics_stay_bounded() {
+    let yaml = "
+domain: metered
+descriptors:
+  - key: user
+    detailed_metric: true
+    rate_limit: {unit: hour, requests_per_unit: 10}
+";
+    let (server, _folder) = start(
+        &[("metered.yaml", yaml)],
+        "near_limit_ratio = 0.5\ndetailed_metric_max_series = 3\n",
+    )
+    .await;
+    let mut rls = client(&server).await;
+    // 10 requests of one user: the 6th to the 10th leave more than half spent.
+    assert_eq!(
+        codes(&mut rls, "metered", &[("user", "u0")], 10).await,
+        vec![Code::Ok; 10]
+    );
+    for user in 1..8 {
+        codes(&mut rls, "metered", &[("user", &format!("u{user}"))], 1).await;
+    }
+    let metrics = common::metrics_text(&server).await;
+    assert!(
+        metrics.contains("sluice_near_limit_total{resource=\"envoy:metered.user\"} 5"),
+        "{metrics}"
+    );
+    let detailed: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("sluice_envoy_detailed_decisions_total{"))
+        .collect();
+    assert_eq!(detailed.len(), 4, "3 descriptors and _other_: {detailed:?}");
+    assert!(metrics.contains("sluice_envoy_detailed_decisions_total{descriptor=\"metered.user_u0\",outcome=\"allowed\"} 10"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "sluice_envoy_detailed_decisions_total{descriptor=\"_other_\",outcome=\"allowed\"} 5"
+        ),
+        "{metrics}"
+    );
+}
