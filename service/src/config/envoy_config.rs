@@ -46,7 +46,8 @@ pub enum StoreFailure {
 /// The settings of the `[envoy]` section, which change only on restart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvoySettings {
-    /// YAML files, or directories whose `*.yaml` / `*.yml` files are read (sorted by name).
+    /// YAML files, or directories whose `*.yaml` / `*.yml` files are read (sorted by name);
+    /// a relative path is taken from the config file's directory.
     pub config_paths: Vec<PathBuf>,
     pub headers: EnvoyHeaders,
     pub store_failure: StoreFailure,
@@ -91,7 +92,9 @@ pub(super) struct RawEnvoy {
 }
 
 impl RawEnvoy {
-    pub(super) fn validate(self, issues: &mut Issues) -> EnvoyConfig {
+    /// `directory`: the config file's, against which relative paths resolve (`None`: the
+    /// working directory).
+    pub(super) fn validate(self, directory: Option<&Path>, issues: &mut Issues) -> EnvoyConfig {
         let defaults = EnvoySettings::default();
         let headers = match self.headers.as_deref() {
             None | Some("off") => EnvoyHeaders::Off,
@@ -140,7 +143,10 @@ impl RawEnvoy {
             .config_paths
             .unwrap_or_default()
             .into_iter()
-            .map(PathBuf::from)
+            .map(|path| match directory {
+                Some(directory) => directory.join(path),
+                None => PathBuf::from(path),
+            })
             .collect();
         let sources = read_sources(&config_paths, issues);
         EnvoyConfig {

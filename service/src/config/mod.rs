@@ -265,20 +265,32 @@ impl Config {
                     path: path.to_owned(),
                     source,
                 })?;
-                Self::parse(&text, &path.display().to_string(), overrides)
+                Self::parse_in(&text, &path.display().to_string(), path.parent(), overrides)
             }
             None => Self::parse(BUILTIN_CONFIG, "(built-in default)", overrides),
         }
     }
 
-    /// Parses TOML `text`; `origin` names it in errors.
+    /// Parses TOML `text`; `origin` names it in errors. Relative paths in it are read from
+    /// the working directory.
     pub fn parse(text: &str, origin: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::parse_in(text, origin, None, overrides)
+    }
+
+    /// Parses TOML `text` whose file is in `directory`: `envoy.config_paths` are read from
+    /// there, as a file mounted beside its YAML files expects.
+    fn parse_in(
+        text: &str,
+        origin: &str,
+        directory: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         let mut raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Parse {
             origin: origin.to_owned(),
             message: err.to_string(),
         })?;
         raw.apply(overrides);
-        let mut config = raw.validate()?;
+        let mut config = raw.validate(directory)?;
         config.version = version_of(text, &config.envoy);
         Ok(config)
     }
@@ -404,14 +416,14 @@ impl RawConfig {
         self.admin.tokens_env.clone_from(&overrides.admin_tokens);
     }
 
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn validate(self, directory: Option<&Path>) -> Result<Config, ConfigError> {
         let mut issues = Issues::default();
         let server = self.server.validate(&mut issues);
         let admin = self.admin.validate(&server, &mut issues);
         let limits = self.limits.validate(&mut issues);
         let backend = self.backend.validate(&mut issues);
         let rules_source = self.rules_source.validate(&backend, &mut issues);
-        let envoy = self.envoy.validate(&mut issues);
+        let envoy = self.envoy.validate(directory, &mut issues);
         let mut rules = rule_config::build_rule_set(
             self.default_rule,
             self.rules,
