@@ -1,5 +1,5 @@
 //! The `[envoy]` section: Envoy's rate limit service (RLS v3) on the gRPC port, its YAML
-//! configuration files (envoyproxy/ratelimit's format, see [`crate::rls::load`]) and how it
+//! configuration files (envoyproxy/ratelimit's format, see [`super::envoy_yaml`]) and how it
 //! answers.
 
 use std::path::{Path, PathBuf};
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::Issues;
-use crate::rls::Source;
+use super::envoy_yaml::Source;
 
 /// Which rate limit headers a ShouldRateLimit answer asks the gateway to add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,7 +77,7 @@ const MAX_DETAILED_METRIC_SERIES: u64 = 100_000;
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EnvoyConfig {
     pub settings: EnvoySettings,
-    /// Every YAML file read, in load order; rebuilt into rules by [`crate::rls::load`].
+    /// Every YAML file read, in load order; rebuilt into rules by [`super::envoy_yaml`].
     pub sources: Vec<Source>,
 }
 

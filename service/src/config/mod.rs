@@ -6,6 +6,7 @@ mod admin_config;
 mod ban_config;
 mod duration;
 mod envoy_config;
+pub mod envoy_yaml;
 pub mod rule_config;
 mod rules_source;
 
@@ -431,7 +432,7 @@ impl RawConfig {
             !envoy.sources.is_empty(),
             &mut issues,
         );
-        crate::rls::load::build(&envoy.sources, &mut rules, &mut issues);
+        envoy_yaml::build(&envoy.sources, &mut rules, &mut issues);
         if server.shadow {
             rules.shadow_all();
         }

@@ -117,7 +117,7 @@ impl Config {
             &mut issues,
         );
         // Envoy's descriptors come from their YAML files, never from the rules document.
-        crate::rls::load::build(&self.envoy.sources, &mut rules, &mut issues);
+        super::envoy_yaml::build(&self.envoy.sources, &mut rules, &mut issues);
         if self.server.shadow {
             rules.shadow_all();
         }

@@ -1,18 +1,16 @@
 //! Envoy's rate limit service (RLS v3) as Sluice sees it: the descriptor trees of
-//! envoyproxy/ratelimit's YAML configuration, validated ([`load`]) and matched ([`matching`])
-//! exactly as the reference server does, each configured limit a [`Rule`](crate::rules::Rule)
-//! of the one rule set, so RLS and `sluice.v1` decide through the same limiter and store.
-//! The gRPC adapter is `api::rls`.
+//! envoyproxy/ratelimit's YAML configuration (built and validated by
+//! `config::envoy_yaml`), matched ([`matching`]) exactly as the reference server does, each
+//! configured limit a rule of the one rule set (by id), so RLS and `sluice.v1` decide through
+//! the same limiter and store. The gRPC adapter is `api::rls`. Depends on nothing of the
+//! service's but `algorithm`'s constants: `config` and `rules` depend on it.
 //!
 //! A matched descriptor's counter lives at a bucket whose resource names the configuration
 //! node (under [`RESOURCE_PREFIX`], which the public API refuses, so no `sluice.v1` caller
 //! can reach an RLS counter) and whose key is the request's entries: every limit of one
 //! descriptor shares a Redis Cluster slot, as every limit of one `sluice.v1` key does.
 
-pub mod load;
 pub mod matching;
-
-pub use load::Source;
 
 use std::collections::HashMap;
 
@@ -134,6 +132,14 @@ impl Domains {
         self.resources
             .iter()
             .map(|(resource, id)| (resource.as_str(), *id))
+    }
+
+    pub(crate) fn insert_domain(&mut self, domain: String, root: Node) {
+        self.roots.insert(domain, root);
+    }
+
+    pub(crate) fn insert_resource(&mut self, resource: String, rule: usize) {
+        self.resources.insert(resource, rule);
     }
 
     /// Whether `domain` is configured.

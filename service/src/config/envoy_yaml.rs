@@ -9,12 +9,12 @@
 
 use serde::{Deserialize, Deserializer};
 
-use super::{Domains, Leaf, Limited, Named, Node, Unit, Wildcard, node_resource};
+use super::{
+    Issues,
+    rule_config::{EnvoyRate, MAX_NAME_BYTES, RawRule, envoy_rule, is_name_char},
+};
 use crate::{
-    config::{
-        Issues,
-        rule_config::{EnvoyRate, MAX_NAME_BYTES, RawRule, envoy_rule, is_name_char},
-    },
+    rls::{Domains, Leaf, Limited, Named, Node, Unit, Wildcard, node_resource},
     rules::RuleSet,
 };
 
@@ -26,7 +26,7 @@ pub struct Source {
 }
 
 /// Largest `requests_per_unit` a limit is built from (the rule set's own bound).
-const MAX_REQUESTS_PER_UNIT: u64 = crate::config::rule_config::MAX_LIMIT;
+const MAX_REQUESTS_PER_UNIT: u64 = super::rule_config::MAX_LIMIT;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +110,7 @@ fn scalar<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, 
 }
 
 /// The rules of `sources` alone: every domain validated as a node would load it.
-pub fn rule_set(sources: &[Source]) -> Result<RuleSet, crate::config::ConfigError> {
+pub fn rule_set(sources: &[Source]) -> Result<RuleSet, super::ConfigError> {
     let mut set = RuleSet::default();
     let mut issues = Issues::default();
     build(sources, &mut set, &mut issues);
@@ -143,7 +143,7 @@ pub(crate) fn build(sources: &[Source], set: &mut RuleSet, issues: &mut Issues) 
             );
             continue;
         };
-        if domains.roots.contains_key(&domain) {
+        if domains.root_exists(&domain) {
             issues.add(
                 format!("{}: domain", source.name),
                 format!("duplicate domain `{domain}`: another file already configures it; merge the two files"),
@@ -154,7 +154,7 @@ pub(crate) fn build(sources: &[Source], set: &mut RuleSet, issues: &mut Issues) 
             file: &source.name,
             domain: &domain,
             set,
-            resources: &mut domains.resources,
+            domains: &mut domains,
             issues,
         };
         let mut root = Node::default();
@@ -164,7 +164,7 @@ pub(crate) fn build(sources: &[Source], set: &mut RuleSet, issues: &mut Issues) 
             &mut Vec::new(),
             raw.descriptors.unwrap_or_default(),
         );
-        domains.roots.insert(domain, root);
+        domains.insert_domain(domain, root);
     }
     set.set_envoy(domains);
 }
@@ -173,7 +173,7 @@ struct Loader<'a> {
     file: &'a str,
     domain: &'a str,
     set: &'a mut RuleSet,
-    resources: &'a mut std::collections::HashMap<String, usize>,
+    domains: &'a mut Domains,
     issues: &'a mut Issues,
 }
 
@@ -406,7 +406,7 @@ impl Loader<'_> {
         let id = self.set.push(rule);
         let composite_refs: Vec<&str> = composites.iter().map(String::as_str).collect();
         let resource = node_resource(self.domain, &composite_refs);
-        self.resources.insert(resource.clone(), id);
+        self.domains.insert_resource(resource.clone(), id);
         Some(Leaf::Limited(Limited {
             named,
             rule: id,
