@@ -82,8 +82,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 #[derive(Args)]
 struct RunArgs {
-    /// grpc://HOST:PORT or http://HOST:PORT (grpcs:// and https:// over TLS); repeat to
-    /// spread load across nodes.
+    /// grpc://HOST:PORT or http://HOST:PORT (Sluice), or rls://HOST:PORT (any server of
+    /// Envoy's rate limit service); grpcs://, https://, rlss:// over TLS. Repeat to spread
+    /// load across nodes.
     #[arg(long = "target", required = true)]
     targets: Vec<Endpoint>,
     /// TLS targets: trust the CA certificates in this PEM file instead of the system's.
@@ -129,6 +130,13 @@ struct RunArgs {
     distribution: Distribution,
     #[arg(long, default_value = "")]
     resource: String,
+    /// rls:// targets: the domain every request names.
+    #[arg(long)]
+    domain: Option<String>,
+    /// rls:// targets: one descriptor of every request, `key=value,key2=value2` (repeat for
+    /// several); `{key}` in one entry's value is replaced by each request's key.
+    #[arg(long = "descriptor", value_parser = loadgen::client::rls::RlsTemplate::parse_descriptor)]
+    descriptors: Vec<Vec<(String, String)>>,
     #[arg(long, default_value_t = 1)]
     cost: u64,
     #[arg(long, value_parser = duration, default_value = "2s")]
@@ -174,8 +182,8 @@ struct RunArgs {
 
 #[derive(Args)]
 struct TuiArgs {
-    /// Prefills the form: grpc://HOST:PORT or http://HOST:PORT (repeatable; give a node's
-    /// gRPC and HTTP address both, and the form's protocol switch picks between them).
+    /// Prefills the form: grpc://HOST:PORT, http://HOST:PORT or rls://HOST:PORT (repeatable;
+    /// give a node's addresses of each kind, and the form's protocol switch picks one).
     #[arg(long = "target")]
     targets: Vec<Endpoint>,
     /// A service's /metrics URL for the service's own view (repeatable).
@@ -199,6 +207,12 @@ struct TuiArgs {
     distribution: Option<String>,
     #[arg(long)]
     resource: Option<String>,
+    /// rls:// targets: the domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// rls:// targets: a descriptor, key=value,key2={key} (repeatable).
+    #[arg(long = "descriptor")]
+    descriptors: Vec<String>,
     #[arg(long)]
     cost: Option<u64>,
     #[arg(long)]
@@ -236,6 +250,10 @@ impl TuiArgs {
         set(&mut form.keys, self.keys.map(|k| k.to_string()));
         set(&mut form.distribution, self.distribution.clone());
         set(&mut form.resource, self.resource.clone());
+        set(&mut form.domain, self.domain.clone());
+        if !self.descriptors.is_empty() {
+            form.descriptors = self.descriptors.join(" ");
+        }
         set(&mut form.cost, self.cost.map(|c| c.to_string()));
         set(&mut form.timeout, self.timeout.clone());
         set(&mut form.retries, self.retries.map(|r| r.to_string()));
@@ -297,6 +315,7 @@ fn run_config(args: &RunArgs) -> RunConfig {
     config.key_prefix = args.key_prefix.clone();
     config.distribution = args.distribution;
     config.resource = args.resource.clone();
+    config.rls = rls_template(&args.domain, &args.descriptors);
     config.cost = args.cost;
     config.timeout = args.timeout;
     config.retries = args.retries;
@@ -306,6 +325,17 @@ fn run_config(args: &RunArgs) -> RunConfig {
     config.interval = args.interval;
     config.call = args.call;
     config
+}
+
+/// The RLS request `--domain` and `--descriptor` describe, when either is given.
+fn rls_template(
+    domain: &Option<String>,
+    descriptors: &[Vec<(String, String)>],
+) -> Option<loadgen::client::rls::RlsTemplate> {
+    (domain.is_some() || !descriptors.is_empty()).then(|| loadgen::client::rls::RlsTemplate {
+        domain: domain.clone().unwrap_or_default(),
+        descriptors: descriptors.to_vec(),
+    })
 }
 
 fn command_line() -> String {

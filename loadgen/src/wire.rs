@@ -7,8 +7,9 @@ use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-/// Where load goes: `grpc://host:port` or `http://host:port`, or over TLS `grpcs://` and
-/// `https://`.
+/// Where load goes: `grpc://host:port` (Sluice's gRPC API), `http://host:port` (its HTTP API)
+/// or `rls://host:port` (any server of Envoy's rate limit service), or over TLS `grpcs://`,
+/// `https://` and `rlss://`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Endpoint {
     pub url: String,
@@ -22,6 +23,8 @@ pub struct Endpoint {
 pub enum Protocol {
     Grpc,
     Http,
+    /// Envoy's rate limit service (gRPC).
+    Rls,
 }
 
 impl FromStr for Endpoint {
@@ -34,9 +37,11 @@ impl FromStr for Endpoint {
             "grpcs" => (Protocol::Grpc, true),
             "http" => (Protocol::Http, false),
             "https" => (Protocol::Http, true),
+            "rls" => (Protocol::Rls, false),
+            "rlss" => (Protocol::Rls, true),
             _ => {
                 return Err(format!(
-                    "target `{text}` needs a scheme: grpc://HOST:PORT for the gRPC API or http://HOST:PORT for HTTP (grpcs:// and https:// over TLS)"
+                    "target `{text}` needs a scheme: grpc://HOST:PORT for the gRPC API, http://HOST:PORT for HTTP, rls://HOST:PORT for Envoy's rate limit service (grpcs://, https://, rlss:// over TLS)"
                 ));
             }
         };
@@ -239,6 +244,8 @@ mod tests {
             (https.protocol, https.tls, https.host()),
             (Protocol::Http, true, "::1")
         );
+        let rls: Endpoint = "rls://127.0.0.1:8081".parse().unwrap();
+        assert_eq!((rls.protocol, rls.tls), (Protocol::Rls, false));
         assert!(
             "127.0.0.1:1"
                 .parse::<Endpoint>()

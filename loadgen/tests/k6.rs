@@ -185,3 +185,67 @@ async fn bad_variables_name_the_variable_and_the_fix() {
     );
     assert!(said.contains("zipf"), "{said}");
 }
+
+/// k6/rls.js against two nodes sharing Redis that serve Envoy's rate limit service: what k6
+/// counted is what the services decided, and the 50 keys get at most their 5 each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rls_script_counts_what_the_services_decided() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let redis =
+        sluice_testkit::local_redis::LocalRedis::start().unwrap_or_else(|err| panic!("{err}"));
+    let folder = sluice_testkit::folder::Folder::new("k6-rls");
+    let yaml = folder.path().join("edge.yaml");
+    std::fs::write(
+        &yaml,
+        "domain: edge\ndescriptors:\n  - key: user\n    rate_limit: {unit: hour, requests_per_unit: 5}\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [\"{}\"]\ndeadline = \"1s\"\n[envoy]\nconfig_paths = [\"{}\"]\n",
+        redis.url(),
+        yaml.display()
+    );
+    let overrides = sluice::config::Overrides::loopback("k6:admin:k6-rls-admin-token-0000");
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let config = sluice::config::Config::parse(&toml, "test", &overrides).unwrap();
+        nodes.push(sluice::server::start(config).await.unwrap());
+    }
+    let metrics: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("http://{}/metrics", node.http_addr))
+        .collect();
+    let label = "envoy:edge.user";
+    let before = scrape_decisions(&metrics, label).await.unwrap();
+    let targets: Vec<String> = nodes
+        .iter()
+        .map(|node| node.grpc_addr.to_string())
+        .collect();
+    let vars = [
+        ("TARGETS", targets.join(",")),
+        ("RATE", "200".to_owned()),
+        ("DURATION", "2s".to_owned()),
+        ("KEYS", "50".to_owned()),
+        ("DOMAIN", "edge".to_owned()),
+        ("DESCRIPTORS", "user={key}".to_owned()),
+    ];
+    let run = k6("k6/rls.js", "rls", &vars);
+    let after = scrape_decisions(&metrics, label).await.unwrap();
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+    assert_eq!(run.status, 0, "k6 rls.js failed:\n{}", run.text);
+    let allowed = value(&run.summary, "sluice_allowed", "count");
+    let denied = value(&run.summary, "sluice_denied", "count");
+    assert_eq!(value(&run.summary, "sluice_unexpected", "rate"), 0.0);
+    assert!(
+        (300.0..=450.0).contains(&(allowed + denied)),
+        "{allowed} + {denied}"
+    );
+    // 50 keys x 5 an hour across both nodes at most; a key drawn fewer than 5 times has fewer.
+    assert!((200.0..=250.0).contains(&allowed), "{allowed}");
+    assert_eq!(
+        (allowed as u64, denied as u64),
+        (after.0 - before.0, after.1 - before.1)
+    );
+}

@@ -680,7 +680,7 @@ async fn an_http_connection_closed_while_idle_is_redialed_without_an_error() {
         .await
         .unwrap()
         .for_worker(0);
-    let requests = loadgen::client::Requests::new(["k"], "", 1).unwrap();
+    let requests = loadgen::client::Requests::new(["k"], "", 1, None).unwrap();
     for _ in 0..3 {
         let answer = client
             .call(loadgen::wire::Call::Health, &requests, 0)

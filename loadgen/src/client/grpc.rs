@@ -18,6 +18,7 @@ pub const HEALTH: &str = "/grpc.health.v1.Health/Check";
 pub struct GrpcClient {
     connection: http2::Connection,
     check: http2::RequestHead,
+    should_rate_limit: http2::RequestHead,
     health: http2::RequestHead,
 }
 
@@ -26,6 +27,7 @@ impl GrpcClient {
         let connection = http2::Connection::connect(dialer).await?;
         Ok(Self {
             check: connection.request_head(CHECK),
+            should_rate_limit: connection.request_head(super::rls::SHOULD_RATE_LIMIT),
             health: connection.request_head(HEALTH),
             connection,
         })
@@ -65,6 +67,20 @@ impl GrpcClient {
             failed_over: !answer.reason.is_empty() && !banned,
             limits,
         })
+    }
+
+    /// One Envoy RLS ShouldRateLimit of a framed request, read for descriptor `keyed`.
+    pub(super) async fn should_rate_limit(
+        &mut self,
+        framed: &[u8],
+        keyed: usize,
+    ) -> Result<Answer, ErrorKind> {
+        self.reconnect_if_closed().await?;
+        let message = self
+            .connection
+            .unary(&self.should_rate_limit, framed)
+            .await?;
+        super::rls::answer(&message, keyed)
     }
 
     /// One grpc.health.v1 Check of every service; whether it answered SERVING.

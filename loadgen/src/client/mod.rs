@@ -1,6 +1,7 @@
 //! The clients that send a run's requests: gRPC over a few HTTP/2 connections per target
-//! (`grpc` on `http2`, with `hpack`), or HTTP/1.1 over one connection per worker (`http` on
-//! `http1`), each over plain TCP or TLS (`socket`). Every request is prepared before the run ([`Requests`]); a worker's
+//! (`grpc` on `http2`, with `hpack`; `rls` for Envoy's rate limit service on the same
+//! connections), or HTTP/1.1 over one connection per worker (`http` on `http1`), each over
+//! plain TCP or TLS (`socket`). Every request is prepared before the run ([`Requests`]); a worker's
 //! [`TargetClient`] sends them and reads the answers into [`crate::wire::Answer`].
 //!
 //! Dependencies run one way: this module uses the protocol modules, they use `crate::wire`,
@@ -8,6 +9,7 @@
 
 mod grpc;
 pub mod http;
+pub mod rls;
 
 pub use transport::{http1, http2, socket};
 
@@ -19,6 +21,7 @@ use sluice_proto::v1::CheckRequest;
 
 use crate::wire::{Answer, Call, Endpoint, ErrorKind, Protocol};
 use grpc::GrpcClient;
+use rls::RlsTemplate;
 use socket::{Dialer, TlsOptions};
 
 /// Every request a run sends, built before it starts: per key, the framed gRPC Check and the
@@ -28,29 +31,37 @@ pub struct Requests {
     /// `POST /check?resource=..&cost=.. HTTP/1.1\r\n`: the request line of an HTTP check.
     http_check: Bytes,
     keys: Vec<KeyRequest>,
+    /// Envoy RLS requests: the descriptor holding the key, whose answer is read.
+    rls_keyed: Option<usize>,
 }
 
 struct KeyRequest {
-    grpc_check: Bytes,
+    /// The framed gRPC message: a sluice.v1 Check, or an RLS ShouldRateLimit.
+    grpc_message: Bytes,
     api_key: HeaderValue,
 }
 
 impl Requests {
-    /// The requests for `keys`, checking `resource` at `cost`.
+    /// The requests for `keys`, checking `resource` at `cost`; with `rls`, Envoy RLS requests
+    /// of that template instead of gRPC checks.
     pub fn new<'a>(
         keys: impl IntoIterator<Item = &'a str>,
         resource: &str,
         cost: u64,
+        rls: Option<&RlsTemplate>,
     ) -> anyhow::Result<Self> {
         let keys = keys
             .into_iter()
             .map(|key| {
                 Ok(KeyRequest {
-                    grpc_check: http2::frame(&CheckRequest {
-                        key: key.to_owned(),
-                        resource: resource.to_owned(),
-                        cost: Some(cost),
-                    }),
+                    grpc_message: match rls {
+                        Some(template) => template.framed(key, cost),
+                        None => http2::frame(&CheckRequest {
+                            key: key.to_owned(),
+                            resource: resource.to_owned(),
+                            cost: Some(cost),
+                        }),
+                    },
                     api_key: HeaderValue::from_str(key).map_err(|_| {
                         anyhow::anyhow!("key `{key}` cannot be sent in an X-API-Key header")
                     })?,
@@ -64,6 +75,7 @@ impl Requests {
             )
             .map_err(|_| anyhow::anyhow!("resource `{resource}` cannot be sent in a URL"))?,
             keys,
+            rls_keyed: rls.map(|template| template.keyed().map_or(0, |(descriptor, _)| descriptor)),
         })
     }
 }
@@ -91,7 +103,7 @@ impl TargetClient {
     ) -> anyhow::Result<Self> {
         let connections = connections.max(1);
         match endpoint.protocol {
-            Protocol::Grpc => {
+            Protocol::Grpc | Protocol::Rls => {
                 let dialer = dialer(endpoint, tls, b"h2")?;
                 let mut clients = Vec::with_capacity(connections);
                 for _ in 0..connections {
@@ -141,7 +153,7 @@ impl TargetClient {
         timeout: Duration,
     ) -> Result<Answer, ErrorKind> {
         let requests =
-            Requests::new([key], resource, cost).map_err(|_| ErrorKind::InvalidArgument)?;
+            Requests::new([key], resource, cost, None).map_err(|_| ErrorKind::InvalidArgument)?;
         match tokio::time::timeout(timeout, self.call(Call::Check, &requests, 0)).await {
             Ok(result) => result,
             Err(_) => {
@@ -195,7 +207,14 @@ impl TargetClient {
     async fn check_inner(&mut self, requests: &Requests, key: usize) -> Result<Answer, ErrorKind> {
         let prepared = &requests.keys[key];
         match self {
-            TargetClient::Grpc(clients) => clients[0].check(&prepared.grpc_check).await,
+            TargetClient::Grpc(clients) => match requests.rls_keyed {
+                Some(keyed) => {
+                    clients[0]
+                        .should_rate_limit(&prepared.grpc_message, keyed)
+                        .await
+                }
+                None => clients[0].check(&prepared.grpc_message).await,
+            },
             TargetClient::Http {
                 dialer,
                 host,

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use crate::{
     admin::AdminAccess,
-    client::socket::TlsOptions,
+    client::{rls::RlsTemplate, socket::TlsOptions},
     keys::Distribution,
     metrics::ClientMetrics,
     schedule::Schedule,
-    wire::{Call, Endpoint},
+    wire::{Call, Endpoint, Protocol},
 };
 
 /// The longest run the generator accepts, whatever the flags say.
@@ -40,6 +40,8 @@ pub struct RunConfig {
     pub key_prefix: String,
     pub distribution: Distribution,
     pub resource: String,
+    /// Envoy RLS targets (`rls://`): the domain and descriptors every request asks.
+    pub rls: Option<RlsTemplate>,
     pub cost: u64,
     pub timeout: Duration,
     pub retries: u32,
@@ -72,6 +74,7 @@ impl RunConfig {
             key_prefix: "key-".into(),
             distribution: Distribution::Uniform,
             resource: String::new(),
+            rls: None,
             cost: 1,
             timeout: Duration::from_secs(2),
             retries: 0,
@@ -139,6 +142,29 @@ impl RunConfig {
             LoadModel::Open { workers, .. } if *workers == 0 => {
                 problems.push("--workers: must be at least 1".into())
             }
+            _ => {}
+        }
+        let rls_targets = self
+            .targets
+            .iter()
+            .filter(|target| target.protocol == Protocol::Rls)
+            .count();
+        match (&self.rls, rls_targets) {
+            (_, count) if count > 0 && count < self.targets.len() => problems.push(
+                "--target: rls:// targets take Envoy RLS requests; run them apart from grpc:// and http:// targets".into(),
+            ),
+            (None, count) if count > 0 => problems.push(
+                "--domain and --descriptor: an rls:// target needs them, e.g. --domain edge --descriptor generic_key=api,user={key}".into(),
+            ),
+            (Some(template), count) if count > 0 => {
+                problems.extend(template.problems(self.keys));
+                if self.reset {
+                    problems.push("--reset: an RLS server's counters are not reset through an admin API; start on fresh keys with another --key-prefix".into());
+                }
+            }
+            (Some(_), _) => problems.push(
+                "--domain and --descriptor: only rls:// targets take them; give an rls://HOST:PORT target".into(),
+            ),
             _ => {}
         }
         if self.keys == 0 {

@@ -82,6 +82,7 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Run> {
         keys.names().iter().map(String::as_str),
         &config.resource,
         config.cost,
+        config.rls.as_ref(),
     )?;
     if config.reset
         && let Some(admin) = &config.admin

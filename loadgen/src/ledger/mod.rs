@@ -15,26 +15,55 @@ use crate::{
 };
 pub use key::KeyLedger;
 
-/// The most a key may be admitted over `elapsed_us` under `algorithm` with `limit` per
-/// `window_us` (the policy window the service reports), plus one unit for rounding.
-pub fn admission_bound(
-    algorithm: AlgorithmKind,
-    limit: u64,
-    window_us: u64,
-    elapsed_us: u64,
-) -> f64 {
+/// When a run sent: its start (Unix microseconds) and how long it went on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSpan {
+    pub start_us: u64,
+    pub elapsed_us: u64,
+}
+
+impl RunSpan {
+    /// Clock difference allowed between the generator and the server when counting the
+    /// aligned windows a run touched.
+    const SKEW_US: u64 = 1_000_000;
+
+    /// A run of `elapsed_us` from the Unix epoch (tests of the windowless bounds).
+    pub const fn of_length(elapsed_us: u64) -> Self {
+        Self {
+            start_us: 0,
+            elapsed_us,
+        }
+    }
+
+    /// How many windows of `window_us` aligned to the epoch (as Sluice and envoyproxy/ratelimit
+    /// align fixed windows) the run touched, allowing for clock skew.
+    fn aligned_windows(self, window_us: u64) -> u64 {
+        let window = window_us.max(1);
+        let first = self.start_us.saturating_sub(Self::SKEW_US) / window;
+        let last = (self.start_us + self.elapsed_us + Self::SKEW_US) / window;
+        last - first + 1
+    }
+}
+
+/// The most a key may be admitted over `span` under `algorithm` with `limit` per `window_us`
+/// (the policy window the service reports), plus one unit for rounding.
+pub fn admission_bound(algorithm: AlgorithmKind, limit: u64, window_us: u64, span: RunSpan) -> f64 {
     let limit = limit as f64;
     let window = window_us.max(1) as f64;
-    let elapsed = elapsed_us as f64;
+    let elapsed = span.elapsed_us as f64;
     let bound = match algorithm {
         // A bucket of `limit` refilled at limit / window: capacity + rate x elapsed.
         AlgorithmKind::TokenBucket | AlgorithmKind::Gcra => limit + limit * elapsed / window,
         // Exact sliding window: each window-long stretch holds at most `limit`.
         AlgorithmKind::SlidingWindowLog => limit * (elapsed / window).floor().max(0.0) + limit,
-        // Window boundaries can let up to a window's worth through twice.
-        AlgorithmKind::FixedWindow | AlgorithmKind::SlidingWindowCounter => {
-            limit * ((elapsed / window).floor() + 2.0)
+        // Any stretch spans at most floor(elapsed / window) + 2 windows; fewer when the
+        // epoch-aligned windows the run touched say so (a run inside one hour: one window).
+        AlgorithmKind::FixedWindow => {
+            let spanned =
+                ((elapsed / window).floor() + 2.0).min(span.aligned_windows(window_us) as f64);
+            limit * spanned
         }
+        AlgorithmKind::SlidingWindowCounter => limit * ((elapsed / window).floor() + 2.0),
     };
     bound + 1.0
 }
@@ -97,6 +126,13 @@ impl LedgerReport {
 /// the ledger counts every request).
 pub fn check(result: &RunResult) -> LedgerReport {
     let elapsed_us = result.elapsed.as_micros() as u64;
+    let span = RunSpan {
+        start_us: result
+            .started_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_micros() as u64),
+        elapsed_us,
+    };
     let mut report = LedgerReport {
         elapsed_ms: elapsed_us as f64 / 1e3,
         ..LedgerReport::default()
@@ -115,7 +151,7 @@ pub fn check(result: &RunResult) -> LedgerReport {
             limit: key.greatest_limit.load(Ordering::Relaxed),
             window_us: key.window_us.load(Ordering::Relaxed),
         };
-        let (binding, bound) = binding_limit(key, reported, elapsed_us);
+        let (binding, bound) = binding_limit(key, reported, span);
         let LimitBound {
             algorithm,
             limit,
@@ -155,12 +191,11 @@ pub fn check(result: &RunResult) -> LedgerReport {
     report
 }
 
-/// The limit that bounds what `key` may be admitted over `elapsed_us`, with that bound: a
-/// stacked rule's tightest limit over this run's length, else the limit the answers reported.
-pub fn binding_limit(key: &KeyLedger, reported: LimitBound, elapsed_us: u64) -> (LimitBound, f64) {
-    let bound_of = |limit: &LimitBound| {
-        admission_bound(limit.algorithm, limit.limit, limit.window_us, elapsed_us)
-    };
+/// The limit that bounds what `key` may be admitted over `span`, with that bound: a stacked
+/// rule's tightest limit over this run, else the limit the answers reported.
+pub fn binding_limit(key: &KeyLedger, reported: LimitBound, span: RunSpan) -> (LimitBound, f64) {
+    let bound_of =
+        |limit: &LimitBound| admission_bound(limit.algorithm, limit.limit, limit.window_us, span);
     let binding = key
         .stacked_limits()
         .and_then(|limits| {
@@ -231,11 +266,12 @@ mod tests {
         let second = 1_000_000;
         // Over 2 s the burst (10, refilling 1/s) binds: about 12; the daily limit, not the
         // last one reported, would have allowed 1,000.
-        let (binding, bound) = binding_limit(&key, daily, 2 * second);
+        let (binding, bound) = binding_limit(&key, daily, RunSpan::of_length(2 * second));
         assert_eq!(binding, burst);
         assert!(bound < 20.0, "{bound}");
         // Without the listed limits the reported one is all there is.
-        let (binding, _) = binding_limit(&KeyLedger::default(), daily, 2 * second);
+        let (binding, _) =
+            binding_limit(&KeyLedger::default(), daily, RunSpan::of_length(2 * second));
         assert_eq!(binding, daily);
     }
 
@@ -244,16 +280,50 @@ mod tests {
         let second = 1_000_000;
         // 10 tokens refilled over 1 s, for 2 s: 10 + 20, plus rounding.
         assert_eq!(
-            admission_bound(AlgorithmKind::TokenBucket, 10, second, 2 * second),
+            admission_bound(
+                AlgorithmKind::TokenBucket,
+                10,
+                second,
+                RunSpan::of_length(2 * second)
+            ),
             31.0
         );
         assert_eq!(
-            admission_bound(AlgorithmKind::SlidingWindowLog, 10, second, second / 2),
+            admission_bound(
+                AlgorithmKind::SlidingWindowLog,
+                10,
+                second,
+                RunSpan::of_length(second / 2)
+            ),
             11.0
         );
         assert_eq!(
-            admission_bound(AlgorithmKind::FixedWindow, 10, second, second / 2),
+            admission_bound(
+                AlgorithmKind::FixedWindow,
+                10,
+                second,
+                RunSpan::of_length(second / 2)
+            ),
             21.0
+        );
+        // Half a second in the middle of an hour touches one aligned hourly window.
+        let hour = 3_600 * second;
+        let mid_hour = RunSpan {
+            start_us: 1_000 * hour + hour / 2,
+            elapsed_us: second / 2,
+        };
+        assert_eq!(
+            admission_bound(AlgorithmKind::FixedWindow, 40, hour, mid_hour),
+            41.0
+        );
+        // Across the hour's end: two windows.
+        let across = RunSpan {
+            start_us: 1_001 * hour - second / 4,
+            elapsed_us: second / 2,
+        };
+        assert_eq!(
+            admission_bound(AlgorithmKind::FixedWindow, 40, hour, across),
+            81.0
         );
     }
 }

@@ -37,14 +37,17 @@ pub fn report(summary: &Summary) -> String {
         Some(rate) => format!("open, {rate} req/s, {} workers", config.workers),
         None => format!("{}, {} workers", config.model, config.workers),
     };
+    let asked = match &config.rls {
+        Some(rls) => format!("Envoy RLS {rls}"),
+        None => format!("resource `{}`", config.resource),
+    };
     let _ = writeln!(
         out,
-        "- Load: {model}; targets {}; {} connections each; {} keys ({}); resource `{}`, cost {}\n",
+        "- Load: {model}; targets {}; {} connections each; {} keys ({}); {asked}, cost {}\n",
         config.targets.join(", "),
         config.connections,
         config.keys,
         config.distribution,
-        config.resource,
         config.cost
     );
     let _ = writeln!(out, "## Outcome\n");

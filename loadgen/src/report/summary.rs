@@ -64,6 +64,9 @@ pub struct ConfigSummary {
     pub keys: usize,
     pub distribution: String,
     pub resource: String,
+    /// Envoy RLS runs: the domain and descriptors every request asked (`{key}` for the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rls: Option<String>,
     pub cost: u64,
     pub timeout_ms: f64,
     pub retries: u32,
@@ -211,6 +214,7 @@ impl Summary {
                 keys: config.keys,
                 distribution: config.distribution.to_string(),
                 resource: config.resource.clone(),
+                rls: config.rls.as_ref().map(ToString::to_string),
                 cost: config.cost,
                 timeout_ms: config.timeout.as_secs_f64() * 1e3,
                 retries: config.retries,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::{
     admin::AdminAccess,
+    client::rls::RlsTemplate,
     engine::{LoadModel, MAX_RUN, RunConfig},
     keys::Distribution,
     schedule::Schedule,
@@ -25,6 +26,8 @@ pub enum Field {
     Keys,
     Distribution,
     Resource,
+    Domain,
+    Descriptors,
     Cost,
     Timeout,
     Retries,
@@ -32,7 +35,7 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 13] = [
+    pub const ALL: [Field; 15] = [
         Field::Protocol,
         Field::Targets,
         Field::Model,
@@ -42,6 +45,8 @@ impl Field {
         Field::Keys,
         Field::Distribution,
         Field::Resource,
+        Field::Domain,
+        Field::Descriptors,
         Field::Cost,
         Field::Timeout,
         Field::Retries,
@@ -59,6 +64,8 @@ impl Field {
             Field::Keys => "Keys",
             Field::Distribution => "Distribution",
             Field::Resource => "Resource",
+            Field::Domain => "RLS domain",
+            Field::Descriptors => "RLS descriptors",
             Field::Cost => "Cost",
             Field::Timeout => "Timeout",
             Field::Retries => "Retries",
@@ -83,6 +90,8 @@ impl Field {
             Field::Keys => "--keys",
             Field::Distribution => "--distribution",
             Field::Resource => "--resource",
+            Field::Domain => "--domain",
+            Field::Descriptors => "--descriptor",
             Field::Cost => "--cost",
             Field::Timeout => "--timeout",
             Field::Retries => "--retries",
@@ -99,6 +108,11 @@ pub struct Form {
     pub open: bool,
     grpc_targets: String,
     http_targets: String,
+    rls_targets: String,
+    /// Envoy RLS: the domain, and the descriptors as `--descriptor` takes them, separated by
+    /// spaces.
+    pub domain: String,
+    pub descriptors: String,
     pub rate: String,
     pub concurrency: String,
     pub duration: String,
@@ -122,6 +136,9 @@ impl Default for Form {
             open: true,
             grpc_targets: "127.0.0.1:50051".into(),
             http_targets: "127.0.0.1:8080".into(),
+            rls_targets: "127.0.0.1:50051".into(),
+            domain: String::new(),
+            descriptors: String::new(),
             rate: "1000".into(),
             concurrency: "64".into(),
             duration: "60s".into(),
@@ -160,6 +177,14 @@ fn duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+fn scheme(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Grpc => "grpc",
+        Protocol::Http => "http",
+        Protocol::Rls => "rls",
+    }
+}
+
 fn list(text: &str) -> impl Iterator<Item = &str> {
     text.split(',')
         .map(str::trim)
@@ -178,18 +203,22 @@ impl Form {
                 .collect::<Vec<_>>()
                 .join(",")
         };
-        let (grpc, http) = (addresses(Protocol::Grpc), addresses(Protocol::Http));
+        let (grpc, http, rls) = (
+            addresses(Protocol::Grpc),
+            addresses(Protocol::Http),
+            addresses(Protocol::Rls),
+        );
         if !grpc.is_empty() {
             form.grpc_targets = grpc;
         }
         if !http.is_empty() {
             form.http_targets = http;
         }
-        if targets
-            .first()
-            .is_some_and(|t| t.protocol == Protocol::Http)
-        {
-            form.protocol = Protocol::Http;
+        if !rls.is_empty() {
+            form.rls_targets = rls;
+        }
+        if let Some(first) = targets.first() {
+            form.protocol = first.protocol;
         }
         form.service_metrics = service_metrics.join(",");
         form
@@ -199,6 +228,7 @@ impl Form {
         match self.protocol {
             Protocol::Grpc => &self.grpc_targets,
             Protocol::Http => &self.http_targets,
+            Protocol::Rls => &self.rls_targets,
         }
     }
 
@@ -206,6 +236,7 @@ impl Form {
         match self.protocol {
             Protocol::Grpc => &mut self.grpc_targets,
             Protocol::Http => &mut self.http_targets,
+            Protocol::Rls => &mut self.rls_targets,
         }
     }
 
@@ -218,6 +249,8 @@ impl Form {
         match field {
             Field::Rate => self.open,
             Field::Concurrency => !self.open,
+            Field::Resource => self.protocol != Protocol::Rls,
+            Field::Domain | Field::Descriptors => self.protocol == Protocol::Rls,
             _ => true,
         }
     }
@@ -225,10 +258,7 @@ impl Form {
     /// The field's text as shown.
     pub fn value(&self, field: Field) -> String {
         match field {
-            Field::Protocol => match self.protocol {
-                Protocol::Grpc => "grpc".into(),
-                Protocol::Http => "http".into(),
-            },
+            Field::Protocol => scheme(self.protocol).into(),
             Field::Model => if self.open { "open" } else { "closed" }.into(),
             Field::Targets => self.targets().into(),
             _ => self.text(field).map_or_else(String::new, |t| t.clone()),
@@ -243,6 +273,8 @@ impl Form {
             Field::Keys => &self.keys,
             Field::Distribution => &self.distribution,
             Field::Resource => &self.resource,
+            Field::Domain => &self.domain,
+            Field::Descriptors => &self.descriptors,
             Field::Cost => &self.cost,
             Field::Timeout => &self.timeout,
             Field::Retries => &self.retries,
@@ -260,6 +292,8 @@ impl Form {
             Field::Keys => &mut self.keys,
             Field::Distribution => &mut self.distribution,
             Field::Resource => &mut self.resource,
+            Field::Domain => &mut self.domain,
+            Field::Descriptors => &mut self.descriptors,
             Field::Cost => &mut self.cost,
             Field::Timeout => &mut self.timeout,
             Field::Retries => &mut self.retries,
@@ -282,7 +316,8 @@ impl Form {
             Field::Protocol => {
                 self.protocol = match self.protocol {
                     Protocol::Grpc => Protocol::Http,
-                    Protocol::Http => Protocol::Grpc,
+                    Protocol::Http => Protocol::Rls,
+                    Protocol::Rls => Protocol::Grpc,
                 }
             }
             Field::Model => self.open = !self.open,
@@ -338,6 +373,10 @@ impl Form {
                 .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c))
                 .then_some(())
                 .ok_or_else(|| "use A-Z a-z 0-9 _ - . : / (empty: the default rule)".into()),
+            Field::Domain => (!text.is_empty())
+                .then_some(())
+                .ok_or_else(|| "the domain of the server's rate limit configuration".into()),
+            Field::Descriptors => self.rls_template().map(drop),
             Field::Cost => positive::<u64>(text, "tokens per request").map(drop),
             Field::Retries => match text.parse::<u32>() {
                 Ok(n) if n <= 10 => Ok(()),
@@ -356,11 +395,25 @@ impl Form {
         result.err()
     }
 
+    /// The RLS request the domain and descriptor fields describe.
+    fn rls_template(&self) -> Result<RlsTemplate, String> {
+        let descriptors = self
+            .descriptors
+            .split_whitespace()
+            .map(RlsTemplate::parse_descriptor)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|problem| problem.replace("--descriptor ", ""))?;
+        if descriptors.is_empty() {
+            return Err("key=value,key2={key} descriptors, separated by spaces".into());
+        }
+        Ok(RlsTemplate {
+            domain: self.domain.trim().to_owned(),
+            descriptors,
+        })
+    }
+
     fn endpoints(&self) -> Result<Vec<Endpoint>, String> {
-        let scheme = match self.protocol {
-            Protocol::Grpc => "grpc",
-            Protocol::Http => "http",
-        };
+        let scheme = scheme(self.protocol);
         let endpoints: Vec<Endpoint> = list(self.targets())
             .map(|address| {
                 let address = address.split_once("://").map_or(address, |(_, a)| a);
@@ -408,7 +461,11 @@ impl Form {
             .trim()
             .parse()
             .unwrap_or(Distribution::Uniform);
-        config.resource = self.resource.trim().to_owned();
+        if self.protocol == Protocol::Rls {
+            config.rls = self.rls_template().ok();
+        } else {
+            config.resource = self.resource.trim().to_owned();
+        }
         config.cost = number(Field::Cost);
         config.timeout = duration(&self.timeout).unwrap_or(config.timeout);
         config.retries = self.retries.trim().parse().unwrap_or(0);
@@ -440,7 +497,7 @@ impl Form {
     /// The /metrics URLs to scrape: those given, or each HTTP target's own.
     pub fn metrics_urls(&self) -> Vec<String> {
         let given: Vec<String> = list(&self.service_metrics).map(str::to_owned).collect();
-        if !given.is_empty() || self.protocol == Protocol::Grpc {
+        if !given.is_empty() || self.protocol != Protocol::Http {
             return given;
         }
         self.endpoints()
@@ -523,5 +580,33 @@ mod tests {
         form.type_char(',');
         form.type_char('x');
         assert!(form.problem(Field::Targets).unwrap().contains("HOST:PORT"));
+    }
+
+    #[test]
+    fn the_rls_protocol_asks_for_a_domain_and_descriptors() {
+        let mut form = Form::default();
+        select(&mut form, Field::Protocol);
+        form.toggle();
+        form.toggle();
+        assert_eq!(form.protocol, Protocol::Rls);
+        assert_eq!(form.problem(Field::Resource), None, "inactive for RLS");
+        assert!(form.problem(Field::Domain).is_some());
+        assert!(form.problem(Field::Descriptors).is_some());
+        form.domain = "edge".into();
+        form.descriptors = "generic_key=api route=checkout,user={key}".into();
+        let config = form.config().unwrap();
+        assert_eq!(config.targets[0].url, "rls://127.0.0.1:50051");
+        let template = config.rls.unwrap();
+        assert_eq!(template.domain, "edge");
+        assert_eq!(template.descriptors.len(), 2);
+        assert_eq!(template.keyed(), Some((1, 1)));
+        form.descriptors = "no-equals".into();
+        assert!(
+            form.problem(Field::Descriptors)
+                .unwrap()
+                .contains("key=value")
+        );
+        form.toggle();
+        assert_eq!(form.protocol, Protocol::Grpc);
     }
 }

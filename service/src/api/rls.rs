@@ -275,10 +275,15 @@ impl RlsApi {
                     remaining: clamp(verdict.decision.remaining),
                     reset_us: Some(reset_us(&verdict)),
                     quota_mode: false,
-                    items: Some(items(&verdict)),
+                    items: self.items(&verdict),
                 })
             }
         }
+    }
+
+    /// The verdict's `RateLimit-Policy` and `RateLimit` items, when those headers are on.
+    fn items(&self, verdict: &Verdict<'_>) -> Option<(String, String)> {
+        self.settings.headers.draft10().then(|| items(verdict))
     }
 
     fn bound_key(&self, index: usize, key: &str) -> Result<(), Status> {
@@ -340,7 +345,7 @@ impl RlsApi {
             remaining: clamp(decision.remaining),
             reset_us: Some(reset_us(verdict)),
             quota_mode: limited.quota_mode,
-            items: Some(items(verdict)),
+            items: self.items(verdict),
         }
     }
 
