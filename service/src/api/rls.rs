@@ -145,10 +145,19 @@ impl RlsApi {
                 self.decide(&policy, &request.domain, index, target, descriptor, hits)
             },
         );
-        let answers = join_all(decisions)
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, Status>>()?;
+        // Descriptors are independent: several are decided at once (a Redis round trip each).
+        let answers = if request.descriptors.len() == 1 {
+            let mut decisions = decisions;
+            match decisions.next() {
+                Some(decision) => vec![decision.await?],
+                None => Vec::new(),
+            }
+        } else {
+            join_all(decisions)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, Status>>()?
+        };
         Ok(self.response(answers))
     }
 
