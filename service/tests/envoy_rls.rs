@@ -879,3 +879,73 @@ descriptors:
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn readme_examples_8_and_10_limit_unlisted_values_and_count_them_apart() {
+    // Example 8: detailed_metric on the bare key; an unlisted value gets 10 / minute, the
+    // listed one 20. Example 10: value_to_metric down three levels; the limit at the last.
+    let eight = "
+domain: example8
+descriptors:
+  - key: key1
+    detailed_metric: true
+    rate_limit:
+      unit: minute
+      requests_per_unit: 10
+  - key: key1
+    value: value1
+    rate_limit:
+      unit: minute
+      requests_per_unit: 20
+";
+    let ten = "
+domain: example10
+descriptors:
+  - key: route
+    value_to_metric: true
+    descriptors:
+      - key: http_method
+        value_to_metric: true
+        descriptors:
+          - key: subject_id
+            rate_limit:
+              unit: minute
+              requests_per_unit: 60
+";
+    let (server, _folder) = start(&[("eight.yaml", eight), ("ten.yaml", ten)], "").await;
+    let mut rls = client(&server).await;
+    let limit_of = |response: &RateLimitResponse| status_limit(&response.statuses[0]).map(|l| l.0);
+    for (value, limit) in [
+        ("unspecified_value", 10),
+        ("unspecified_value2", 10),
+        ("value1", 20),
+    ] {
+        let response = ask(
+            &mut rls,
+            request("example8", vec![descriptor(&[("key1", value)])]),
+        )
+        .await;
+        assert_eq!(limit_of(&response), Some(limit), "{value}");
+    }
+    let three = [
+        ("route", "api"),
+        ("http_method", "GET"),
+        ("subject_id", "123"),
+    ];
+    let response = ask(&mut rls, request("example10", vec![descriptor(&three)])).await;
+    assert_eq!(limit_of(&response), Some(60));
+    let metrics = common::metrics_text(&server).await;
+    for descriptor in [
+        "example8.key1_unspecified_value",
+        "example8.key1_unspecified_value2",
+    ] {
+        assert!(
+            metrics.contains(&format!("sluice_envoy_detailed_decisions_total{{descriptor=\"{descriptor}\",outcome=\"allowed\"}} 1")),
+            "no series for {descriptor}:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("sluice_envoy_detailed_decisions_total{descriptor=\"example10.route_api.http_method_GET.subject_id\",outcome=\"allowed\"} 1"),
+        "{metrics}"
+    );
+}

@@ -25,7 +25,7 @@ use crate::{
     limiter::{Limiter, LimiterError, Outcome, Verdict},
     metrics::{Api, DetailedSeries},
     policy::{GIVEN_RULE_LABEL, Policy},
-    rls::{self, Leaf, Limited, Unit, matching},
+    rls::{self, DetailedMetric, Leaf, Limited, Unit, matching},
     rules::Rule,
     store::{Backend, BucketKey},
 };
@@ -232,12 +232,17 @@ impl RlsApi {
                             .await
                     };
                     let verdict = self.store_answered(verdict)?;
-                    if limited.detailed_metric {
-                        let full_key = detailed_key(domain, &descriptor.entries);
-                        self.limiter.metrics().envoy_detailed(
-                            self.detailed.label(&full_key),
-                            verdict.outcome.label(),
-                        );
+                    let metric_key = match limited.metric {
+                        DetailedMetric::None => None,
+                        DetailedMetric::Detailed => Some(detailed_key(domain, &descriptor.entries)),
+                        DetailedMetric::Valued => {
+                            Some(matched.metric_key(domain, &descriptor.entries))
+                        }
+                    };
+                    if let Some(key) = metric_key {
+                        self.limiter
+                            .metrics()
+                            .envoy_detailed(self.detailed.label(&key), verdict.outcome.label());
                     }
                     Ok(self.limited_answer(&verdict, limited, hits == 0))
                 }

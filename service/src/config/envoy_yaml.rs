@@ -14,7 +14,7 @@ use super::{
     rule_config::{EnvoyRate, MAX_NAME_BYTES, RawRule, envoy_rule, is_name_char},
 };
 use crate::{
-    rls::{Domains, Leaf, Limited, Named, Node, Unit, Wildcard, node_resource},
+    rls::{DetailedMetric, Domains, Leaf, Limited, Named, Node, Unit, Wildcard, node_resource},
     rules::RuleSet,
 };
 
@@ -151,6 +151,7 @@ pub(crate) fn build(sources: &[Source], set: &mut RuleSet, issues: &mut Issues) 
             continue;
         }
         let mut loader = Loader {
+            valued_path: false,
             file: &source.name,
             domain: &domain,
             set,
@@ -170,6 +171,8 @@ pub(crate) fn build(sources: &[Source], set: &mut RuleSet, issues: &mut Issues) 
 }
 
 struct Loader<'a> {
+    /// Some node from the root to the one being loaded has `value_to_metric`.
+    valued_path: bool,
     file: &'a str,
     domain: &'a str,
     set: &'a mut RuleSet,
@@ -242,8 +245,13 @@ impl Loader<'_> {
         let mut node = Node {
             shared_value: (raw.share_threshold == Some(true) && value.contains('*'))
                 .then(|| value.to_owned()),
+            value_pattern: value.to_owned(),
+            value_to_metric: raw.value_to_metric == Some(true),
             ..Node::default()
         };
+        // Whether a node on the way here (or this one) puts values in metric keys.
+        let valued_above = self.valued_path;
+        self.valued_path |= node.value_to_metric;
         let sluice = raw.sluice.take();
         node.limit = match (&raw.rate_limit, sluice) {
             (Some(rate), sluice) => self.leaf(path, composites, &raw, rate, sluice),
@@ -258,6 +266,7 @@ impl Loader<'_> {
             composites,
             raw.descriptors.unwrap_or_default(),
         );
+        self.valued_path = valued_above;
         node
     }
 
@@ -413,7 +422,13 @@ impl Loader<'_> {
             resource,
             requests_per_unit: u32::try_from(deciding.0).unwrap_or(u32::MAX),
             unit: Unit::reported_for(deciding.1),
-            detailed_metric: raw.detailed_metric == Some(true) || raw.value_to_metric == Some(true),
+            metric: if raw.detailed_metric == Some(true) {
+                DetailedMetric::Detailed
+            } else if self.valued_path {
+                DetailedMetric::Valued
+            } else {
+                DetailedMetric::None
+            },
             quota_mode: raw.quota_mode == Some(true),
         }))
     }

@@ -28,6 +28,36 @@ pub struct Matched<'a> {
     /// Entries matched by a `share_threshold` wildcard: (entry index, the pattern's value),
     /// which names their bucket in place of the request's value.
     pub shared: Vec<(usize, &'a str)>,
+    /// How each entry appears in the limit's metric key (`value_to_metric`), as the
+    /// reference writes it: entry `i`'s value when bit `i` is set (an exact value, or a node
+    /// with `value_to_metric`); a wildcard's pattern value from `patterns`; else the key alone.
+    pub valued: u64,
+    pub patterns: Vec<(usize, &'a str)>,
+}
+
+impl Matched<'_> {
+    /// The reference's `value_to_metric` key: the domain, then each entry's key with its value
+    /// where [`Matched::valued`] or [`Matched::patterns`] say so.
+    pub fn metric_key<E: Entry>(&self, domain: &str, entries: &[E]) -> String {
+        let mut key = domain.to_owned();
+        for (index, entry) in entries.iter().enumerate() {
+            key.push('.');
+            key.push_str(entry.key());
+            let value = if index < 64 && self.valued & (1 << index) != 0 {
+                Some(entry.value())
+            } else {
+                self.patterns
+                    .iter()
+                    .find(|(at, _)| *at == index)
+                    .map(|(_, pattern)| *pattern)
+            };
+            if let Some(value) = value.filter(|value| !value.is_empty()) {
+                key.push('_');
+                key.push_str(value);
+            }
+        }
+        key
+    }
 }
 
 /// The limit `entries` reach in `domain`, if any. An unknown domain, an empty descriptor or
@@ -39,6 +69,8 @@ pub fn find<'a, E: Entry>(
 ) -> Option<Matched<'a>> {
     let mut level: &Node = domains.root(domain)?;
     let mut shared = Vec::new();
+    let mut patterns = Vec::new();
+    let mut valued = 0u64;
     let mut composite = String::new();
     let last = entries.len().checked_sub(1)?;
     for (index, entry) in entries.iter().enumerate() {
@@ -46,21 +78,44 @@ pub fn find<'a, E: Entry>(
         composite.push_str(entry.key());
         composite.push('_');
         composite.push_str(entry.value());
+        let bit = if index < 64 { 1u64 << index } else { 0 };
         let mut next = level.children.get(composite.as_str());
-        if next.is_none()
-            && let Some(wildcard) = level
-                .wildcards
-                .iter()
-                .find(|wildcard| wildcard_match(&wildcard.parts, &composite))
+        if next.is_some() {
+            valued |= bit;
+        } else if let Some(wildcard) = level
+            .wildcards
+            .iter()
+            .find(|wildcard| wildcard_match(&wildcard.parts, &composite))
         {
             next = level.children.get(&wildcard.composite);
-            if let Some(value) = next.and_then(|node| node.shared_value.as_deref()) {
-                shared.push((index, value));
+            if let Some(node) = next {
+                if let Some(value) = node.shared_value.as_deref() {
+                    shared.push((index, value));
+                }
+                if node.value_to_metric && node.shared_value.is_none() {
+                    valued |= bit;
+                } else {
+                    patterns.push((index, node.value_pattern.as_str()));
+                }
             }
         }
-        let next = next.or_else(|| level.children.get(entry.key()))?;
+        let next = match next {
+            Some(next) => next,
+            None => {
+                let bare = level.children.get(entry.key())?;
+                if bare.value_to_metric {
+                    valued |= bit;
+                }
+                bare
+            }
+        };
         if index == last {
-            return next.limit.as_ref().map(|leaf| Matched { leaf, shared });
+            return next.limit.as_ref().map(|leaf| Matched {
+                leaf,
+                shared,
+                valued,
+                patterns,
+            });
         }
         if next.children.is_empty() {
             return None;

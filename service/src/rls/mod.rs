@@ -163,6 +163,10 @@ pub(crate) struct Node {
     /// `share_threshold`: every value this wildcard node matches counts in one bucket, named
     /// by the pattern's value part.
     pub shared_value: Option<String>,
+    /// The configured value (a wildcard's pattern), for metric keys.
+    pub value_pattern: String,
+    /// `value_to_metric`: the request's value goes into the limit's metric key.
+    pub value_to_metric: bool,
 }
 
 /// A wildcard child: its composite key and that key split at each `*`.
@@ -201,6 +205,17 @@ impl Leaf {
     }
 }
 
+/// Which per-value series a limit's decisions are also counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetailedMetric {
+    None,
+    /// `detailed_metric`: every entry's `key_value`.
+    Detailed,
+    /// `value_to_metric` on the limit's path: values where the reference writes them
+    /// ([`matching::Matched::metric_key`]).
+    Valued,
+}
+
 /// A limit's `name` and the names it `replaces`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Named {
@@ -219,9 +234,8 @@ pub struct Limited {
     /// What `current_limit` reports: requests per unit (the deciding limit's size) and unit.
     pub requests_per_unit: u32,
     pub unit: Unit,
-    /// `detailed_metric` (or `value_to_metric`): decisions also counted per descriptor value,
-    /// up to a cap on series.
-    pub detailed_metric: bool,
+    /// Decisions also counted per descriptor value, up to a cap on series.
+    pub metric: DetailedMetric,
     /// `quota_mode`: over the limit fails the request only when every quota descriptor of it
     /// is over.
     pub quota_mode: bool,
