@@ -46,6 +46,8 @@ fn config(url: String) -> RedisConfig {
         breaker_failures: 3,
         breaker_backoff: Duration::from_millis(500),
         deny_cache_keys: 0,
+        max_in_flight: 128,
+        queue_timeout: std::time::Duration::from_secs(1),
     }
 }
 

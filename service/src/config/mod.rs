@@ -44,6 +44,9 @@ pub const MAX_SHARDS: u64 = 4_096;
 pub const DEFAULT_MAX_KEYS: u64 = 1_000_000;
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const MAX_MAX_KEYS: u64 = 1_000_000_000;
+/// Default of `backend.redis.max_in_flight`: deep enough to keep Redis busy, shallow enough
+/// that a call's wait behind the others stays far inside the deadline.
+pub const DEFAULT_REDIS_MAX_IN_FLIGHT: u64 = 128;
 
 /// A validated, complete configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,6 +148,12 @@ pub struct RedisConfig {
     pub breaker_backoff: Duration,
     /// Most keys the local deny cache remembers; 0 turns it off.
     pub deny_cache_keys: usize,
+    /// Most store calls this node has in flight at once; more wait for a slot (a burst queues
+    /// here instead of deep in the connections, where waiting would count against `deadline`).
+    pub max_in_flight: usize,
+    /// Longest a call waits for a slot before the rule's failure mode answers it ("store busy";
+    /// local overload, not a Redis failure: the breaker does not count it).
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,6 +376,8 @@ struct RawRedis {
     breaker_failures: Option<u64>,
     breaker_backoff: Option<String>,
     deny_cache_keys: Option<u64>,
+    max_in_flight: Option<u64>,
+    queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -716,7 +727,29 @@ impl RawRedis {
                 format!("{deny_cache_keys} is out of range; use 0 (off) to {MAX_MAX_KEYS}"),
             );
         }
+        let max_in_flight = count_field(
+            issues,
+            "backend.redis.max_in_flight",
+            self.max_in_flight,
+            DEFAULT_REDIS_MAX_IN_FLIGHT,
+            100_000,
+            "",
+        );
+        let queue_timeout = duration_field(
+            issues,
+            "backend.redis.queue_timeout",
+            self.queue_timeout,
+            Duration::from_secs(1),
+        );
+        if queue_timeout.is_zero() || queue_timeout > Duration::from_secs(60) {
+            issues.add(
+                "backend.redis.queue_timeout",
+                "use \"1ms\" to \"60s\"; it bounds how long a burst queues for a free slot",
+            );
+        }
         RedisConfig {
+            max_in_flight: max_in_flight as usize,
+            queue_timeout,
             urls,
             cluster,
             pool_size: pool_size.clamp(1, 64) as usize,

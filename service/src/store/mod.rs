@@ -49,11 +49,15 @@ pub enum StoreError {
         "store full: no key could be forgotten without giving quota back (backend.memory.full_policy = \"deny_new\"); raise backend.memory.max_keys"
     )]
     Full,
+    #[error(
+        "store busy: this call waited {0} ms for one of backend.redis.max_in_flight slots; raise it, or add nodes"
+    )]
+    Busy(u64),
 }
 
 impl StoreError {
     /// Every [`StoreError::kind`].
-    pub const KINDS: [&'static str; 4] = ["unavailable", "timeout", "circuit_open", "full"];
+    pub const KINDS: [&'static str; 5] = ["unavailable", "timeout", "circuit_open", "full", "busy"];
 
     /// A short, bounded label for metrics.
     pub fn kind(&self) -> &'static str {
@@ -62,6 +66,7 @@ impl StoreError {
             StoreError::Timeout(_) => 1,
             StoreError::CircuitOpen => 2,
             StoreError::Full => 3,
+            StoreError::Busy(_) => 4,
         }]
     }
 }

@@ -3,12 +3,15 @@
 //! their stacking operation for operation), with time from Redis `TIME`, so any number of
 //! stateless nodes agree exactly.
 //!
-//! Every call has a deadline; a circuit breaker stops calling a failing Redis for a backoff;
-//! a deny cache answers keys Redis just denied without a round trip.
+//! At most `max_in_flight` calls are in flight; a burst waits for a slot (up to
+//! `queue_timeout`) rather than deep in the connections, so a call's deadline measures Redis,
+//! not the queue in front of it. Every call has a deadline; a circuit breaker stops calling a
+//! failing Redis for a backoff; a deny cache answers keys Redis just denied without a round
+//! trip.
 
 use std::{
     fmt::Write as _,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::Instant,
 };
 
@@ -134,6 +137,13 @@ pub struct RedisStore {
     script: Script,
     prefix: String,
     deadline: std::time::Duration,
+    /// One permit per call in flight (`max_in_flight`).
+    in_flight: tokio::sync::Semaphore,
+    /// When Redis last answered a call, in microseconds since `started`: a call past its
+    /// deadline waits on while Redis keeps answering others.
+    last_reply_us: AtomicU64,
+    started: Instant,
+    queue_timeout: std::time::Duration,
     breaker: Breaker,
     deny_cache: DenyCache,
     /// Local time for the deny cache; with [`RedisStore::pin_time`] also the scripts' `now`.
@@ -154,6 +164,11 @@ fn unavailable(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
+/// How long Redis may answer none of a node's calls before a call past its deadline fails:
+/// longer than the stalls a burst causes on a busy machine, short enough that an outage is
+/// called within a tenth of a second.
+pub const LIVENESS: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How long between health probes while the circuit is not closed.
 pub const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -164,7 +179,7 @@ impl RedisStore {
         let connection = if config.cluster {
             let client = ClusterClient::builder(config.urls.clone())
                 .connection_timeout(connect_timeout)
-                .response_timeout(config.deadline)
+                .response_timeout(config.deadline + config.queue_timeout)
                 .retries(1)
                 .build()
                 .map_err(unavailable)?;
@@ -173,7 +188,7 @@ impl RedisStore {
             let client = redis::Client::open(config.urls[0].as_str()).map_err(unavailable)?;
             let manager_config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(config.deadline))
+                .set_response_timeout(Some(config.deadline + config.queue_timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(std::time::Duration::from_millis(200));
             let mut pool = Vec::with_capacity(config.pool_size);
@@ -193,6 +208,10 @@ impl RedisStore {
             script: Script::new(DECISION_SCRIPT),
             prefix: config.prefix.clone(),
             deadline: config.deadline,
+            in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
+            last_reply_us: AtomicU64::new(0),
+            started: Instant::now(),
+            queue_timeout: config.queue_timeout,
             breaker: Breaker::new(config.breaker_failures, config.breaker_backoff),
             deny_cache: DenyCache::new(config.deny_cache_keys),
             clock: Clock::system(),
@@ -309,28 +328,54 @@ impl RedisStore {
         }
     }
 
-    /// Runs one call under the breaker and the deadline, and accounts for it.
+    /// Runs one call under the breaker, a slot of `max_in_flight` and the deadline (from the
+    /// moment it has a slot), and accounts for it.
     async fn run<T>(
         &self,
         call: impl AsyncFnOnce(&mut Picked) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        if !self.breaker.allow() {
-            self.metrics
-                .errors
-                .with_label_values(&["circuit_open"])
-                .inc();
-            self.update_circuit_gauge();
-            return Err(StoreError::CircuitOpen);
+        // An open circuit answers at once, without queueing (the probe is claimed below).
+        if self.breaker.state() == CircuitState::Open {
+            return Err(self.circuit_open());
         }
+        let _slot = match tokio::time::timeout(self.queue_timeout, self.in_flight.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            // Waiting is this node's overload, not Redis failing: the breaker is not told.
+            _ => {
+                let busy = StoreError::Busy(self.queue_timeout.as_millis() as u64);
+                self.metrics.errors.with_label_values(&[busy.kind()]).inc();
+                return Err(busy);
+            }
+        };
+        // The breaker may have opened while this call waited.
+        self.circuit_allows()?;
         let started = Instant::now();
         let mut connection = self.pick();
         let timed_out = StoreError::Timeout(self.deadline.as_millis() as u64);
-        let result = match tokio::time::timeout(self.deadline, call(&mut connection)).await {
-            Ok(Ok(value)) => Ok(value),
-            // The connection's own response timeout (set to the same deadline) may fire first.
-            Ok(Err(err)) if err.is_timeout() => Err(timed_out),
-            Ok(Err(err)) => Err(unavailable(err)),
-            Err(_) => Err(timed_out),
+        let call = call(&mut connection);
+        tokio::pin!(call);
+        let result = loop {
+            match tokio::time::timeout(self.deadline, &mut call).await {
+                Ok(Ok(value)) => {
+                    self.replied();
+                    break Ok(value);
+                }
+                // The connection's own response timeout (the longest wait) fired.
+                Ok(Err(err)) if err.is_timeout() => break Err(timed_out),
+                Ok(Err(err)) => break Err(unavailable(err)),
+                // No answer within the deadline. Redis is failing only if it answered none of
+                // this node's calls for `LIVENESS` (a burst, or this node's own stall, can hold
+                // every reply back for tens of milliseconds while Redis is fine); until then, or
+                // `queue_timeout` in all, the call waits on. Yield first, so replies due with
+                // the timer are read before judging.
+                Err(_) => {
+                    tokio::task::yield_now().await;
+                    let silent = !self.replied_within(LIVENESS.max(self.deadline));
+                    if silent || started.elapsed() >= self.queue_timeout {
+                        break Err(timed_out);
+                    }
+                }
+            }
         };
         self.metrics
             .latency
@@ -344,6 +389,36 @@ impl RedisStore {
         }
         self.update_circuit_gauge();
         result
+    }
+
+    /// Notes that Redis answered a call just now.
+    fn replied(&self) {
+        let now = self.started.elapsed().as_micros() as u64;
+        self.last_reply_us.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Whether Redis answered any call of this node within `span`.
+    fn replied_within(&self, span: std::time::Duration) -> bool {
+        let now = self.started.elapsed().as_micros() as u64;
+        now.saturating_sub(self.last_reply_us.load(Ordering::Relaxed)) <= span.as_micros() as u64
+    }
+
+    /// Whether the breaker lets this call through (claiming the probe when half-open).
+    fn circuit_allows(&self) -> Result<(), StoreError> {
+        if self.breaker.allow() {
+            Ok(())
+        } else {
+            Err(self.circuit_open())
+        }
+    }
+
+    fn circuit_open(&self) -> StoreError {
+        self.metrics
+            .errors
+            .with_label_values(&["circuit_open"])
+            .inc();
+        self.update_circuit_gauge();
+        StoreError::CircuitOpen
     }
 
     fn update_circuit_gauge(&self) {

@@ -12,6 +12,7 @@ pub struct Node {
     child: Child,
     lines: mpsc::Receiver<String>,
     pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
 }
 
 impl Node {
@@ -36,14 +37,20 @@ impl Node {
             child,
             lines,
             http_addr: ([0, 0, 0, 0], 0).into(),
+            grpc_addr: ([0, 0, 0, 0], 0).into(),
         };
         let listening = node.wait_for("sluice listening");
-        let addr = listening
-            .split("http_addr=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no http_addr in {listening:?}"));
-        node.http_addr = addr.parse().unwrap();
+        let addr = |field: &str| -> SocketAddr {
+            listening
+                .split(&format!("{field}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no {field} in {listening:?}"))
+                .parse()
+                .unwrap()
+        };
+        node.http_addr = addr("http_addr");
+        node.grpc_addr = addr("grpc_addr");
         node
     }
 

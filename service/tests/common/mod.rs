@@ -113,5 +113,7 @@ pub fn redis_config(urls: Vec<String>, cluster: bool) -> sluice::config::RedisCo
         breaker_failures: 3,
         breaker_backoff: std::time::Duration::from_millis(300),
         deny_cache_keys: 0,
+        max_in_flight: 128,
+        queue_timeout: std::time::Duration::from_secs(1),
     }
 }
