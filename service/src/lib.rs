@@ -16,6 +16,7 @@ pub mod heavy_hitters;
 pub mod limiter;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod reload;
 pub mod rls;
 pub mod rules;

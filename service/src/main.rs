@@ -52,6 +52,10 @@ struct Args {
     /// Validate the configuration, print a summary and exit.
     #[arg(long)]
     check_config: bool,
+    /// Ask the node whose HTTP listener is HOST:PORT for /readyz; exit 0 when ready, 1 when
+    /// not (a container healthcheck in an image without a shell).
+    #[arg(long, value_name = "HOST:PORT")]
+    probe: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,15 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(addr) = &args.probe {
+        return match sluice::probe::ready(addr) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(reason) => {
+                eprintln!("not ready: {reason}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let overrides = Overrides {
         grpc_addr: args.grpc_addr,
         http_addr: args.http_addr,
