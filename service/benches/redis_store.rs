@@ -47,6 +47,7 @@ fn config(url: String) -> RedisConfig {
         breaker_backoff: Duration::from_millis(500),
         deny_cache_keys: 0,
         max_in_flight: 128,
+        fallback_share_live: false,
         queue_timeout: std::time::Duration::from_secs(1),
     }
 }

@@ -217,6 +217,8 @@ pub struct FailurePolicy {
     /// `fallback_share`), if the store can fail at all.
     pub local: Option<MemoryStore>,
     pub fallback_share: Option<f64>,
+    /// The share in force (f64 bits): `fallback_share`, until [`Limiter::set_fallback_share`].
+    share_now: std::sync::atomic::AtomicU64,
 }
 
 impl FailurePolicy {
@@ -226,6 +228,7 @@ impl FailurePolicy {
             default_mode: FailureMode::Deny,
             local: None,
             fallback_share: None,
+            share_now: std::sync::atomic::AtomicU64::new(1.0f64.to_bits()),
         }
     }
 
@@ -240,7 +243,14 @@ impl FailurePolicy {
             default_mode: config.failure_mode,
             local: Some(MemoryStore::new(&memory, Clock::system())),
             fallback_share: Some(config.fallback_share),
+            share_now: std::sync::atomic::AtomicU64::new(config.fallback_share.to_bits()),
         }
+    }
+
+    /// The share of each limit this node allows alone in `local` mode now.
+    fn share(&self) -> Option<f64> {
+        self.fallback_share
+            .map(|_| f64::from_bits(self.share_now.load(std::sync::atomic::Ordering::Acquire)))
     }
 }
 
@@ -272,8 +282,11 @@ impl<S: Store> Limiter<S> {
         metrics: Metrics,
         failure: FailurePolicy,
     ) -> Self {
-        let policy = Policy::new(rules, &metrics, failure.fallback_share, version);
+        let policy = Policy::new(rules, &metrics, failure.share(), version);
         metrics.set_config_version(&policy.version().id, policy.version().loaded_at);
+        if let Some(share) = failure.share() {
+            metrics.set_fallback_share(share);
+        }
         Self {
             policy: ArcSwap::from_pointee(policy),
             limits,
@@ -722,7 +735,7 @@ impl<S: Store> Limiter<S> {
         let new = Arc::new(Policy::new(
             rules,
             &self.metrics,
-            self.failure.fallback_share,
+            self.failure.share(),
             version,
         ));
         let old = self.policy.load_full();
@@ -744,6 +757,32 @@ impl<S: Store> Limiter<S> {
         self.store.rules_changed();
         self.metrics
             .set_config_version(&new.version().id, new.version().loaded_at);
+    }
+
+    /// From now on, this node allows `share` of each limit alone while the store fails
+    /// (`local` mode), e.g. 1 / the nodes alive: the policy is rebuilt with the same rules at
+    /// that share; local states carry over (same layout, new numbers). Nothing changes for a
+    /// store that cannot fail.
+    pub fn set_fallback_share(&self, share: f64) {
+        if self.failure.fallback_share.is_none() || !(share > 0.0 && share <= 1.0) {
+            return;
+        }
+        let previous = self
+            .failure
+            .share_now
+            .swap(share.to_bits(), std::sync::atomic::Ordering::AcqRel);
+        if f64::from_bits(previous) == share {
+            return;
+        }
+        let current = self.policy.load_full();
+        self.policy.store(Arc::new(Policy::new(
+            current.rules().clone(),
+            &self.metrics,
+            Some(share),
+            current.version().id.clone(),
+        )));
+        self.metrics.set_fallback_share(share);
+        tracing::info!(share, "local failure mode: share of each limit changed");
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -43,6 +43,8 @@ pub struct Metrics {
     central_version: IntGauge,
     near_limit: IntCounterVec,
     envoy_detailed: IntCounterVec,
+    fallback_share: prometheus::Gauge,
+    live_nodes: IntGauge,
 }
 
 /// One HTTP listener's connections: open now, and refused over its cap.
@@ -266,8 +268,20 @@ impl Metrics {
             &["descriptor", "outcome"],
         )
         .expect("valid metric");
+        let fallback_share = prometheus::Gauge::new(
+            "sluice_fallback_share",
+            "The share of each limit this node allows alone while Redis fails (local failure mode).",
+        )
+        .expect("valid metric");
+        let live_nodes = IntGauge::new(
+            "sluice_live_nodes",
+            "Nodes announced in Redis within the last few seconds (fallback_share = \"live\"), as this node last counted them.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fallback_share.clone()),
+            Box::new(live_nodes.clone()),
             Box::new(near_limit.clone()),
             Box::new(envoy_detailed.clone()),
             Box::new(remaining_ratio.clone()),
@@ -321,7 +335,17 @@ impl Metrics {
             central_version,
             near_limit,
             envoy_detailed,
+            fallback_share,
+            live_nodes,
         }
+    }
+
+    pub fn set_fallback_share(&self, share: f64) {
+        self.fallback_share.set(share);
+    }
+
+    pub fn set_live_nodes(&self, nodes: u64) {
+        self.live_nodes.set(nodes as i64);
     }
 
     /// The central rules document's version this node runs.

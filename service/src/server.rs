@@ -274,6 +274,11 @@ pub async fn start_with(
         None => Some(reload_requests),
     };
     let upkeep = spawn_upkeep(&config, limiter.clone(), shutdown_rx.clone());
+    if let BackendConfig::Redis(redis) = &config.backend
+        && redis.fallback_share_live
+    {
+        tokio::spawn(follow_live_nodes(limiter.clone(), shutdown_rx.clone()));
+    }
     let grace = config.server.shutdown_grace;
     let mut on_shutdown = shutdown_rx;
     let done = tokio::spawn(async move {
@@ -354,6 +359,41 @@ fn spawn_upkeep(
             () = sweep => {}
         }
     })
+}
+
+/// How often a node announces itself in Redis (`fallback_share = "live"`), and how long an
+/// announcement counts: a node gone for longer is no longer counted.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(3);
+
+/// `fallback_share = "live"`: announces this node in Redis every second and sets the local
+/// failure mode's share to 1 / the nodes announced; while Redis is down the last count holds
+/// (that is when the share is used). Withdraws the announcement when shutting down.
+async fn follow_live_nodes(limiter: Arc<Limiter<Backend>>, mut shutdown: watch::Receiver<bool>) {
+    let Backend::Redis(store) = limiter.store() else {
+        return;
+    };
+    let node = format!(
+        "{:016x}",
+        std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            (std::process::id(), std::time::SystemTime::now()),
+        )
+    );
+    let mut ticker = tokio::time::interval(ANNOUNCE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+        if let Ok(nodes) = store.announce(&node, ANNOUNCEMENT_TTL).await {
+            let nodes = nodes.max(1);
+            limiter.metrics().set_live_nodes(nodes);
+            limiter.set_fallback_share(1.0 / nodes as f64);
+        }
+    }
+    let _ = store.withdraw(&node).await;
 }
 
 /// Runs until SIGINT or SIGTERM, then drains: what the `ratelimiter` binary does. With a

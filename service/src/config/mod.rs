@@ -138,7 +138,11 @@ pub struct RedisConfig {
     /// The default for rules that set no `failure_mode`.
     pub failure_mode: FailureMode,
     /// The share of each limit a node allows on its own in `local` mode (e.g. 1 / nodes).
+    /// With `fallback_share_live`, the share before the first count of live nodes.
     pub fallback_share: f64,
+    /// `fallback_share = "live"`: nodes announce themselves in Redis, and each uses 1 / the
+    /// last count of live nodes, so scaling out never multiplies a limit during an outage.
+    pub fallback_share_live: bool,
     /// The most keys the `local` mode's memory holds (it evicts past that, as the memory
     /// backend does by default).
     pub fallback_max_keys: usize,
@@ -371,7 +375,7 @@ struct RawRedis {
     deadline: Option<String>,
     prefix: Option<String>,
     failure_mode: Option<String>,
-    fallback_share: Option<f64>,
+    fallback_share: Option<FallbackShare>,
     fallback_max_keys: Option<u64>,
     breaker_failures: Option<u64>,
     breaker_backoff: Option<String>,
@@ -387,6 +391,14 @@ struct RawMemory {
     max_keys: Option<u64>,
     sweep_interval: Option<String>,
     full_policy: Option<String>,
+}
+
+/// `backend.redis.fallback_share`: a fixed fraction, or `"live"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum FallbackShare {
+    Fixed(f64),
+    Named(String),
 }
 
 /// Collects problems so validation can report all of them at once.
@@ -693,7 +705,18 @@ impl RawRedis {
                 FailureMode::Deny
             }),
         };
-        let fallback_share = self.fallback_share.unwrap_or(1.0);
+        let (fallback_share, fallback_share_live) = match self.fallback_share {
+            None => (1.0, false),
+            Some(FallbackShare::Fixed(share)) => (share, false),
+            Some(FallbackShare::Named(name)) if name == "live" => (1.0, true),
+            Some(FallbackShare::Named(name)) => {
+                issues.add(
+                    "backend.redis.fallback_share",
+                    format!("`{name}` is not a share; give a fraction (e.g. 0.25) or \"live\" (1 / the nodes announced in Redis)"),
+                );
+                (1.0, false)
+            }
+        };
         if !(fallback_share > 0.0 && fallback_share <= 1.0) {
             issues.add(
                 "backend.redis.fallback_share",
@@ -757,6 +780,7 @@ impl RawRedis {
             prefix: self.prefix.unwrap_or_else(|| "sluice:".to_owned()),
             failure_mode,
             fallback_share,
+            fallback_share_live,
             fallback_max_keys: fallback_max_keys.clamp(1, MAX_MAX_KEYS) as usize,
             breaker_failures: breaker_failures.clamp(1, 1_000) as u32,
             breaker_backoff,

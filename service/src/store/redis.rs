@@ -517,6 +517,39 @@ impl RedisStore {
         Ok(decisions)
     }
 
+    /// Announces node `node` alive for `ttl` and counts the nodes announced within their own
+    /// `ttl`: one sorted set, `{prefix}nodes`, scored by each announcement's wall time.
+    pub async fn announce(&self, node: &str, ttl: std::time::Duration) -> Result<u64, StoreError> {
+        let key = format!("{}nodes", self.prefix);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        let ttl_ms = ttl.as_millis() as u64;
+        let mut pipeline = redis::pipe();
+        pipeline
+            .atomic()
+            .zadd(&key, node, now_ms)
+            .ignore()
+            .zrembyscore(&key, "-inf", now_ms.saturating_sub(ttl_ms))
+            .ignore()
+            .pexpire(&key, (2 * ttl_ms) as i64)
+            .ignore()
+            .zcard(&key);
+        let (count,): (u64,) = self
+            .run(async |connection| pipeline.query_async(connection).await)
+            .await?;
+        Ok(count)
+    }
+
+    /// Withdraws node `node`'s announcement (a node shutting down).
+    pub async fn withdraw(&self, node: &str) -> Result<(), StoreError> {
+        let key = format!("{}nodes", self.prefix);
+        let mut command = redis::cmd("ZREM");
+        command.arg(&key).arg(node);
+        self.run(async |connection| command.query_async::<()>(connection).await)
+            .await
+    }
+
     /// Deletes `keys` (of one client key: one slot) in one call; true when any existed.
     async fn delete(&self, keys: &[String]) -> Result<bool, StoreError> {
         let mut command = redis::cmd("DEL");

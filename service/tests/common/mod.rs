@@ -114,6 +114,7 @@ pub fn redis_config(urls: Vec<String>, cluster: bool) -> sluice::config::RedisCo
         breaker_backoff: std::time::Duration::from_millis(300),
         deny_cache_keys: 0,
         max_in_flight: 128,
+        fallback_share_live: false,
         queue_timeout: std::time::Duration::from_secs(1),
     }
 }
