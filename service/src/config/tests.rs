@@ -470,3 +470,38 @@ fn a_ban_is_built_with_defaults_and_every_problem_named() {
         .to_string();
     assert!(message.contains("within = \"1m\""), "{message}");
 }
+
+#[test]
+fn the_fallback_share_is_a_fraction_or_live_and_bursts_are_bounded() {
+    let redis = |settings: &str| {
+        format!(
+            "[backend]\nkind = \"redis\"\n[backend.redis]\n{settings}\n[default_rule]\nalgorithm = \"gcra\"\nrate_per_second = 1\nburst = 1\n"
+        )
+    };
+    let config = parse(&redis(
+        "fallback_share = \"live\"\nmax_in_flight = 32\nqueue_timeout = \"250ms\"",
+    ))
+    .unwrap();
+    let BackendConfig::Redis(settings) = &config.backend else {
+        panic!("redis backend expected");
+    };
+    assert!(settings.fallback_share_live);
+    assert_eq!(settings.max_in_flight, 32);
+    assert_eq!(settings.queue_timeout, Duration::from_millis(250));
+    let defaults = parse(&redis("")).unwrap();
+    let BackendConfig::Redis(defaults) = &defaults.backend else {
+        panic!("redis backend expected");
+    };
+    assert!(!defaults.fallback_share_live);
+    assert_eq!(defaults.max_in_flight, 128);
+    assert_eq!(
+        issue_paths(&redis(
+            "fallback_share = \"half\"\nmax_in_flight = 0\nqueue_timeout = \"0s\""
+        )),
+        [
+            "backend.redis.fallback_share",
+            "backend.redis.max_in_flight",
+            "backend.redis.queue_timeout",
+        ]
+    );
+}
