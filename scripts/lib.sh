@@ -16,6 +16,18 @@ wait_healthy() {
     return 1
 }
 
+# Starts a private redis-server (no persistence) on a free loopback port and waits (up to 5 s)
+# until it answers. Sets `redis` (its pid; the caller's EXIT trap kills it) and `redis_port`.
+# Usage: start_redis LOG
+start_redis() {
+    redis_port=$(port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$1" 2>&1 &
+    redis=$!
+    for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "redis-server on port $redis_port did not answer in 5 s (log: $1)" >&2
+    return 1
+}
+
 # Starts a service on two free loopback ports and waits until it answers. Sets `service` (its
 # pid; the caller's EXIT trap kills it), `grpc_port` and `http_port`.
 # Usage: start_service LOG [--binary PATH] [RATELIMITER-FLAGS...]

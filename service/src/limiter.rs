@@ -114,13 +114,20 @@ enum RuleRef {
     Given(Arc<Rule>),
 }
 
+impl RuleRef {
+    /// The rule, one of `policy`'s or the request's own.
+    fn in_policy<'a>(&'a self, policy: &'a Policy) -> &'a Rule {
+        match self {
+            RuleRef::InPolicy(id) => policy.rule(*id),
+            RuleRef::Given(rule) => rule,
+        }
+    }
+}
+
 impl Verdict<'_> {
     /// The rule that decided.
     pub fn rule(&self) -> &Rule {
-        match &self.rule {
-            RuleRef::InPolicy(id) => self.policy.rule(*id),
-            RuleRef::Given(rule) => rule,
-        }
+        self.rule.in_policy(&self.policy)
     }
 
     /// The metrics handles of the rule that decided.
@@ -398,10 +405,7 @@ impl<S: Store> Limiter<S> {
         bucket: BucketKey<'a>,
         cost: u64,
     ) -> Result<Verdict<'a>, LimiterError> {
-        let rule = match &rule_ref {
-            RuleRef::InPolicy(id) => policy.rule(*id),
-            RuleRef::Given(rule) => rule,
-        };
+        let rule = rule_ref.in_policy(&policy);
         let limit = rule.max_cost();
         if cost == 0 {
             return Err(RequestError::ZeroCost.into());
@@ -444,10 +448,7 @@ impl<S: Store> Limiter<S> {
         decisions: Decisions,
         reason: Option<&'static str>,
     ) -> Verdict<'a> {
-        let rule = match &rule_ref {
-            RuleRef::InPolicy(id) => policy.rule(*id),
-            RuleRef::Given(rule) => rule,
-        };
+        let rule = rule_ref.in_policy(&policy);
         let deciding = decisions.deciding();
         let decision = decisions.decision_of(deciding);
         let (outcome, reason) = if decisions.banned_for_us().is_some() {
@@ -520,10 +521,7 @@ impl<S: Store> Limiter<S> {
         cost: u64,
         err: StoreError,
     ) -> Result<Verdict<'a>, LimiterError> {
-        let rule = match &rule_ref {
-            RuleRef::InPolicy(id) => policy.rule(*id),
-            RuleRef::Given(rule) => rule,
-        };
+        let rule = rule_ref.in_policy(&policy);
         let mode = rule.failure_mode.unwrap_or(self.failure.default_mode);
         tracing::debug!(rule = %rule.name, error = %err, mode = mode.label(), "store failed");
         // A full memory store is not an outage: it refuses new keys only.

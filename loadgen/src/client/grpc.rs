@@ -7,7 +7,11 @@ use prost::Message as _;
 use sluice_proto::v1::Decision;
 use tonic_health::pb::{HealthCheckResponse, health_check_response::ServingStatus};
 
-use super::{http2, socket::Dialer};
+use super::{
+    http2,
+    protobuf::{duration_us, take_length_delimited},
+    socket::Dialer,
+};
 use crate::wire::{AlgorithmKind, Answer, ErrorKind, LimitBound, LimitBounds};
 
 pub const CHECK: &str = "/sluice.v1.RateLimiter/Check";
@@ -130,7 +134,7 @@ struct LimitAnswer {
 
 /// The `limits` (field 12) of a sluice.v1 CheckResponse, skipping every other field.
 fn stacked_limits(message: &Bytes) -> LimitBounds {
-    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
     let mut bounds = LimitBounds::default();
     let mut buf = message.clone();
     while !buf.is_empty() {
@@ -143,14 +147,10 @@ fn stacked_limits(message: &Bytes) -> LimitBounds {
             }
             continue;
         }
-        let Some(len) = decode_varint(&mut buf)
-            .ok()
-            .and_then(|len| usize::try_from(len).ok())
-            .filter(|len| *len <= buf.len())
-        else {
+        let Some(entry) = take_length_delimited(&mut buf) else {
             break;
         };
-        let entry = LimitAnswer::decode(buf.split_to(len)).ok();
+        let entry = LimitAnswer::decode(entry).ok();
         bounds.push(entry.and_then(|entry| {
             Some(LimitBound {
                 algorithm: std::str::from_utf8(&entry.algorithm)
@@ -162,12 +162,6 @@ fn stacked_limits(message: &Bytes) -> LimitBounds {
         }));
     }
     bounds
-}
-
-fn duration_us(duration: Option<prost_types::Duration>) -> u64 {
-    duration.map_or(0, |d| {
-        d.seconds.max(0) as u64 * 1_000_000 + d.nanos.max(0) as u64 / 1_000
-    })
 }
 
 #[cfg(test)]

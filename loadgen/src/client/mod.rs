@@ -9,6 +9,7 @@
 
 mod grpc;
 pub mod http;
+mod protobuf;
 pub mod rls;
 
 pub use transport::{http1, http2, socket};

@@ -15,7 +15,12 @@ use sluice_proto::envoy::{
     service::ratelimit::v3::RateLimitRequest,
 };
 
-use super::http2;
+use sluice::rls::Unit;
+
+use super::{
+    http2,
+    protobuf::{duration_us, take_length_delimited},
+};
 use crate::wire::{AlgorithmKind, Answer, ErrorKind, LimitBounds};
 
 pub const SHOULD_RATE_LIMIT: &str = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit";
@@ -149,20 +154,6 @@ struct LimitAnswer {
 const OK: i32 = 1;
 const OVER_LIMIT: i32 = 2;
 
-/// Seconds in an Envoy `RateLimitUnit` (a month 30 days, a year 365, as the reference counts).
-fn unit_seconds(unit: i32) -> u64 {
-    match unit {
-        1 => 1,
-        2 => 60,
-        3 => 3_600,
-        4 => 86_400,
-        5 => 30 * 86_400,
-        6 => 365 * 86_400,
-        7 => 7 * 86_400,
-        _ => 0,
-    }
-}
-
 /// A ShouldRateLimit answer as the generator reads it: allowed when the overall code is OK;
 /// the limit, remaining and reset of descriptor `keyed` (the one holding the run's key).
 pub fn answer(message: &Bytes, keyed: usize) -> Result<Answer, ErrorKind> {
@@ -178,12 +169,7 @@ pub fn answer(message: &Bytes, keyed: usize) -> Result<Answer, ErrorKind> {
                 overall = decode_varint(&mut buf).map_err(|_| ErrorKind::Other)? as i32;
             }
             (2, WireType::LengthDelimited) => {
-                let len = decode_varint(&mut buf)
-                    .ok()
-                    .and_then(|len| usize::try_from(len).ok())
-                    .filter(|len| *len <= buf.len())
-                    .ok_or(ErrorKind::Other)?;
-                let entry = buf.split_to(len);
+                let entry = take_length_delimited(&mut buf).ok_or(ErrorKind::Other)?;
                 if seen == keyed {
                     status = Some(StatusAnswer::decode(entry).map_err(|_| ErrorKind::Other)?);
                 }
@@ -197,17 +183,19 @@ pub fn answer(message: &Bytes, keyed: usize) -> Result<Answer, ErrorKind> {
         return Err(ErrorKind::Other);
     }
     let status = status.unwrap_or_default();
-    let reset_us = status.duration_until_reset.map_or(0, |d| {
-        d.seconds.max(0) as u64 * 1_000_000 + d.nanos.max(0) as u64 / 1_000
-    });
+    let reset_us = duration_us(status.duration_until_reset);
     let allowed = overall == OK;
-    let (limit, window_us, algorithm) = match &status.current_limit {
-        Some(limit) if unit_seconds(limit.unit) > 0 => (
-            u64::from(limit.requests_per_unit),
-            unit_seconds(limit.unit) * 1_000_000,
+    let unit = status
+        .current_limit
+        .as_ref()
+        .and_then(|limit| Some((limit.requests_per_unit, Unit::from_proto(limit.unit)?)));
+    let (limit, window_us, algorithm) = match unit {
+        Some((requests_per_unit, unit)) => (
+            u64::from(requests_per_unit),
+            unit.seconds() * 1_000_000,
             Some(AlgorithmKind::FixedWindow),
         ),
-        _ => (0, 0, None),
+        None => (0, 0, None),
     };
     Ok(Answer {
         allowed,

@@ -413,8 +413,7 @@ impl Loader<'_> {
             .map(|limit| (limit.algorithm.limit(), limit.algorithm.policy_window_us()))
             .unwrap_or((0, 0));
         let id = self.set.push(rule);
-        let composite_refs: Vec<&str> = composites.iter().map(String::as_str).collect();
-        let resource = node_resource(self.domain, &composite_refs);
+        let resource = node_resource(self.domain, composites);
         self.domains.insert_resource(resource.clone(), id);
         Some(Leaf::Limited(Limited {
             named,

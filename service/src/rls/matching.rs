@@ -39,25 +39,36 @@ impl Matched<'_> {
     /// The reference's `value_to_metric` key: the domain, then each entry's key with its value
     /// where [`Matched::valued`] or [`Matched::patterns`] say so.
     pub fn metric_key<E: Entry>(&self, domain: &str, entries: &[E]) -> String {
-        let mut key = domain.to_owned();
-        for (index, entry) in entries.iter().enumerate() {
-            key.push('.');
-            key.push_str(entry.key());
-            let value = if index < 64 && self.valued & (1 << index) != 0 {
+        descriptor_key(domain, entries, |index, entry| {
+            if index < 64 && self.valued & (1 << index) != 0 {
                 Some(entry.value())
             } else {
                 self.patterns
                     .iter()
                     .find(|(at, _)| *at == index)
                     .map(|(_, pattern)| *pattern)
-            };
-            if let Some(value) = value.filter(|value| !value.is_empty()) {
-                key.push('_');
-                key.push_str(value);
             }
-        }
-        key
+        })
     }
+}
+
+/// A descriptor named as the reference names its stats: the domain, then each entry's key,
+/// with `_` and the value `value_of` gives (if any, and not empty).
+pub fn descriptor_key<'e, E: Entry>(
+    domain: &str,
+    entries: &'e [E],
+    value_of: impl Fn(usize, &'e E) -> Option<&'e str>,
+) -> String {
+    let mut key = domain.to_owned();
+    for (index, entry) in entries.iter().enumerate() {
+        key.push('.');
+        key.push_str(entry.key());
+        if let Some(value) = value_of(index, entry).filter(|value| !value.is_empty()) {
+            key.push('_');
+            key.push_str(value);
+        }
+    }
+    key
 }
 
 /// The limit `entries` reach in `domain`, if any. An unknown domain, an empty descriptor or

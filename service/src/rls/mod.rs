@@ -44,6 +44,7 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// Every unit, shortest first.
     const ALL: [Unit; 7] = [
         Unit::Second,
         Unit::Minute,
@@ -95,9 +96,7 @@ impl Unit {
     /// else the longest unit shorter than it (a 5-minute window reports minutes).
     pub fn reported_for(window_us: u64) -> Unit {
         let seconds = window_us / crate::algorithm::MICROS_PER_SEC;
-        let mut by_length = Self::ALL;
-        by_length.sort_by_key(|unit| unit.seconds());
-        by_length
+        Self::ALL
             .into_iter()
             .rev()
             .find(|unit| unit.seconds() <= seconds)
@@ -252,7 +251,7 @@ pub(crate) fn push_escaped(out: &mut String, text: &str) {
 }
 
 /// The bucket resource of a configured node: the domain and the composite keys from the root.
-pub(crate) fn node_resource(domain: &str, composites: &[&str]) -> String {
+pub(crate) fn node_resource(domain: &str, composites: &[String]) -> String {
     let mut resource = String::from(RESOURCE_PREFIX);
     push_escaped(&mut resource, domain);
     for composite in composites {

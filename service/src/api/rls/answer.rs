@@ -13,7 +13,7 @@ use crate::{
     algorithm::{MICROS_PER_SEC, NEVER},
     config::EnvoySettings,
     limiter::{Outcome, Verdict},
-    rls::{Limited, Unit},
+    rls::Unit,
     rules::Rule,
 };
 
@@ -186,37 +186,24 @@ pub(super) fn blocked(name: String, unit: Unit, quota_mode: bool) -> Answer {
     }
 }
 
-/// More hits than the limit holds: over the limit, nothing spent.
-pub(super) fn too_many_hits(limited: &Limited, rule: &Rule) -> Answer {
-    let window_us = rule
-        .limits
-        .iter()
-        .map(|limit| limit.algorithm.policy_window_us())
-        .max()
-        .unwrap_or(0);
-    Answer {
-        quota_mode: limited.quota_mode,
-        ..too_many_hits_of(rule.max_cost(), limited.unit, limited.named.name.clone())
-            .with_reset(window_us)
-    }
-}
-
-pub(super) fn too_many_hits_of(limit: u64, unit: Unit, name: String) -> Answer {
+/// More hits than the limit holds: over the limit, nothing spent; the same request never
+/// fits, so the reset reported is the limit's whole window.
+pub(super) fn too_many_hits(limit: u64, unit: Unit, name: String, window_us: u64) -> Answer {
     Answer {
         code: Code::OverLimit,
         current_limit: Some(current_limit(clamp(limit), unit, &name)),
         remaining: 0,
-        reset_us: Some(unit.seconds() * MICROS_PER_SEC),
+        reset_us: Some(window_us),
         quota_mode: false,
         items: None,
     }
 }
 
-impl Answer {
-    pub(super) fn with_reset(self, reset_us: u64) -> Self {
-        Self {
-            reset_us: Some(reset_us),
-            ..self
-        }
-    }
+/// The longest window over which `rule`'s limits are restored.
+pub(super) fn longest_window_us(rule: &Rule) -> u64 {
+    rule.limits
+        .iter()
+        .map(|limit| limit.algorithm.policy_window_us())
+        .max()
+        .unwrap_or(0)
 }

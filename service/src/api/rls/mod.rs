@@ -21,8 +21,8 @@ use tonic::{Request, Response, Status};
 mod answer;
 
 use answer::{
-    Answer, blocked, clamp, code_of, current_limit, items, reset_us, too_many_hits,
-    too_many_hits_of,
+    Answer, blocked, clamp, code_of, current_limit, items, longest_window_us, reset_us,
+    too_many_hits,
 };
 
 use crate::{
@@ -206,7 +206,15 @@ impl RlsApi {
                             .await
                     } else if hits > rule.max_cost() {
                         self.limiter.count_refused(policy, limited.rule);
-                        return Ok(too_many_hits(limited, rule));
+                        return Ok(Answer {
+                            quota_mode: limited.quota_mode,
+                            ..too_many_hits(
+                                rule.max_cost(),
+                                limited.unit,
+                                limited.named.name.clone(),
+                                longest_window_us(rule),
+                            )
+                        });
                     } else {
                         self.limiter
                             .check_rule(policy.clone(), limited.rule, bucket, hits)
@@ -215,7 +223,15 @@ impl RlsApi {
                     let verdict = self.store_answered(verdict)?;
                     let metric_key = match limited.metric {
                         DetailedMetric::None => None,
-                        DetailedMetric::Detailed => Some(detailed_key(domain, &descriptor.entries)),
+                        DetailedMetric::Detailed =>
+                        // The reference's detailed key: every entry's value.
+                        {
+                            Some(matching::descriptor_key(
+                                domain,
+                                &descriptor.entries,
+                                |_, entry| Some(entry.value.as_str()),
+                            ))
+                        }
                         DetailedMetric::Valued => {
                             Some(matched.metric_key(domain, &descriptor.entries))
                         }
@@ -235,38 +251,39 @@ impl RlsApi {
                 if *requests_per_unit == 0 {
                     return Ok(blocked(String::new(), *unit, false));
                 }
-                let resource = rls::override_resource(domain, *requests_per_unit, *unit);
                 let key = rls::bucket_key(entries, &[]);
                 self.bound_key(index, &key)?;
                 let limit = u64::from(*requests_per_unit);
-                let rule = given_rule(limit, *unit);
+                let reported = current_limit(*requests_per_unit, *unit, "");
                 if hits > limit {
-                    return Ok(too_many_hits_of(limit, *unit, String::new()));
+                    let window_us = unit.seconds() * MICROS_PER_SEC;
+                    return Ok(too_many_hits(limit, *unit, String::new(), window_us));
                 }
-                let bucket = BucketKey {
-                    resource: &resource,
-                    key: &key,
-                };
-                let verdict = if hits == 0 {
-                    // Nothing spent: the override's counter is only read.
+                if hits == 0 {
+                    // Nothing spent, and the request's own counter is not read: the full limit.
                     return Ok(Answer {
                         code: Code::Ok,
-                        current_limit: Some(current_limit(*requests_per_unit, *unit, "")),
+                        current_limit: Some(reported),
                         remaining: *requests_per_unit,
                         reset_us: None,
                         quota_mode: false,
                         items: None,
                     });
-                } else {
-                    self.limiter
-                        .check_given(policy.clone(), rule, bucket, hits)
-                        .await
+                }
+                let resource = rls::override_resource(domain, *requests_per_unit, *unit);
+                let bucket = BucketKey {
+                    resource: &resource,
+                    key: &key,
                 };
+                let verdict = self
+                    .limiter
+                    .check_given(policy.clone(), given_rule(limit, *unit), bucket, hits)
+                    .await;
                 let verdict = self.store_answered(verdict)?;
                 let code = code_of(verdict.outcome);
                 Ok(Answer {
                     code,
-                    current_limit: Some(current_limit(*requests_per_unit, *unit, "")),
+                    current_limit: Some(reported),
                     remaining: clamp(verdict.decision.remaining),
                     reset_us: Some(reset_us(&verdict)),
                     quota_mode: false,
@@ -374,18 +391,4 @@ fn given_rule(limit: u64, unit: Unit) -> Rule {
         shadow: false,
         ban: None,
     }
-}
-
-/// The reference's detailed metric key: the domain and every entry's `key_value`.
-fn detailed_key(domain: &str, entries: &[Entry]) -> String {
-    let mut key = domain.to_owned();
-    for entry in entries {
-        key.push('.');
-        key.push_str(&entry.key);
-        if !entry.value.is_empty() {
-            key.push('_');
-            key.push_str(&entry.value);
-        }
-    }
-    key
 }
