@@ -37,6 +37,7 @@ fn config(url: String) -> RedisConfig {
     RedisConfig {
         urls: vec![url],
         cluster: false,
+        sentinel: None,
         pool_size: POOL_SIZE,
         deadline: Duration::from_secs(1),
         prefix: "bench:".into(),

@@ -56,9 +56,10 @@ pub enum ServerError {
     /// The store's error is part of this message, not a source, so it prints once.
     #[error("{0} (rules_source.url)")]
     Central(crate::central::CentralError),
-    #[error("cannot reach Redis at {urls} (backend.redis.urls): {reason}")]
+    #[error("cannot reach Redis at {urls} ({field}): {reason}")]
     Store {
         urls: String,
+        field: &'static str,
         reason: crate::store::StoreError,
     },
 }
@@ -139,7 +140,12 @@ pub async fn build_backend(config: &Config, metrics: &Metrics) -> Result<Backend
             RedisStore::connect(redis, metrics.redis())
                 .await
                 .map_err(|reason| ServerError::Store {
-                    urls: redis.urls.join(", "),
+                    urls: redis.addresses(),
+                    field: if redis.sentinel.is_some() {
+                        "backend.redis.sentinel"
+                    } else {
+                        "backend.redis.urls"
+                    },
                     reason,
                 })?,
         ),

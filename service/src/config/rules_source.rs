@@ -44,11 +44,15 @@ impl RawRulesSource {
             "redis" => {
                 let url = match (self.url, backend) {
                     (Some(url), _) => url,
-                    (None, BackendConfig::Redis(redis)) if !redis.cluster => redis.urls[0].clone(),
+                    (None, BackendConfig::Redis(redis))
+                        if !redis.cluster && redis.sentinel.is_none() =>
+                    {
+                        redis.urls[0].clone()
+                    }
                     (None, _) => {
                         issues.add(
                             "rules_source.url",
-                            "give the Redis that holds the fleet's rules, e.g. \"redis://127.0.0.1:6379\" (it defaults to backend.redis.urls only for a single, non-cluster Redis)",
+                            "give the Redis that holds the fleet's rules, e.g. \"redis://127.0.0.1:6379\" (it defaults to backend.redis.urls only for a single Redis, not a Cluster nor Sentinels)",
                         );
                         String::new()
                     }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::algorithm::Algorithm;
+use crate::rules::FailureMode;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, "test", &Overrides::default())

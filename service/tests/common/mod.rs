@@ -104,6 +104,7 @@ pub fn redis_config(urls: Vec<String>, cluster: bool) -> sluice::config::RedisCo
     sluice::config::RedisConfig {
         urls,
         cluster,
+        sentinel: None,
         pool_size: 2,
         deadline: std::time::Duration::from_millis(250),
         prefix: "test:".into(),

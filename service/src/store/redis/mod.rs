@@ -5,23 +5,21 @@
 //!
 //! At most `max_in_flight` calls are in flight; a burst waits for a slot (up to
 //! `queue_timeout`) rather than deep in the connections, so a call's deadline measures Redis,
-//! not the queue in front of it. Every call has a deadline; a circuit breaker stops calling a
-//! failing Redis for a backoff; a deny cache answers keys Redis just denied without a round
-//! trip.
+//! not the queue in front of it. Every call has a deadline, past which it waits on only while
+//! Redis shows the reply is queued behind a burst ([`liveness`]); a circuit breaker
+//! stops calling a failing Redis, and a probe reconnects (asking Sentinels for the primary
+//! again) until it answers; a deny cache answers keys Redis just denied without a round trip.
 
-use std::{
-    fmt::Write as _,
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
-    time::Instant,
-};
+mod connections;
+mod liveness;
 
+use std::{fmt::Write as _, time::Instant};
+
+use connections::{Connections, Picked};
+pub use liveness::LIVENESS;
+use liveness::Liveness;
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
-use redis::{
-    Script,
-    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig},
-    cluster::ClusterClient,
-    cluster_async::ClusterConnection,
-};
+use redis::Script;
 
 use super::{
     BucketKey, Store, StoreError,
@@ -42,14 +40,14 @@ use crate::{
 /// shared prelude, each algorithm's decide function, then `lua/stacked.lua`, which decides a
 /// rule's limits together. Compiled in, so the binary never depends on its working directory.
 pub const DECISION_SCRIPT: &str = concat!(
-    include_str!("../../../lua/prelude.lua"),
-    include_str!("../../../lua/token_bucket.lua"),
-    include_str!("../../../lua/gcra.lua"),
-    include_str!("../../../lua/fixed_window.lua"),
-    include_str!("../../../lua/sliding_window_counter.lua"),
-    include_str!("../../../lua/sliding_window_log.lua"),
-    include_str!("../../../lua/ban.lua"),
-    include_str!("../../../lua/stacked.lua"),
+    include_str!("../../../../lua/prelude.lua"),
+    include_str!("../../../../lua/token_bucket.lua"),
+    include_str!("../../../../lua/gcra.lua"),
+    include_str!("../../../../lua/fixed_window.lua"),
+    include_str!("../../../../lua/sliding_window_counter.lua"),
+    include_str!("../../../../lua/sliding_window_log.lua"),
+    include_str!("../../../../lua/ban.lua"),
+    include_str!("../../../../lua/stacked.lua"),
 );
 
 /// The tag naming an algorithm in the script's arguments and in its state fields.
@@ -77,50 +75,6 @@ fn push_parameters(invocation: &mut redis::Cmd, algorithm: &Algorithm) {
     };
 }
 
-enum Connection {
-    Single(Vec<ConnectionManager>),
-    Cluster(ClusterConnection),
-}
-
-/// One connection picked for a call: a pool member, or the cluster connection (which routes
-/// each command to the node owning its key). Both multiplex concurrent calls on their sockets.
-#[derive(Clone)]
-enum Picked {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Picked {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Picked::Single(connection) => connection.req_packed_command(cmd),
-            Picked::Cluster(connection) => connection.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Picked::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Picked::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Picked::Single(connection) => connection.get_db(),
-            Picked::Cluster(connection) => connection.get_db(),
-        }
-    }
-}
-
 /// Store metrics, registered by [`crate::metrics::Metrics`].
 #[derive(Debug, Clone)]
 pub struct RedisMetrics {
@@ -132,17 +86,14 @@ pub struct RedisMetrics {
 }
 
 pub struct RedisStore {
-    connection: Connection,
-    next: AtomicUsize,
+    connections: Connections,
+    cluster: bool,
     script: Script,
     prefix: String,
     deadline: std::time::Duration,
     /// One permit per call in flight (`max_in_flight`).
     in_flight: tokio::sync::Semaphore,
-    /// When Redis last answered a call, in microseconds since `started`: a call past its
-    /// deadline waits on while Redis keeps answering others.
-    last_reply_us: AtomicU64,
-    started: Instant,
+    liveness: Liveness,
     queue_timeout: std::time::Duration,
     breaker: Breaker,
     deny_cache: DenyCache,
@@ -164,53 +115,21 @@ fn unavailable(err: redis::RedisError) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
-/// How long Redis may answer none of a node's calls before a call past its deadline fails:
-/// longer than the stalls a burst causes on a busy machine, short enough that an outage is
-/// called within a tenth of a second.
-pub const LIVENESS: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// How long between health probes while the circuit is not closed.
 pub const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl RedisStore {
     /// Connects, and loads every script (SCRIPT LOAD) so the first requests are EVALSHA.
     pub async fn connect(config: &RedisConfig, metrics: RedisMetrics) -> Result<Self, StoreError> {
-        let connect_timeout = config.deadline.max(std::time::Duration::from_millis(500));
-        let connection = if config.cluster {
-            let client = ClusterClient::builder(config.urls.clone())
-                .connection_timeout(connect_timeout)
-                .response_timeout(config.deadline + config.queue_timeout)
-                .retries(1)
-                .build()
-                .map_err(unavailable)?;
-            Connection::Cluster(client.get_async_connection().await.map_err(unavailable)?)
-        } else {
-            let client = redis::Client::open(config.urls[0].as_str()).map_err(unavailable)?;
-            let manager_config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(config.deadline + config.queue_timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(std::time::Duration::from_millis(200));
-            let mut pool = Vec::with_capacity(config.pool_size);
-            for _ in 0..config.pool_size {
-                pool.push(
-                    client
-                        .get_connection_manager_with_config(manager_config.clone())
-                        .await
-                        .map_err(unavailable)?,
-                );
-            }
-            Connection::Single(pool)
-        };
+        let connections = Connections::connect(config).await.map_err(unavailable)?;
         let store = Self {
-            connection,
-            next: AtomicUsize::new(0),
+            connections,
+            cluster: config.cluster,
             script: Script::new(DECISION_SCRIPT),
             prefix: config.prefix.clone(),
             deadline: config.deadline,
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
-            last_reply_us: AtomicU64::new(0),
-            started: Instant::now(),
+            liveness: Liveness::default(),
             queue_timeout: config.queue_timeout,
             breaker: Breaker::new(config.breaker_failures, config.breaker_backoff),
             deny_cache: DenyCache::new(config.deny_cache_keys),
@@ -237,17 +156,16 @@ impl RedisStore {
         self.breaker.state()
     }
 
+    /// Loads the decision script (a Cluster loads it on the node owning the key, on first
+    /// use, answering NOSCRIPT; so does a new primary after a failover).
     async fn load_scripts(&self) -> Result<(), StoreError> {
-        match &self.connection {
-            Connection::Single(_) => {
-                self.script
-                    .load_async(&mut self.pick())
-                    .await
-                    .map_err(unavailable)?;
-            }
-            // A cluster loads the script on the node owning the key, on first use (NOSCRIPT).
-            Connection::Cluster(_) => {}
+        if self.cluster {
+            return Ok(());
         }
+        self.script
+            .load_async(&mut self.pick())
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -319,13 +237,7 @@ impl RedisStore {
     }
 
     fn pick(&self) -> Picked {
-        match &self.connection {
-            Connection::Single(pool) => {
-                let index = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
-                Picked::Single(pool[index].clone())
-            }
-            Connection::Cluster(cluster) => Picked::Cluster(cluster.clone()),
-        }
+        self.connections.pick()
     }
 
     /// Runs one call under the breaker, a slot of `max_in_flight` and the deadline (from the
@@ -351,27 +263,29 @@ impl RedisStore {
         self.circuit_allows()?;
         let started = Instant::now();
         let mut connection = self.pick();
+        let sent_us = self.liveness.now_us();
+        let tolerance_us = LIVENESS.max(self.deadline).as_micros() as u64;
         let timed_out = StoreError::Timeout(self.deadline.as_millis() as u64);
         let call = call(&mut connection);
         tokio::pin!(call);
         let result = loop {
             match tokio::time::timeout(self.deadline, &mut call).await {
                 Ok(Ok(value)) => {
-                    self.replied();
+                    self.liveness.answered(sent_us, self.liveness.now_us());
                     break Ok(value);
                 }
                 // The connection's own response timeout (the longest wait) fired.
                 Ok(Err(err)) if err.is_timeout() => break Err(timed_out),
                 Ok(Err(err)) => break Err(unavailable(err)),
-                // No answer within the deadline. Redis is failing only if it answered none of
-                // this node's calls for `LIVENESS` (a burst, or this node's own stall, can hold
-                // every reply back for tens of milliseconds while Redis is fine); until then, or
-                // `queue_timeout` in all, the call waits on. Yield first, so replies due with
-                // the timer are read before judging.
+                // No answer within the deadline: wait on only while Redis shows this call is
+                // merely queued (see `liveness`), and at most `queue_timeout` in all. Yield
+                // first, so replies due with the timer are read before judging.
                 Err(_) => {
                     tokio::task::yield_now().await;
-                    let silent = !self.replied_within(LIVENESS.max(self.deadline));
-                    if silent || started.elapsed() >= self.queue_timeout {
+                    let now_us = self.liveness.now_us();
+                    if !self.liveness.worth_waiting(sent_us, now_us, tolerance_us)
+                        || started.elapsed() >= self.queue_timeout
+                    {
                         break Err(timed_out);
                     }
                 }
@@ -389,18 +303,6 @@ impl RedisStore {
         }
         self.update_circuit_gauge();
         result
-    }
-
-    /// Notes that Redis answered a call just now.
-    fn replied(&self) {
-        let now = self.started.elapsed().as_micros() as u64;
-        self.last_reply_us.fetch_max(now, Ordering::Relaxed);
-    }
-
-    /// Whether Redis answered any call of this node within `span`.
-    fn replied_within(&self, span: std::time::Duration) -> bool {
-        let now = self.started.elapsed().as_micros() as u64;
-        now.saturating_sub(self.last_reply_us.load(Ordering::Relaxed)) <= span.as_micros() as u64
     }
 
     /// Whether the breaker lets this call through (claiming the probe when half-open).
@@ -562,9 +464,10 @@ impl RedisStore {
         Ok(removed > 0)
     }
 
-    /// While the circuit is not closed, PINGs Redis (past the breaker) and closes the circuit
-    /// as soon as it answers, so service returns within a probe interval of Redis returning
-    /// instead of waiting for a request to win the half-open probe. Runs until dropped.
+    /// While the circuit is not closed, connects afresh (behind Sentinels: to the primary they
+    /// name now) and closes the circuit as soon as the new connections answer a PING within the
+    /// deadline, so service returns within a probe interval of Redis returning, on sockets
+    /// that never sat in a partition's retransmission backoff. Runs until dropped.
     pub async fn watch_health(&self) {
         let mut ticker = tokio::time::interval(PROBE_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -573,14 +476,20 @@ impl RedisStore {
             if self.breaker.state() == CircuitState::Closed {
                 continue;
             }
-            let ping = redis::cmd("PING");
-            let mut connection = self.pick();
-            if let Ok(Ok(())) =
-                tokio::time::timeout(self.deadline, ping.query_async::<()>(&mut connection)).await
+            match self
+                .connections
+                .reconnect::<()>(&redis::cmd("PING"), self.deadline)
+                .await
             {
-                tracing::info!("store answers again; closing the circuit");
-                self.breaker.on_success();
-                self.update_circuit_gauge();
+                Ok(()) => {
+                    tracing::info!("store answers again; closing the circuit");
+                    if let Err(err) = self.load_scripts().await {
+                        tracing::debug!(%err, "loading the script after reconnecting");
+                    }
+                    self.breaker.on_success();
+                    self.update_circuit_gauge();
+                }
+                Err(err) => tracing::debug!(%err, "store probe failed"),
             }
         }
     }
