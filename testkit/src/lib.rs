@@ -1,11 +1,12 @@
 //! What Sluice's tests, benchmarks and the load generator's demo need from the machine, kept
 //! out of the service library: private `redis-server` processes and clusters on free loopback
-//! ports ([`local_redis`]), running the outside programs tests drive ([`tools`]), and a
+//! ports ([`local_redis`]) and a primary, replica and Sentinels ([`local_sentinel`]), running the outside programs tests drive ([`tools`]), and a
 //! folder of its own for a test's files ([`folder`]). Never a
 //! mock, never a skip: a missing program fails with how to install it.
 
 pub mod folder;
 pub mod local_redis;
+pub mod local_sentinel;
 pub mod tools;
 
 /// This crate's tests that bind ports or start programs run one at a time: a program started

@@ -16,9 +16,14 @@ pub fn missing(program: &str, error: io::Error, install: &str) -> io::Error {
 
 /// Runs `command` to its end; a program that cannot start panics with `install`.
 pub fn output(command: &mut Command, install: &str) -> Output {
-    command.output().unwrap_or_else(|error| {
-        panic!("{}", missing(&program(command), error, install));
-    })
+    output_of(command, install).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// Runs `command` to its end; a program that cannot start is an error saying how to install it.
+pub fn output_of(command: &mut Command, install: &str) -> io::Result<Output> {
+    command
+        .output()
+        .map_err(|error| missing(&program(command), error, install))
 }
 
 /// Runs `command`, asserts it succeeded, and returns what it printed (stdout, then stderr).

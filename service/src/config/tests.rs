@@ -506,3 +506,71 @@ fn the_fallback_share_is_a_fraction_or_live_and_bursts_are_bounded() {
         ]
     );
 }
+
+const A_RULE: &str = "[default_rule]\nalgorithm = \"gcra\"\nrate_per_second = 1\nburst = 1\n";
+
+#[test]
+fn sentinels_name_the_primary() {
+    let config = parse(&format!(
+        "[backend]\nkind = \"redis\"\n[backend.redis.sentinel]\nmaster = \"mymaster\"\nurls = [\"redis://10.0.0.1:26379\", \"redis://10.0.0.2:26379\"]\n{A_RULE}"
+    ))
+    .unwrap();
+    let BackendConfig::Redis(redis) = &config.backend else {
+        panic!("a redis backend")
+    };
+    assert!(redis.urls.is_empty());
+    assert_eq!(
+        redis.sentinel,
+        Some(SentinelConfig {
+            master: "mymaster".into(),
+            urls: vec![
+                "redis://10.0.0.1:26379".into(),
+                "redis://10.0.0.2:26379".into()
+            ],
+        })
+    );
+    assert_eq!(
+        redis.addresses(),
+        "primary `mymaster` of sentinels redis://10.0.0.1:26379, redis://10.0.0.2:26379"
+    );
+}
+
+#[test]
+fn sentinels_reject_what_cannot_work_naming_each_field() {
+    assert_eq!(
+        issue_paths(&format!(
+            "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [\"redis://127.0.0.1:6379\"]\ncluster = true\n[backend.redis.sentinel]\nurls = [\"http://x\"]\n{A_RULE}"
+        )),
+        [
+            "backend.redis.sentinel.master",
+            "backend.redis.sentinel.urls[0]",
+            "backend.redis.urls",
+            "backend.redis.sentinel",
+        ]
+    );
+    assert_eq!(
+        issue_paths(&format!(
+            "[backend]\nkind = \"redis\"\n[backend.redis.sentinel]\nmaster = \"m\"\n{A_RULE}"
+        )),
+        ["backend.redis.sentinel.urls"]
+    );
+}
+
+#[test]
+fn the_redis_url_flag_replaces_the_sentinels() {
+    let overrides = Overrides {
+        redis_url: Some("redis://127.0.0.1:7000".into()),
+        ..Overrides::default()
+    };
+    let config = Config::parse(
+        &format!("[backend]\nkind = \"redis\"\n[backend.redis.sentinel]\nmaster = \"m\"\nurls = [\"redis://127.0.0.1:26379\"]\n{A_RULE}"),
+        "test",
+        &overrides,
+    )
+    .unwrap();
+    let BackendConfig::Redis(redis) = &config.backend else {
+        panic!("a redis backend")
+    };
+    assert_eq!(redis.urls, ["redis://127.0.0.1:7000"]);
+    assert_eq!(redis.sentinel, None);
+}
