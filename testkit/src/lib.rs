@@ -4,9 +4,11 @@
 //! folder of its own for a test's files ([`folder`]). Never a
 //! mock, never a skip: a missing program fails with how to install it.
 
+pub mod delay_proxy;
 pub mod folder;
 pub mod local_redis;
 pub mod local_sentinel;
+pub mod netns;
 pub mod tools;
 
 /// This crate's tests that bind ports or start programs run one at a time: a program started
