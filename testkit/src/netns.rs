@@ -1,7 +1,8 @@
 //! A small network of Linux network namespaces for fault tests: each member (Redis, each node)
 //! gets a namespace and an address of its own on one bridge, the test process reaches them all
-//! from the host, and faults are real packet-level ones (iptables in the member's namespace): a
-//! member's packets to another dropped (a partition), or a share of its packets lost. This
+//! from the host, and faults are real packet-level ones (iptables on the bridge, which filters
+//! bridged packets): the packets between two members dropped both ways (a partition, silent
+//! to both), or a share of a member's packets lost. This
 //! kernel has no `netem` qdisc (tried: "Specified qdisc kind is unknown"), so added latency is
 //! [`crate::delay_proxy`]'s job.
 //!
@@ -30,6 +31,8 @@ pub struct Lab {
     members: Vec<String>,
     host_link: String,
     subnet: [u8; 3],
+    /// The loss each member's packets meet now, in percent.
+    losses: std::sync::Mutex<Vec<Option<u32>>>,
 }
 
 impl Lab {
@@ -49,6 +52,7 @@ impl Lab {
                 .collect(),
             host_link: format!("sh{tag}"),
             subnet: [10, 213, third],
+            losses: std::sync::Mutex::new(vec![None; members]),
             tag,
         };
         lab.build()?;
@@ -60,6 +64,18 @@ impl Lab {
         ip(&["-n", &self.switch, "link", "set", "lo", "up"])?;
         ip(&["-n", &self.switch, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &self.switch, "link", "set", "br0", "up"])?;
+        // Bridged packets pass the switch namespace's iptables (where faults are set).
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.switch,
+                "sysctl",
+                "-qw",
+                "net.bridge.bridge-nf-call-iptables=1",
+            ],
+        )?;
         for index in 0..self.members.len() {
             let namespace = self.members[index].clone();
             let inner = format!("m{}x{index}", self.tag);
@@ -122,50 +138,74 @@ impl Lab {
         command
     }
 
-    /// Drops every packet member `from` sends to member `to` (`false` heals it): a partition
-    /// as the network makes one, silent, with nothing refused.
-    pub fn partition(&self, from: usize, to: usize, cut: bool) -> io::Result<()> {
-        self.partition_from(from, self.address(to), cut)
+    /// Drops every packet between members `a` and `b`, both ways (`false` heals it): a
+    /// partition as the network makes one, silent, nothing refused.
+    pub fn partition(&self, a: usize, b: usize, cut: bool) -> io::Result<()> {
+        let (a, b) = (self.address(a).to_string(), self.address(b).to_string());
+        let action = if cut { "-A" } else { "-D" };
+        self.on_bridge(action, &["FORWARD", "-s", &a, "-d", &b, "-j", "DROP"])?;
+        self.on_bridge(action, &["FORWARD", "-s", &b, "-d", &a, "-j", "DROP"])
     }
 
-    /// Drops every packet member `from` sends to `address` (a member, or the host's
-    /// [`Lab::host_address`]); `false` heals it.
-    pub fn partition_from(&self, from: usize, address: Ipv4Addr, cut: bool) -> io::Result<()> {
-        let rule = ["OUTPUT", "-d", &address.to_string(), "-j", "DROP"];
-        self.iptables(from, if cut { "-A" } else { "-D" }, &rule)
-    }
-
-    /// Drops `percent` of the packets member `index` sends, at random (`0` stops it).
-    pub fn lose(&self, index: usize, percent: u32) -> io::Result<()> {
-        let _ = self.iptables(index, "-F", &["OUTPUT"]);
-        if percent == 0 {
-            return Ok(());
-        }
-        let probability = format!("{:.4}", f64::from(percent) / 100.0);
-        let rule = [
-            "OUTPUT",
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            &probability,
-            "-j",
-            "DROP",
+    /// Drops the TCP packets between member `from` and one service, `address:port` (e.g. a
+    /// proxy on the host), both ways, leaving the member's other traffic alone.
+    pub fn cut_off(&self, from: usize, address: Ipv4Addr, port: u16, cut: bool) -> io::Result<()> {
+        let member = self.address(from).to_string();
+        let (address, port) = (address.to_string(), port.to_string());
+        let action = if cut { "-A" } else { "-D" };
+        let there = [
+            "FORWARD", "-p", "tcp", "-s", &member, "-d", &address, "--dport", &port, "-j", "DROP",
         ];
-        self.iptables(index, "-A", &rule)
+        let back = [
+            "FORWARD", "-p", "tcp", "-s", &address, "--sport", &port, "-d", &member, "-j", "DROP",
+        ];
+        self.on_bridge(action, &there)?;
+        self.on_bridge(action, &back)
+    }
+
+    /// Drops `percent` of the packets member `index` sends, at random, replacing the share
+    /// set before (`0` stops it).
+    pub fn lose(&self, index: usize, percent: u32) -> io::Result<()> {
+        let mut losses = self.losses.lock().unwrap();
+        let rule = |percent: u32| {
+            vec![
+                "FORWARD".to_owned(),
+                "-s".to_owned(),
+                self.address(index).to_string(),
+                "-m".to_owned(),
+                "statistic".to_owned(),
+                "--mode".to_owned(),
+                "random".to_owned(),
+                "--probability".to_owned(),
+                format!("{:.4}", f64::from(percent) / 100.0),
+                "-j".to_owned(),
+                "DROP".to_owned(),
+            ]
+        };
+        if let Some(before) = losses[index].take() {
+            let rule = rule(before);
+            self.on_bridge("-D", &rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
+        if percent > 0 {
+            let rule = rule(percent);
+            self.on_bridge("-A", &rule.iter().map(String::as_str).collect::<Vec<_>>())?;
+            losses[index] = Some(percent);
+        }
+        Ok(())
+    }
+
+    /// Adds or removes a rule where every member's packets pass: the bridge (its namespace
+    /// filters bridged packets with iptables), so a drop is silent to both ends.
+    fn on_bridge(&self, action: &str, rule: &[&str]) -> io::Result<()> {
+        let mut args = vec!["netns", "exec", &self.switch, "iptables", action];
+        args.extend_from_slice(rule);
+        run("ip", &args)
     }
 
     /// The host's address on the lab's bridge: members reach the test process there.
     pub fn host_address(&self) -> Ipv4Addr {
         let [a, b, c] = self.subnet;
         Ipv4Addr::new(a, b, c, 1)
-    }
-
-    fn iptables(&self, index: usize, action: &str, rule: &[&str]) -> io::Result<()> {
-        let mut args = vec!["netns", "exec", &self.members[index], "iptables", action];
-        args.extend_from_slice(rule);
-        run("ip", &args)
     }
 }
 

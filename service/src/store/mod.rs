@@ -13,7 +13,7 @@ use std::{future::Future, sync::Arc};
 pub use breaker::{Breaker, CircuitState};
 pub use deny_cache::DenyCache;
 pub use memory::MemoryStore;
-pub use redis::{DECISION_SCRIPT, RedisMetrics, RedisStore, escape_into};
+pub use redis::{DECISION_SCRIPT, LIVENESS, RedisMetrics, RedisStore, escape_into};
 
 use crate::algorithm::{
     ban::Bans,

@@ -18,9 +18,22 @@ pub struct Node {
 impl Node {
     /// Starts the binary with `args` (ports are picked free) and waits until it listens.
     pub fn start(args: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ratelimiter"))
+        let mut command = Command::new(Self::program());
+        command
             .args(args)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+        Self::start_command(command)
+    }
+
+    /// The binary's path, for a command built around it (e.g. run in a network namespace).
+    pub fn program() -> &'static str {
+        env!("CARGO_BIN_EXE_ratelimiter")
+    }
+
+    /// Starts `command` (which runs the binary with its listen addresses) and waits until it
+    /// listens.
+    pub fn start_command(mut command: Command) -> Node {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
