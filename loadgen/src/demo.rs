@@ -204,6 +204,7 @@ pub async fn run_demo(options: &DemoOptions) -> anyhow::Result<SessionOutcome> {
         out_dir: options.out_dir.clone(),
         verify: true,
         service_metrics: nodes.metrics.clone(),
+        ..SessionOptions::default()
     };
     let outcome = run_session(config, &session).await;
     nodes.stop().await?;

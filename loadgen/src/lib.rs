@@ -4,9 +4,11 @@
 //!
 //! `engine` drives load through `client` (one module per protocol, sharing the types of
 //! `wire`) into `stats`; `session` runs one test end to end (`ledger`, `scrape`, `report`);
-//! `demo` embeds the service and runs a session against it; `main.rs` parses flags.
+//! `demo` embeds the service and runs a session against it; `chaos` runs one through nodes on
+//! a network it breaks on a schedule; `main.rs` parses flags.
 
 pub mod admin;
+pub mod chaos;
 pub mod client;
 pub mod compare;
 pub mod demo;

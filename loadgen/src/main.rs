@@ -1,5 +1,5 @@
 //! `loadgen`: parses flags and calls the library. Subcommands: run, tui, demo, report, stack,
-//! compare.
+//! chaos, compare (and the hidden `node`, which chaos runs in each namespace).
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -50,6 +50,12 @@ enum Command {
     },
     /// Start redis-server, two limiter nodes and Prometheus on loopback; Ctrl-C stops them.
     Stack(StackArgs),
+    /// Load nodes on a real network (Linux namespaces; needs root) while a fault schedule
+    /// breaks it; the report marks each fault with the outcomes around it.
+    Chaos(ChaosArgs),
+    /// One limiter node (what `chaos` runs in each namespace): the service's own flags.
+    #[command(hide = true)]
+    Node(NodeArgs),
     /// Compare two saved runs; exits 1 when B regresses past --threshold.
     Compare {
         a: PathBuf,
@@ -74,6 +80,47 @@ struct StackArgs {
     /// Where Prometheus scrapes the generator: give `loadgen run` the same --metrics-addr.
     #[arg(long, default_value = "127.0.0.1:9464")]
     loadgen_metrics: std::net::SocketAddr,
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// A fault: AT+FOR:KIND=VALUE, e.g. 10s+5s:partition=2 (node 2 cut off from Redis),
+    /// 20s+3s:latency=200ms, 30s+3s:loss=5 (% of Redis's packets), 40s+5s:flap=1. Repeatable.
+    #[arg(long = "fault", required = true)]
+    faults: Vec<loadgen::chaos::fault::Fault>,
+    /// Limiter nodes, each in a namespace of its own, all on one Redis.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// The nodes' TOML (its Redis URL is replaced by the lab's); default: a generous token
+    /// bucket with failure_mode "deny".
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Open-model rate across the nodes (req/s).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    duration: Duration,
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
+    #[arg(long, default_value = "")]
+    resource: String,
+    /// The run's folder under --results (default: chaos-<unix time>).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long)]
+    grpc_addr: String,
+    #[arg(long)]
+    http_addr: String,
+    #[arg(long)]
+    redis_url: String,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -361,6 +408,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 out_dir: report::results_dir(&args.results, args.name.as_deref()),
                 verify: args.verify,
                 service_metrics: args.service_metrics.clone(),
+                ..SessionOptions::default()
             };
             let outcome = run_session(config, &options).await?;
             println!("{}", console(&outcome.summary, &outcome.dir));
@@ -441,6 +489,50 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("Ctrl-C stops everything");
             tokio::signal::ctrl_c().await?;
             stack.stop().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Chaos(args) => {
+            let name = args.name.clone().unwrap_or_else(|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+                format!("chaos-{now}")
+            });
+            let options = loadgen::chaos::ChaosOptions {
+                nodes: args.nodes,
+                faults: args.faults,
+                config: args.config,
+                rate: args.rate,
+                duration: args.duration,
+                keys: args.keys,
+                resource: args.resource,
+                out_dir: report::results_dir(&args.results, Some(&name)),
+                command: command_line(),
+            };
+            let outcome = loadgen::chaos::run_chaos(&options).await?;
+            println!("{}", console(&outcome.summary, &outcome.dir));
+            for fault in &outcome.summary.faults {
+                println!(
+                    "fault {} {:.1}-{:.1} s: allowed / denied / errors before {}, during {}, after {}",
+                    fault.fault, fault.start_s, fault.end_s, fault.before, fault.during, fault.after
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(args) => {
+            let overrides = sluice::config::Overrides {
+                grpc_addr: Some(args.grpc_addr),
+                http_addr: Some(args.http_addr),
+                backend: Some("redis".into()),
+                redis_url: Some(args.redis_url),
+                ..Default::default()
+            };
+            let config = sluice::config::Config::load(Some(&args.config), &overrides)?;
+            let source = sluice::reload::ConfigSource {
+                path: args.config,
+                overrides,
+            };
+            sluice::server::run_until_signal(config, Some(source)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Compare { a, b, threshold } => {

@@ -20,6 +20,8 @@ pub struct SessionOptions {
     pub verify: bool,
     /// The services' `/metrics` URLs, for reconciling their counters with the client's.
     pub service_metrics: Vec<String>,
+    /// A chaos run's faults, marked in the report with the outcomes around each.
+    pub faults: Vec<report::faults::FaultSpan>,
 }
 
 pub struct SessionOutcome {
@@ -73,7 +75,9 @@ pub fn write_report(
         report.reconciliation = reconciliation;
         report
     });
-    let summary = Summary::from_run(result, options.command.clone(), ledger);
+    let mut summary = Summary::from_run(result, options.command.clone(), ledger);
+    summary.faults =
+        report::faults::records(&options.faults, &summary.timeline, summary.interval_s);
     report::write_run(&options.out_dir, result, &summary)?;
     Ok(summary)
 }

@@ -261,6 +261,7 @@ async fn every_panel_and_rule_returns_data_from_a_live_run() {
         out_dir: std::env::temp_dir().join(format!("sluice-dashboards-{}", std::process::id())),
         verify: true,
         service_metrics: stack.nodes.metrics.clone(),
+        ..SessionOptions::default()
     };
     let out_dir = session.out_dir.clone();
     // Beside it, one key over a shadowed trial limit (5 at once, 1/s): its would-be denials feed

@@ -56,6 +56,7 @@ fn options(name: &str, verify: bool, metrics: Vec<String>) -> SessionOptions {
         out_dir: out_dir(name),
         verify,
         service_metrics: metrics,
+        ..SessionOptions::default()
     }
 }
 

@@ -77,6 +77,7 @@ fn options(name: &str, nodes: &[RunningServer]) -> SessionOptions {
             .iter()
             .map(|node| format!("http://{}/metrics", node.http_addr))
             .collect(),
+        ..SessionOptions::default()
     }
 }
 

@@ -69,6 +69,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
         out_dir: out_dir.clone(),
         verify: true,
         service_metrics: Vec::new(),
+        ..SessionOptions::default()
     };
     let load = tokio::spawn(async move { run_session(config, &options).await });
 

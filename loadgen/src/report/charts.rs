@@ -99,6 +99,32 @@ fn time_chart<'a, DB: DrawingBackend>(
     Ok(chart)
 }
 
+/// Shades each fault of a chaos run across the chart's height, over the series, and names it
+/// at the top.
+fn draw_faults<'a, DB: DrawingBackend + 'a>(
+    chart: &mut TimeChart<'a, DB>,
+    summary: &Summary,
+    y_top: f64,
+) -> DrawResult {
+    let shade = RGBColor(120, 120, 120);
+    for fault in &summary.faults {
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(fault.start_s, 0.0), (fault.end_s, y_top)],
+                shade.mix(0.15).filled(),
+            )))
+            .map_err(failed)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                fault.fault.clone(),
+                (fault.start_s, y_top),
+                ("sans-serif", 14).into_font().color(&BLACK),
+            )))
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
 /// The legend box every over-time chart draws.
 fn draw_legend<'a, DB: DrawingBackend + 'a>(chart: &mut TimeChart<'a, DB>) -> DrawResult {
     chart
@@ -152,6 +178,7 @@ fn latency_over_time<DB: DrawingBackend>(
             .label(name)
             .legend(move |(x, y)| line_key(color, x, y));
     }
+    draw_faults(&mut chart, summary, max * 1.1)?;
     draw_legend(&mut chart)
 }
 
@@ -200,6 +227,7 @@ fn throughput_over_time<DB: DrawingBackend>(
             .label(name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
     }
+    draw_faults(&mut chart, summary, max * 1.1)?;
     draw_legend(&mut chart)
 }
 

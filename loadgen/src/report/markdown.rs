@@ -190,6 +190,25 @@ pub fn report(summary: &Summary) -> String {
             );
         }
     }
+    if !summary.faults.is_empty() {
+        let _ = writeln!(out, "\n## Faults\n");
+        let _ = writeln!(
+            out,
+            "Outcomes (allowed / denied / errors) in spans as long as each fault, just before, \
+             during and just after it; the charts shade each fault.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| fault | from | to | before | during | after |\n|---|---|---|---|---|---|"
+        );
+        for fault in &summary.faults {
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} s | {:.1} s | {} | {} | {} |",
+                fault.fault, fault.start_s, fault.end_s, fault.before, fault.during, fault.after
+            );
+        }
+    }
     let _ = writeln!(out, "\n## Charts\n");
     for chart in CHART_FILES {
         let _ = writeln!(out, "![{chart}]({chart}.png)\n");

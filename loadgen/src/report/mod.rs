@@ -10,6 +10,7 @@
 //! | `k6-summary.json`, `goose-report.json` | optional: the same scenario run by k6 and Goose ([`tools`]) |
 
 mod charts;
+pub mod faults;
 mod hgrm;
 mod markdown;
 pub mod summary;
@@ -85,8 +86,8 @@ pub fn read_summary(dir: &Path) -> anyhow::Result<Summary> {
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let summary: Summary =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    // Versions 2 and 3 only added fields that default to empty (shadow-denied counts and
-    // findings, the full send lag), so every earlier version still reads.
+    // Versions 2 to 4 only added fields that default to empty (shadow-denied counts and
+    // findings, the full send lag, a chaos run's faults), so every earlier version still reads.
     anyhow::ensure!(
         summary.schema == summary::SCHEMA
             && (1..=summary::SCHEMA_VERSION).contains(&summary.schema_version),

@@ -6,6 +6,7 @@ use std::time::UNIX_EPOCH;
 use hdrhistogram::{Counter, Histogram};
 use serde::{Deserialize, Serialize};
 
+use super::faults::FaultRecord;
 use crate::{
     engine::{LoadModel, RunResult},
     ledger::LedgerReport,
@@ -14,8 +15,9 @@ use crate::{
 
 pub const SCHEMA: &str = "sluice-loadgen/summary";
 /// 2: shadow-denied outcomes (`totals.shadow_denied`, `ledger.shadow_denied`), banned answers
-/// read from HTTP 403. 3: the open model's send lag in full (`generator.lag_ms`).
-pub const SCHEMA_VERSION: u32 = 3;
+/// read from HTTP 403. 3: the open model's send lag in full (`generator.lag_ms`). 4: a chaos
+/// run's `faults`.
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
@@ -32,6 +34,9 @@ pub struct Summary {
     pub interval_s: f64,
     pub timeline: Vec<TimelinePoint>,
     pub ledger: Option<LedgerReport>,
+    /// A chaos run's faults (`loadgen chaos`), each with the outcomes around it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,6 +281,7 @@ impl Summary {
                 })
                 .collect(),
             ledger,
+            faults: Vec::new(),
         }
     }
 }

@@ -320,6 +320,7 @@ impl App {
             out_dir: dir.to_path_buf(),
             verify: true,
             service_metrics: Vec::new(),
+            ..SessionOptions::default()
         };
         match write_report(result, &options, None) {
             Ok(summary) => {
