@@ -514,7 +514,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             for fault in &outcome.summary.faults {
                 println!(
                     "fault {} {:.1}-{:.1} s: allowed / denied / errors before {}, during {}, after {}",
-                    fault.fault, fault.start_s, fault.end_s, fault.before, fault.during, fault.after
+                    fault.fault,
+                    fault.start_s,
+                    fault.end_s,
+                    fault.before,
+                    fault.during,
+                    fault.after
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -124,7 +124,11 @@ struct Answer {
     took: Duration,
 }
 
-/// Loads every node with sequential checks for `RUN_FOR`, calling `fault(true)` at
+/// Callers per node, each sending its next check 8 ms after its last answer: several calls in
+/// flight at once on a node's Redis connections, as production has.
+const CALLERS: usize = 4;
+
+/// Loads every node with `CALLERS` callers for `RUN_FOR`, calling `fault(true)` at
 /// `FAULT_AT` and `fault(false)` `FAULT_FOR` later; every answer.
 async fn under_load(stack: &Stack, fault: impl Fn(bool)) -> Vec<Answer> {
     let started = Instant::now();
@@ -136,42 +140,45 @@ async fn under_load(stack: &Stack, fault: impl Fn(bool)) -> Vec<Answer> {
                 .connect()
                 .await
                 .expect("gRPC connects to the node");
-        workers.push(tokio::spawn(async move {
-            let mut grpc = RateLimiterClient::new(channel);
-            let mut answers = Vec::new();
-            // Bounded by time and by count.
-            for sent in 0..50_000u32 {
-                let at = started.elapsed();
-                if at >= RUN_FOR {
-                    break;
+        for caller in 0..CALLERS {
+            let channel = channel.clone();
+            workers.push(tokio::spawn(async move {
+                let mut grpc = RateLimiterClient::new(channel);
+                let mut answers = Vec::new();
+                // Bounded by time and by count.
+                for sent in 0..50_000u32 {
+                    let at = started.elapsed();
+                    if at >= RUN_FOR {
+                        break;
+                    }
+                    let scarce = (sent + caller as u32).is_multiple_of(10);
+                    let asked = Instant::now();
+                    let answer = grpc
+                        .check(CheckRequest {
+                            key: if scarce {
+                                "scarce".into()
+                            } else {
+                                format!("key-{}", sent % 100)
+                            },
+                            resource: if scarce { "scarce" } else { "api" }.into(),
+                            cost: None,
+                        })
+                        .await
+                        .expect("the node answers")
+                        .into_inner();
+                    answers.push(Answer {
+                        node,
+                        at,
+                        scarce,
+                        from_redis: answer.reason.is_empty(),
+                        allowed: answer.allowed,
+                        took: asked.elapsed(),
+                    });
+                    tokio::time::sleep(Duration::from_millis(8)).await;
                 }
-                let scarce = sent % 10 == 0;
-                let asked = Instant::now();
-                let answer = grpc
-                    .check(CheckRequest {
-                        key: if scarce {
-                            "scarce".into()
-                        } else {
-                            format!("key-{}", sent % 100)
-                        },
-                        resource: if scarce { "scarce" } else { "api" }.into(),
-                        cost: None,
-                    })
-                    .await
-                    .expect("the node answers")
-                    .into_inner();
-                answers.push(Answer {
-                    node,
-                    at,
-                    scarce,
-                    from_redis: answer.reason.is_empty(),
-                    allowed: answer.allowed,
-                    took: asked.elapsed(),
-                });
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            answers
-        }));
+                answers
+            }));
+        }
     }
     tokio::time::sleep(FAULT_AT).await;
     fault(true);

@@ -49,10 +49,11 @@ pub(super) struct Connections {
     next: AtomicUsize,
 }
 
-/// One connection picked for a call.
+/// One connection picked for a call, and its place in the pool (its lane).
 #[derive(Clone)]
 pub(super) struct Picked {
     connection: Link,
+    pub lane: usize,
 }
 
 #[derive(Clone)]
@@ -105,8 +106,10 @@ impl Connections {
     /// The next pool member, round robin.
     pub fn pick(&self) -> Picked {
         let pool = self.pool.load();
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
         Picked {
-            connection: pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone(),
+            connection: pool[lane].clone(),
+            lane,
         }
     }
 

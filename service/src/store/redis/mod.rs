@@ -17,7 +17,7 @@ use std::{fmt::Write as _, time::Instant};
 
 use connections::{Connections, Picked};
 pub use liveness::LIVENESS;
-use liveness::Liveness;
+use liveness::{LateCall, Liveness, PUNCTUAL};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 use redis::Script;
 
@@ -129,7 +129,7 @@ impl RedisStore {
             prefix: config.prefix.clone(),
             deadline: config.deadline,
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
-            liveness: Liveness::default(),
+            liveness: Liveness::new(if config.cluster { 1 } else { config.pool_size }),
             queue_timeout: config.queue_timeout,
             breaker: Breaker::new(config.breaker_failures, config.breaker_backoff),
             deny_cache: DenyCache::new(config.deny_cache_keys),
@@ -263,15 +263,19 @@ impl RedisStore {
         self.circuit_allows()?;
         let started = Instant::now();
         let mut connection = self.pick();
+        let lane = connection.lane;
         let sent_us = self.liveness.now_us();
+        let deadline_us = self.deadline.as_micros() as u64;
         let tolerance_us = LIVENESS.max(self.deadline).as_micros() as u64;
         let timed_out = StoreError::Timeout(self.deadline.as_millis() as u64);
         let call = call(&mut connection);
         tokio::pin!(call);
         let result = loop {
+            let timer_from_us = self.liveness.now_us();
             match tokio::time::timeout(self.deadline, &mut call).await {
                 Ok(Ok(value)) => {
-                    self.liveness.answered(sent_us, self.liveness.now_us());
+                    self.liveness
+                        .answered(lane, sent_us, self.liveness.now_us());
                     break Ok(value);
                 }
                 // The connection's own response timeout (the longest wait) fired.
@@ -281,10 +285,21 @@ impl RedisStore {
                 // merely queued (see `liveness`), and at most `queue_timeout` in all. Yield
                 // first, so replies due with the timer are read before judging.
                 Err(_) => {
+                    let late_by = self
+                        .liveness
+                        .now_us()
+                        .saturating_sub(timer_from_us + deadline_us);
+                    let punctual = late_by <= PUNCTUAL.as_micros() as u64;
                     tokio::task::yield_now().await;
-                    let now_us = self.liveness.now_us();
-                    if !self.liveness.worth_waiting(sent_us, now_us, tolerance_us)
-                        || started.elapsed() >= self.queue_timeout
+                    let late = LateCall {
+                        lane,
+                        sent_us,
+                        now_us: self.liveness.now_us(),
+                        deadline_us,
+                        tolerance_us,
+                        punctual,
+                    };
+                    if !self.liveness.worth_waiting(late) || started.elapsed() >= self.queue_timeout
                     {
                         break Err(timed_out);
                     }
