@@ -76,10 +76,12 @@ impl Stack {
                 "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [\"redis://{}\"]\n\
                  deadline = \"{}ms\"\nfailure_mode = \"local\"\nfallback_share = {}\n\
                  [rules.api]\nalgorithm = \"fixed_window\"\nlimit = 1000000\nwindow = \"1h\"\n\
-                 [rules.scarce]\nalgorithm = \"fixed_window\"\nlimit = {SCARCE_LIMIT}\nwindow = \"1h\"\n",
+                 {}",
                 proxy.addr,
                 DEADLINE.as_millis(),
-                1.0 / NODES as f64
+                1.0 / NODES as f64,
+                // Never refills during the test (an hourly fixed window would, at the hour).
+                common::no_refill_bucket("scarce", SCARCE_LIMIT),
             ),
         )
         .unwrap();

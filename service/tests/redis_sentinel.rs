@@ -28,7 +28,8 @@ fn config(group: &LocalSentinels) -> String {
             "[rules.{mode}]\nalgorithm = \"fixed_window\"\nlimit = 1000000\nwindow = \"1h\"\nfailure_mode = \"{mode}\"\n"
         ));
     }
-    config.push_str("[rules.kept]\nalgorithm = \"fixed_window\"\nlimit = 50\nwindow = \"1h\"\n");
+    // Never refills during the test (an hourly fixed window would, at the hour).
+    config.push_str(&common::no_refill_bucket("kept", 50));
     config
 }
 
