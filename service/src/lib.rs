@@ -4,6 +4,7 @@
 //! metrics) → [`store::Store`] (state, atomically per key) → [`algorithm`] (pure decision).
 //! See `docs/architecture.md`.
 
+pub mod adaptive;
 pub mod admin;
 pub mod algorithm;
 pub mod api;
