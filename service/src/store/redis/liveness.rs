@@ -83,7 +83,8 @@ impl Liveness {
     /// Whether a call still unanswered past its deadline is worth waiting on. Not when Redis
     /// has been silent for the tolerance, nor when it only answers calls sent over the
     /// tolerance before this one (replies come back in order, so this one is queued right
-    /// behind those). Nor, when this node keeps time, when the call's own connection is stuck:
+    /// behind those); twice the tolerance when this node's own timer fired late (starved of
+    /// CPU, it reads replies late: a burst with another process on one core showed 100 ms). Nor, when this node keeps time, when the call's own connection is stuck:
     /// silent, since this call was sent, for half the tolerance and twice what calls take now
     /// (the age of the newest call answered), while the others answered within a deadline;
     /// that is a lost packet waiting out TCP's retransmission timeout, not Redis slow. A
@@ -95,7 +96,13 @@ impl Liveness {
             .saturating_sub(self.last_reply_us.load(Ordering::Relaxed));
         let newest_answered_sent_us = self.newest_answered_sent_us.load(Ordering::Relaxed);
         let behind_by = call.sent_us.saturating_sub(newest_answered_sent_us);
-        if silent_for > call.tolerance_us || behind_by > call.tolerance_us {
+        // A node that was starved (its own timer late) reads replies late: give it twice as long.
+        let tolerance_us = if call.punctual {
+            call.tolerance_us
+        } else {
+            2 * call.tolerance_us
+        };
+        if silent_for > tolerance_us || behind_by > tolerance_us {
             return false;
         }
         let taking_us = call.now_us.saturating_sub(newest_answered_sent_us);
@@ -156,6 +163,21 @@ mod tests {
         assert!(!quiet.worth_waiting(call(0, 1_050_000, 1_100_001)));
         // A store that never answered anything.
         assert!(!Liveness::new(1).worth_waiting(call(0, 1_000_000, 1_010_000)));
+    }
+
+    #[test]
+    fn a_starved_node_gets_twice_the_tolerance() {
+        // Redis silent for 150 ms: a node keeping time calls it; one whose own timer fired late
+        // may have its replies unread, and waits up to 200 ms.
+        let quiet = liveness(1_000_000, 999_000);
+        let starved = |now_us| LateCall {
+            punctual: false,
+            ..call(0, 1_100_000, now_us)
+        };
+        assert!(!quiet.worth_waiting(call(0, 1_100_000, 1_150_000)));
+        assert!(quiet.worth_waiting(starved(1_150_000)));
+        assert!(quiet.worth_waiting(starved(1_200_000)));
+        assert!(!quiet.worth_waiting(starved(1_200_001)));
     }
 
     #[test]
