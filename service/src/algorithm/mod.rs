@@ -9,6 +9,7 @@
 //! that steps backwards is treated as "no time passed", never as negative time.
 
 pub mod ban;
+pub mod concurrency;
 mod fixed_window;
 mod gcra;
 mod sliding_window_counter;
