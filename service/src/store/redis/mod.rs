@@ -138,6 +138,13 @@ impl RedisStore {
             metrics,
         };
         store.load_scripts().await?;
+        // Redis just answered the connection and the script load: a new node's first calls
+        // are judged against that, not against a Redis that never answered (which fails any
+        // call past its deadline, as a cold debug build's first calls can be).
+        let now_us = store.liveness.now_us();
+        for lane in 0..config.pool_size.max(1) {
+            store.liveness.answered(lane, now_us, now_us);
+        }
         Ok(store)
     }
 
