@@ -262,6 +262,7 @@ mod tests {
 
     #[test]
     fn a_lab_reaches_its_members_and_leaves_nothing_behind() {
+        let _one_at_a_time = crate::one_test_at_a_time();
         let lab = Lab::new(2).unwrap_or_else(|err| panic!("{err}"));
         let names: Vec<String> = lab.members.iter().chain([&lab.switch]).cloned().collect();
         // A TCP connection to a closed port: refused at once when packets pass, timed out when
