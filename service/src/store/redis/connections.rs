@@ -52,12 +52,14 @@ pub(super) struct Connections {
 /// One connection picked for a call, and its place in the pool (its lane).
 #[derive(Clone)]
 pub(super) struct Picked {
-    connection: Link,
+    pub connection: Link,
     pub lane: usize,
 }
 
+/// A pool member, or the cluster connection (which routes each command to the node owning its
+/// key); both multiplex concurrent calls on their sockets.
 #[derive(Clone)]
-enum Link {
+pub(super) enum Link {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -168,28 +170,6 @@ fn timed_out(what: &str) -> redis::RedisError {
         std::io::ErrorKind::TimedOut,
         format!("{what} took too long"),
     ))
-}
-
-impl ConnectionLike for Picked {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        self.connection.req_packed_command(cmd)
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        self.connection.req_packed_commands(pipeline, offset, count)
-    }
-
-    fn get_db(&self) -> i64 {
-        self.connection.get_db()
-    }
 }
 
 impl ConnectionLike for Link {

@@ -15,7 +15,7 @@ mod liveness;
 
 use std::{fmt::Write as _, time::Instant};
 
-use connections::{Connections, Picked};
+use connections::{Connections, Link, Picked};
 pub use liveness::LIVENESS;
 use liveness::{LateCall, Liveness, PUNCTUAL};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
@@ -170,7 +170,7 @@ impl RedisStore {
             return Ok(());
         }
         self.script
-            .load_async(&mut self.pick())
+            .load_async(&mut self.pick().connection)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -251,7 +251,7 @@ impl RedisStore {
     /// moment it has a slot), and accounts for it.
     async fn run<T>(
         &self,
-        call: impl AsyncFnOnce(&mut Picked) -> redis::RedisResult<T>,
+        call: impl AsyncFnOnce(&mut Link) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
         // An open circuit answers at once, without queueing (the probe is claimed below).
         if self.breaker.state() == CircuitState::Open {
@@ -269,8 +269,10 @@ impl RedisStore {
         // The breaker may have opened while this call waited.
         self.circuit_allows()?;
         let started = Instant::now();
-        let mut connection = self.pick();
-        let lane = connection.lane;
+        let Picked {
+            mut connection,
+            lane,
+        } = self.pick();
         let sent_us = self.liveness.now_us();
         let deadline_us = self.deadline.as_micros() as u64;
         let tolerance_us = LIVENESS.max(self.deadline).as_micros() as u64;
@@ -522,7 +524,7 @@ impl RedisStore {
         command: &redis::Cmd,
     ) -> Result<T, StoreError> {
         command
-            .query_async(&mut self.pick())
+            .query_async(&mut self.pick().connection)
             .await
             .map_err(unavailable)
     }
