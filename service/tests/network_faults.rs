@@ -274,35 +274,13 @@ async fn a_flapping_link_is_never_waited_on_past_the_bound() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let stack = Stack::start();
     let (host, port) = (stack.lab.host_address(), stack.proxy.addr.port());
-    let lab = stack.lab.clone();
-    // The link of node 0 goes down and up every 200 ms while the fault lasts.
-    let flapping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flapper = {
-        let (lab, flapping) = (lab.clone(), flapping.clone());
-        std::thread::spawn(move || {
-            let mut cut = false;
-            let until = Instant::now() + RUN_FOR;
-            while Instant::now() < until {
-                let wanted = flapping.load(std::sync::atomic::Ordering::Relaxed) && !cut;
-                if wanted != cut {
-                    lab.cut_off(1, host, port, wanted).unwrap();
-                    cut = wanted;
-                } else if cut {
-                    lab.cut_off(1, host, port, false).unwrap();
-                    cut = false;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            if cut {
-                lab.cut_off(1, host, port, false).unwrap();
-            }
-        })
-    };
+    // The link of node 0 (member 1) goes down and up every 200 ms while the fault lasts.
+    let flapping = std::sync::Mutex::new(None);
     let answers = under_load(&stack, |on| {
-        flapping.store(on, std::sync::atomic::Ordering::Relaxed)
+        *flapping.lock().unwrap() =
+            on.then(|| stack.lab.flap(1, host, port, Duration::from_millis(200)));
     })
     .await;
-    flapper.join().unwrap();
     judge(
         "flapping link of one node",
         &answers,

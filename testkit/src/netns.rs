@@ -14,7 +14,10 @@ use std::{
     io,
     net::Ipv4Addr,
     process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
 };
 
 const INSTALL: &str =
@@ -163,6 +166,36 @@ impl Lab {
         self.on_bridge(action, &back)
     }
 
+    /// Cuts member `from` off from `address:port` and back every `period` (down, up, ...) until
+    /// the returned guard is dropped, which stops it with the link up.
+    pub fn flap(
+        self: &Arc<Self>,
+        from: usize,
+        address: Ipv4Addr,
+        port: u16,
+        period: std::time::Duration,
+    ) -> Flapping {
+        let running = Arc::new(AtomicBool::new(true));
+        let (lab, still) = (self.clone(), running.clone());
+        let thread = std::thread::spawn(move || {
+            let mut cut = false;
+            while still.load(Ordering::Relaxed) {
+                cut = !cut;
+                if lab.cut_off(from, address, port, cut).is_err() {
+                    return;
+                }
+                std::thread::sleep(period);
+            }
+            if cut {
+                let _ = lab.cut_off(from, address, port, false);
+            }
+        });
+        Flapping {
+            running,
+            thread: Some(thread),
+        }
+    }
+
     /// Drops `percent` of the packets member `index` sends, at random, replacing the share
     /// set before (`0` stops it).
     pub fn lose(&self, index: usize, percent: u32) -> io::Result<()> {
@@ -206,6 +239,21 @@ impl Lab {
     pub fn host_address(&self) -> Ipv4Addr {
         let [a, b, c] = self.subnet;
         Ipv4Addr::new(a, b, c, 1)
+    }
+}
+
+/// A flapping link ([`Lab::flap`]); dropping it stops the flapping and leaves the link up.
+pub struct Flapping {
+    running: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Flapping {
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

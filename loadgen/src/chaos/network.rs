@@ -8,15 +8,15 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use sluice_testkit::{delay_proxy::DelayProxy, netns::Lab};
+use sluice_testkit::{
+    delay_proxy::DelayProxy,
+    netns::{Flapping, Lab},
+};
 
 use super::fault::{FLAP_PERIOD, FaultKind};
 
@@ -32,7 +32,7 @@ pub struct ChaosNetwork {
     pub grpc_addrs: Vec<SocketAddr>,
     /// Each node's HTTP address (/metrics).
     pub http_addrs: Vec<SocketAddr>,
-    flapping: Mutex<HashMap<usize, Arc<AtomicBool>>>,
+    flapping: Mutex<HashMap<usize, Flapping>>,
     folder: PathBuf,
 }
 
@@ -117,27 +117,11 @@ impl ChaosNetwork {
             FaultKind::Loss(percent) => self.lab.lose(0, if on { percent } else { 0 })?,
             FaultKind::Flap { node } => {
                 let mut flapping = self.flapping.lock().unwrap();
+                // Dropping a node's guard stops its flapping with the link up.
+                flapping.remove(&node);
                 if on {
-                    let running = Arc::new(AtomicBool::new(true));
-                    flapping.insert(node, running.clone());
-                    let lab = self.lab.clone();
-                    std::thread::spawn(move || {
-                        let mut cut = false;
-                        while running.load(Ordering::Relaxed) {
-                            cut = !cut;
-                            if lab.cut_off(node, host, port, cut).is_err() {
-                                break;
-                            }
-                            std::thread::sleep(FLAP_PERIOD);
-                        }
-                        if cut {
-                            let _ = lab.cut_off(node, host, port, false);
-                        }
-                    });
-                } else if let Some(running) = flapping.remove(&node) {
-                    running.store(false, Ordering::Relaxed);
-                    // The flapping thread heals the link within a period.
-                    std::thread::sleep(FLAP_PERIOD + Duration::from_millis(50));
+                    let guard = self.lab.flap(node, host, port, FLAP_PERIOD);
+                    flapping.insert(node, guard);
                 }
             }
         }
@@ -147,9 +131,7 @@ impl ChaosNetwork {
 
 impl Drop for ChaosNetwork {
     fn drop(&mut self) {
-        for running in self.flapping.lock().unwrap().values() {
-            running.store(false, Ordering::Relaxed);
-        }
+        self.flapping.lock().unwrap().clear();
         self.processes.clear();
         let _ = std::fs::remove_dir_all(&self.folder);
     }
