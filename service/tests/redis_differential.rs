@@ -1,12 +1,14 @@
 //! The Lua script against the pure Rust algorithms, their stacking and bans: the same random
 //! rules of one to three limits, with or without a random ban policy, and the same random
 //! requests at the same timestamps, must give identical decisions for every limit (allowed,
-//! remaining, reset-after, retry-after) and identical bans (when, how long).
+//! remaining, reset-after, retry-after) and identical bans (when, how long). The adaptive
+//! script against [`Aimd::merge`] the same way: random reports at random times, the same factor.
 
 mod common;
 
 use proptest::{prelude::*, test_runner::TestRunner};
 use sluice::{
+    adaptive::{Aimd, Window},
     algorithm::{
         Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
         ban::{Ban, BanScope, BanState, Bans},
@@ -153,6 +155,98 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
                         cost,
                         limits,
                         ban
+                    );
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+fn aimd_strategy() -> impl Strategy<Value = Aimd> {
+    (
+        prop_oneof![Just(100_000u64), 0u64..=1_000_000],
+        1u64..=1_000_000,
+        1u64..=1_000_000,
+        1u64..1_000_000,
+        0u64..10,
+    )
+        .prop_map(|(max_error, floor, increase, decrease, min_reports)| Aimd {
+            target_latency_us: 1,
+            max_error_ppm: max_error,
+            floor_ppm: floor,
+            increase_ppm: increase,
+            decrease_ppm: decrease,
+            min_reports,
+        })
+}
+
+fn reports_strategy() -> impl Strategy<Value = Vec<(u64, Window)>> {
+    let gap = prop_oneof![Just(0u64), 0..500u64, 0..3_000u64];
+    // Shares at the bounds (exactly a tenth slow, exactly the error ratio) are the likeliest to
+    // be decided differently, so a third of the windows sit on them.
+    let window =
+        (0u64..20, 0u64..200, 0u64..200, 0u8..3).prop_map(|(tenth, errors, slow, edge)| {
+            let reports = tenth * 10;
+            match edge {
+                0 => Window {
+                    reports,
+                    errors: tenth,
+                    slow: tenth,
+                },
+                _ => Window {
+                    reports: reports + u64::from(edge) - 1,
+                    errors: errors.min(reports),
+                    slow: slow.min(reports),
+                },
+            }
+        });
+    proptest::collection::vec((gap, window), 1..40)
+}
+
+#[test]
+fn the_adaptive_script_moves_the_factor_exactly_like_aimd_merge() {
+    let server = common::redis::server();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let clock = Clock::manual(START_US);
+    let store = runtime.block_on(async {
+        RedisStore::connect(
+            &common::redis_config(vec![server.url()], false),
+            Metrics::new().redis(),
+        )
+        .await
+        .unwrap()
+        .pin_time(clock.clone())
+    });
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    });
+    let case = std::sync::atomic::AtomicU64::new(0);
+    runner
+        .run(
+            &(aimd_strategy(), 1u64..2_000, reports_strategy()),
+            |(aimd, window_ms, reports)| {
+                let resource = format!(
+                    "case-{}",
+                    case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                let window_us = window_ms * 1_000;
+                let mut shared = None;
+                for (index, &(gap_ms, reported)) in reports.iter().enumerate() {
+                    clock.advance_us(gap_ms * 1_000);
+                    let expected = aimd.merge(shared, clock.now_us(), window_us, reported);
+                    shared = Some(expected);
+                    let actual = runtime
+                        .block_on(store.adapt(&resource, &aimd, window_us, reported))
+                        .unwrap();
+                    prop_assert_eq!(
+                        expected.factor_ppm,
+                        actual,
+                        "report {} of {:?} under {:?}",
+                        index,
+                        reports,
+                        aimd
                     );
                 }
                 Ok(())

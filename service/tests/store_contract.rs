@@ -7,6 +7,7 @@ use std::sync::Arc;
 use common::redis::{LocalRedis, LocalRedisCluster};
 
 use sluice::{
+    adaptive::{Aimd, WHOLE, Window},
     algorithm::{
         Algorithm, Decision, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog,
         TokenBucket,
@@ -234,6 +235,11 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn ban_storm_bans_at_exactly_the_after_th_denial() {
                 contract_ban_storm(Arc::new(super::$backend().await)).await;
+            }
+
+            #[tokio::test]
+            async fn an_adaptive_factor_sums_every_callers_reports_and_moves_once_a_window() {
+                contract_adaptive(&super::$backend().await).await;
             }
         }
     )*};
@@ -899,4 +905,48 @@ async fn contract_ban_storm<H: Harness>(harness: Arc<H>) {
         [100, 49, 1, 640 - 150],
         "32 x 20 requests: exactly the capacity admitted, the 50th denial bans, the rest are banned"
     );
+}
+
+/// Two callers (nodes) report one resource's backend: the factor answers what all of them
+/// reported in a window, once the next window begins, and no other resource's.
+async fn contract_adaptive<H: Harness>(harness: &H) {
+    let store = harness.store();
+    let aimd = Aimd {
+        target_latency_us: 50_000,
+        max_error_ppm: 50_000,
+        floor_ppm: 100_000,
+        increase_ppm: 50_000,
+        decrease_ppm: 700_000,
+        min_reports: 20,
+    };
+    const WINDOW_US: u64 = 1_000_000;
+    let report = |reports, slow| Window {
+        reports,
+        errors: 0,
+        slow,
+    };
+    let adapt = async |resource: &str, reported: Window| {
+        store
+            .adapt(resource, &aimd, WINDOW_US, reported)
+            .await
+            .unwrap()
+    };
+    // Window 1: neither caller alone is over a tenth slow; together they are.
+    assert_eq!(adapt("api", report(60, 6)).await, WHOLE);
+    assert_eq!(
+        adapt("api", report(40, 5)).await,
+        WHOLE,
+        "not before the window ends"
+    );
+    assert_eq!(adapt("other", report(100, 0)).await, WHOLE);
+    harness.advance_us(WINDOW_US);
+    // Window 2 closes window 1; one caller alone would be overloaded, together they are not.
+    assert_eq!(adapt("api", report(30, 30)).await, 700_000);
+    assert_eq!(adapt("api", report(270, 0)).await, 700_000);
+    assert_eq!(adapt("other", Window::default()).await, WHOLE);
+    harness.advance_us(WINDOW_US);
+    assert_eq!(adapt("api", Window::default()).await, 750_000);
+    // A window with no reports is no evidence: the factor stays.
+    harness.advance_us(3 * WINDOW_US);
+    assert_eq!(adapt("api", Window::default()).await, 750_000);
 }

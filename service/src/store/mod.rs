@@ -15,9 +15,12 @@ pub use deny_cache::DenyCache;
 pub use memory::MemoryStore;
 pub use redis::{DECISION_SCRIPT, LIVENESS, RedisMetrics, RedisStore, escape_into};
 
-use crate::algorithm::{
-    ban::Bans,
-    stacked::{Decisions, Limit},
+use crate::{
+    adaptive::{Aimd, Window},
+    algorithm::{
+        ban::Bans,
+        stacked::{Decisions, Limit},
+    },
 };
 
 /// A change of rules as a store sees it.
@@ -115,6 +118,18 @@ pub trait Store: Send + Sync + 'static {
         key: BucketKey<'_>,
         bans: Bans<'_>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Adds `reported` (what this node was told of `resource`'s backend since its last call)
+    /// to the resource's adaptive state, which every node on this store shares, and returns
+    /// its factor in parts per million ([`Aimd::merge`]): windows of `window_us` on the
+    /// store's clock, so a fleet moves one factor together.
+    fn adapt(
+        &self,
+        resource: &str,
+        aimd: &Aimd,
+        window_us: u64,
+        reported: Window,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// The rules changed: forget any decision remembered to answer without the store (the
     /// Redis store's deny cache), since it was made under the old rules.
@@ -215,6 +230,19 @@ impl Store for Backend {
         match self {
             Backend::Memory(store) => store.lift_ban(key, bans).await,
             Backend::Redis(store) => store.lift_ban(key, bans).await,
+        }
+    }
+
+    async fn adapt(
+        &self,
+        resource: &str,
+        aimd: &Aimd,
+        window_us: u64,
+        reported: Window,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Backend::Memory(store) => store.adapt(resource, aimd, window_us, reported).await,
+            Backend::Redis(store) => store.adapt(resource, aimd, window_us, reported).await,
         }
     }
 

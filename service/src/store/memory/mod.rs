@@ -4,6 +4,7 @@
 //! past `max_keys` the soonest-expiring key of a small sample is evicted.
 
 use std::{
+    collections::HashMap,
     hash::BuildHasher,
     ops::{Deref, DerefMut},
     sync::{
@@ -18,6 +19,7 @@ use parking_lot::{Mutex, MutexGuard};
 use self::entry::{Entry, Expiry, PairName, States};
 use super::{BucketKey, LimitsOf, Remapping, Store, StoreError};
 use crate::{
+    adaptive::{Aimd, Shared, Window},
     algorithm::{
         State,
         ban::{Ban, BanScope, BanState, Bans},
@@ -49,6 +51,8 @@ pub struct MemoryStore {
     /// The latest change of rules; a shard behind it is carried over when next locked.
     generation: AtomicU64,
     remaps: Mutex<PendingRemaps>,
+    /// Each adaptive resource's shared state (a handful: one per configured resource).
+    adaptive: Mutex<HashMap<String, Shared>>,
 }
 
 /// Aligned to its own cache lines so neighbouring shards' locks do not contend.
@@ -118,6 +122,7 @@ impl MemoryStore {
             active_bans: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             remaps: Mutex::default(),
+            adaptive: Mutex::default(),
         }
     }
 
@@ -598,6 +603,26 @@ impl Store for MemoryStore {
 
     async fn lift_ban(&self, key: BucketKey<'_>, bans: Bans<'_>) -> Result<bool, StoreError> {
         Ok(self.lift_ban_now(key, bans))
+    }
+
+    async fn adapt(
+        &self,
+        resource: &str,
+        aimd: &Aimd,
+        window_us: u64,
+        reported: Window,
+    ) -> Result<u64, StoreError> {
+        let now = self.clock.now_us();
+        let mut states = self.adaptive.lock();
+        let shared = states.get(resource).copied();
+        let merged = aimd.merge(shared, now, window_us, reported);
+        match states.get_mut(resource) {
+            Some(state) => *state = merged,
+            None => {
+                states.insert(resource.to_owned(), merged);
+            }
+        }
+        Ok(merged.factor_ppm)
     }
 
     fn active_keys(&self) -> Option<u64> {

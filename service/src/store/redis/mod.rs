@@ -27,6 +27,7 @@ use super::{
     deny_cache::DenyCache,
 };
 use crate::{
+    adaptive::{Aimd, Window},
     algorithm::{
         Algorithm, Decision, NEVER,
         ban::{BanScope, Bans},
@@ -49,6 +50,16 @@ pub const DECISION_SCRIPT: &str = concat!(
     include_str!("../../../../lua/ban.lua"),
     include_str!("../../../../lua/stacked.lua"),
 );
+
+/// The script sharing an adaptive resource's factor ([`crate::adaptive::Aimd::merge`]).
+pub const ADAPTIVE_SCRIPT: &str = concat!(
+    include_str!("../../../../lua/prelude.lua"),
+    include_str!("../../../../lua/adaptive.lua"),
+);
+
+/// An adaptive resource's shared state outlives this many of its windows without reports
+/// (at least a minute): after that its factor starts again from 1.
+const ADAPTIVE_TTL_WINDOWS: u64 = 60;
 
 /// The tag naming an algorithm in the script's arguments and in its state fields.
 fn tag_of(algorithm: &Algorithm) -> &'static str {
@@ -89,6 +100,7 @@ pub struct RedisStore {
     connections: Connections,
     cluster: bool,
     script: Script,
+    adaptive_script: Script,
     prefix: String,
     deadline: std::time::Duration,
     /// One permit per call in flight (`max_in_flight`).
@@ -126,6 +138,7 @@ impl RedisStore {
             connections,
             cluster: config.cluster,
             script: Script::new(DECISION_SCRIPT),
+            adaptive_script: Script::new(ADAPTIVE_SCRIPT),
             prefix: config.prefix.clone(),
             deadline: config.deadline,
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
@@ -226,6 +239,16 @@ impl RedisStore {
             key.push(':');
             escape_into(&mut key, bucket.resource);
         }
+        key
+    }
+
+    /// The Redis key of an adaptive resource's shared factor: `{prefix}adaptive:{<resource>}`.
+    pub fn adaptive_key(&self, resource: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + resource.len() + 12);
+        key.push_str(&self.prefix);
+        key.push_str("adaptive:{");
+        escape_into(&mut key, resource);
+        key.push('}');
         key
     }
 
@@ -603,6 +626,39 @@ impl Store for RedisStore {
     }
 
     /// Empties this node's deny cache: its answers were made under the old rules.
+    async fn adapt(
+        &self,
+        resource: &str,
+        aimd: &Aimd,
+        window_us: u64,
+        reported: Window,
+    ) -> Result<u64, StoreError> {
+        let pinned = if self.pinned_time {
+            self.clock.now_us().to_string()
+        } else {
+            String::new()
+        };
+        let ttl_ms = (window_us / 1_000)
+            .saturating_mul(ADAPTIVE_TTL_WINDOWS)
+            .max(60_000);
+        let mut invocation = self.adaptive_script.prepare_invoke();
+        invocation
+            .key(self.adaptive_key(resource))
+            .arg(pinned)
+            .arg(window_us)
+            .arg(reported.reports)
+            .arg(reported.errors)
+            .arg(reported.slow)
+            .arg(aimd.min_reports)
+            .arg(aimd.max_error_ppm)
+            .arg(aimd.floor_ppm)
+            .arg(aimd.increase_ppm)
+            .arg(aimd.decrease_ppm)
+            .arg(ttl_ms);
+        self.run(async |connection| invocation.invoke_async(connection).await)
+            .await
+    }
+
     fn rules_changed(&self) {
         self.deny_cache.clear();
     }
