@@ -13,12 +13,15 @@ use subtle::ConstantTimeEq as _;
 /// Shortest token accepted: 16 characters of the token alphabet is ~96 bits when random.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
-/// What a token may do. `Admin` may do everything `Read` may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// What a token may do. `Admin` may do everything `Read` and `Report` may; those two share
+/// nothing (a dashboard's token cannot move a factor, a backend's cannot read rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Read rules, explain keys, list top offenders.
     Read,
-    /// Also change state: reset keys, lift bans, change rules.
+    /// Report the backend's latency and errors (adaptive limits), on the public APIs.
+    Report,
+    /// Change state: reset keys, lift bans, change rules; and all of the above.
     Admin,
 }
 
@@ -26,6 +29,7 @@ impl Role {
     pub fn label(self) -> &'static str {
         match self {
             Role::Read => "read",
+            Role::Report => "report",
             Role::Admin => "admin",
         }
     }
@@ -33,6 +37,7 @@ impl Role {
     fn parse(text: &str) -> Option<Self> {
         match text {
             "read" => Some(Role::Read),
+            "report" => Some(Role::Report),
             "admin" => Some(Role::Admin),
             _ => None,
         }
@@ -49,7 +54,7 @@ pub struct Principal {
 impl Principal {
     /// `Err` when this caller's role is below `needed`.
     pub fn require(&self, needed: Role) -> Result<(), AuthError> {
-        if self.role >= needed {
+        if self.role == needed || self.role == Role::Admin {
             Ok(())
         } else {
             Err(AuthError::Forbidden {
@@ -123,7 +128,7 @@ impl Tokens {
             }
             let Some(role) = Role::parse(role.trim()) else {
                 problems.push(format!(
-                    "entry {number} (`{name}`): unknown role `{}`; use read or admin",
+                    "entry {number} (`{name}`): unknown role `{}`; use read, report or admin",
                     role.trim()
                 ));
                 continue;
@@ -192,6 +197,16 @@ fn bearer_token(header: &[u8]) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
+/// The credentials a request presents: its one `Authorization` header. Two are ambiguous,
+/// so they count as none rather than either.
+pub fn presented(headers: &axum::http::HeaderMap) -> Option<&[u8]> {
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => Some(value.as_bytes()),
+        _ => None,
+    }
+}
+
 /// RFC 6750's token68 alphabet.
 fn is_token_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
@@ -203,10 +218,11 @@ mod tests {
 
     const ADMIN: &str = "0123456789abcdef0123";
     const READER: &str = "fedcba9876543210fedc";
+    const REPORTER: &str = "a1b2c3d4e5f60718293a";
 
     fn tokens() -> Tokens {
         Tokens::parse(&format!(
-            "# who:role:token\nops:admin:{ADMIN}\n\ngrafana:read:{READER}"
+            "# who:role:token\nops:admin:{ADMIN}\n\ngrafana:read:{READER}\nbackend:report:{REPORTER}"
         ))
         .unwrap()
     }
@@ -262,8 +278,13 @@ mod tests {
             refused.to_string().contains("needs role admin"),
             "{refused}"
         );
+        assert!(reader.require(Role::Report).is_err());
+        let backend = tokens.authenticate(Some(&bearer(REPORTER))).unwrap();
+        assert!(backend.require(Role::Report).is_ok());
+        assert!(backend.require(Role::Read).is_err() && backend.require(Role::Admin).is_err());
         let ops = tokens.authenticate(Some(&bearer(ADMIN))).unwrap();
         assert!(ops.require(Role::Admin).is_ok() && ops.require(Role::Read).is_ok());
+        assert!(ops.require(Role::Report).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::{
+    adaptive::{Controllers, WHOLE},
     algorithm::{
         Decision,
         stacked::{Decisions, Limit},
@@ -104,6 +105,11 @@ pub struct Verdict<'a> {
     pub reason: Option<&'static str>,
     /// The store failed and the rule's failure mode decided.
     pub store_failed: bool,
+    /// The adaptive factor the rule's limits were scaled by, in parts per million
+    /// ([`crate::adaptive::WHOLE`] when as configured).
+    pub factor_ppm: u64,
+    /// Denied only because the factor is reduced: the configured limit would have allowed it.
+    pub reduced_capacity: bool,
 }
 
 /// The rule a verdict was decided under: one of the policy's, or one the request gave (an
@@ -194,6 +200,28 @@ impl RequestError {
     }
 }
 
+/// Most reports one call may carry.
+pub const MAX_REPORTS: usize = 10_000;
+
+/// One report of the backend behind an adaptive resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendReport<'a> {
+    pub resource: &'a str,
+    pub latency_us: u64,
+    pub failed: bool,
+}
+
+/// A report that cannot be counted. Each names its field and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error(
+        "reports[{index}].resource `{resource}` has no adaptive rule; report only resources with [rules.<resource>.adaptive]"
+    )]
+    NotAdaptive { index: usize, resource: String },
+    #[error("{count} reports in one call, over {MAX_REPORTS}; send them in smaller batches")]
+    TooMany { count: usize },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimiterError {
     #[error(transparent)]
@@ -208,6 +236,10 @@ pub const TOP_DENIED_CAPACITY: usize = 64;
 
 /// The denied-keys sketch's window; a listing covers the current and the last one.
 pub const TOP_DENIED_WINDOW_US: u64 = 60_000_000;
+
+/// The `reason` of a denial the adaptive factor caused.
+pub const REDUCED_CAPACITY_REASON: &str =
+    "backend overloaded: the limit is reduced until it recovers";
 
 /// The `reason` of a banned key's answer.
 pub const BANNED_REASON: &str = "key banned for repeatedly exceeding its limits";
@@ -277,6 +309,8 @@ pub struct Limiter<S> {
     denied: Mutex<HeavyHitters>,
     /// The origin of `denied`'s clock.
     started: Instant,
+    /// Every adaptive resource's controller, kept across reloads.
+    controllers: Controllers,
 }
 
 impl<S: Store> Limiter<S> {
@@ -289,7 +323,8 @@ impl<S: Store> Limiter<S> {
         metrics: Metrics,
         failure: FailurePolicy,
     ) -> Self {
-        let policy = Policy::new(rules, &metrics, failure.share(), version);
+        let controllers = Controllers::new(&metrics);
+        let policy = Policy::new(rules, &metrics, &controllers, failure.share(), version);
         metrics.set_config_version(&policy.version().id, policy.version().loaded_at);
         if let Some(share) = failure.share() {
             metrics.set_fallback_share(share);
@@ -304,6 +339,7 @@ impl<S: Store> Limiter<S> {
             ban_log: LogBudget::new(LINES_PER_SECOND),
             denied: Mutex::new(HeavyHitters::new(TOP_DENIED_CAPACITY, TOP_DENIED_WINDOW_US)),
             started: Instant::now(),
+            controllers,
         }
     }
 
@@ -418,14 +454,14 @@ impl<S: Store> Limiter<S> {
             }
             .into());
         }
+        let scaled = policy.scaled_limits(rule);
+        let (limits, factor_ppm) = match &scaled {
+            Some(scaled) => (scaled.limits.as_slice(), scaled.factor_ppm),
+            None => (rule.limits.as_slice(), WHOLE),
+        };
         let decisions = match self
             .store
-            .check(
-                bucket,
-                &rule.limits,
-                rule.bans(policy.key_wide_bans()),
-                cost,
-            )
+            .check(bucket, limits, rule.bans(policy.key_wide_bans()), cost)
             .await
         {
             Ok(decisions) => {
@@ -434,7 +470,24 @@ impl<S: Store> Limiter<S> {
             }
             Err(err) => return self.decide_without_store(policy, rule_ref, bucket, cost, err),
         };
-        Ok(self.verdict(policy, rule_ref, bucket, decisions, None))
+        let mut verdict = self.verdict(policy, rule_ref, bucket, decisions, None);
+        verdict.factor_ppm = factor_ppm;
+        if factor_ppm < WHOLE && !verdict.decision.allowed && verdict.outcome != Outcome::Banned {
+            // Charged at the configured limit, would the same request have fit?
+            let configured = verdict.limit().algorithm.limit();
+            let used = verdict
+                .decision
+                .limit
+                .saturating_sub(verdict.decision.remaining);
+            if configured.saturating_sub(used) >= cost {
+                verdict.reduced_capacity = true;
+                verdict.reason = verdict.reason.or(Some(REDUCED_CAPACITY_REASON));
+                if let Some(controller) = verdict.policy.controller_of(verdict.rule()) {
+                    controller.count_reduced_denial();
+                }
+            }
+        }
+        Ok(verdict)
     }
 
     /// The verdict of `decisions`, counted under its rule. A shadowed rule's denial becomes
@@ -482,6 +535,8 @@ impl<S: Store> Limiter<S> {
             resource: bucket.resource,
             reason,
             store_failed: false,
+            factor_ppm: WHOLE,
+            reduced_capacity: false,
         }
     }
 
@@ -682,6 +737,8 @@ impl<S: Store> Limiter<S> {
             resource,
             reason: None,
             store_failed: false,
+            factor_ppm: WHOLE,
+            reduced_capacity: false,
         }
     }
 
@@ -733,6 +790,7 @@ impl<S: Store> Limiter<S> {
         let new = Arc::new(Policy::new(
             rules,
             &self.metrics,
+            &self.controllers,
             self.failure.share(),
             version,
         ));
@@ -776,11 +834,73 @@ impl<S: Store> Limiter<S> {
         self.policy.store(Arc::new(Policy::new(
             current.rules().clone(),
             &self.metrics,
+            &self.controllers,
             Some(share),
             current.version().id.clone(),
         )));
         self.metrics.set_fallback_share(share);
         tracing::info!(share, "local failure mode: share of each limit changed");
+    }
+
+    /// Counts reports of the backend behind adaptive resources: each a resource, how long
+    /// the backend took and whether it failed. All or none: a batch naming a resource that
+    /// is not adaptive counts nothing.
+    pub fn report(&self, reports: &[BackendReport<'_>]) -> Result<(), ReportError> {
+        if reports.len() > MAX_REPORTS {
+            return Err(ReportError::TooMany {
+                count: reports.len(),
+            });
+        }
+        let policy = self.policy.load();
+        let mut controllers = Vec::with_capacity(reports.len());
+        for (index, report) in reports.iter().enumerate() {
+            let controller =
+                policy
+                    .controller(report.resource)
+                    .ok_or_else(|| ReportError::NotAdaptive {
+                        index,
+                        resource: report.resource.chars().take(MAX_RESOURCE_BYTES).collect(),
+                    })?;
+            controllers.push(controller);
+        }
+        for (report, controller) in reports.iter().zip(controllers) {
+            controller.record(report.latency_us, report.failed);
+        }
+        Ok(())
+    }
+
+    /// Hands each adaptive resource's counts to the store when due (a few times a window),
+    /// and takes the factor the fleet shares back; the server calls it on a short tick.
+    pub async fn flush_reports(&self) {
+        let now_us = self.started.elapsed().as_micros() as u64;
+        let mut changed = false;
+        for controller in self.controllers.all() {
+            if !controller.due(now_us) {
+                continue;
+            }
+            let reported = controller.take();
+            let policy = controller.policy();
+            changed |= match self
+                .store
+                .adapt(
+                    controller.resource(),
+                    &policy.aimd,
+                    policy.window_us,
+                    reported,
+                )
+                .await
+            {
+                Ok(factor_ppm) => controller.settle(factor_ppm),
+                Err(err) => {
+                    tracing::debug!(resource = controller.resource(), %err, "adaptive factor on this node alone while the store fails");
+                    controller.settle_alone(reported, now_us)
+                }
+            };
+        }
+        // A denial remembered at the old factor must not outlive it (the deny cache).
+        if changed {
+            self.store.rules_changed();
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -340,6 +340,13 @@ impl Metrics {
         }
     }
 
+    /// Adds a metric family another module owns (adaptive limits' own).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry
+            .register(collector)
+            .expect("metric names are unique");
+    }
+
     pub fn set_fallback_share(&self, share: f64) {
         self.fallback_share.set(share);
     }

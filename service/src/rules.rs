@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use crate::{
+    adaptive::AdaptivePolicy,
     algorithm::{
         ban::{Ban, BanScope, Bans},
         stacked::Limit,
@@ -63,6 +64,9 @@ pub struct Rule {
     pub shadow: bool,
     /// Bans for keys this rule keeps denying.
     pub ban: Option<Ban>,
+    /// Its limits are scaled by its resource's adaptive factor (an override follows its
+    /// resource's).
+    pub adaptive: Option<AdaptivePolicy>,
 }
 
 impl Rule {
@@ -199,6 +203,20 @@ impl RuleSet {
         for rule in &mut self.rules {
             rule.shadow = true;
         }
+    }
+
+    /// Rule `id` with `adaptive` in place of its own; returns `id`.
+    pub(crate) fn with_adaptive(&mut self, id: usize, adaptive: Option<AdaptivePolicy>) -> usize {
+        self.rules[id].adaptive = adaptive;
+        id
+    }
+
+    /// The resources whose rules are adaptive, with their policies.
+    pub fn adaptive_resources(&self) -> impl Iterator<Item = (&str, &AdaptivePolicy)> {
+        self.by_resource.iter().filter_map(|(resource, group)| {
+            let policy = self.rules[group.rule].adaptive.as_ref()?;
+            Some((resource.as_str(), policy))
+        })
     }
 
     pub(crate) fn push(&mut self, mut rule: Rule) -> usize {

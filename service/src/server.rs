@@ -215,12 +215,14 @@ pub async fn start_with(
         .build_v1alpha()
         .expect("embedded descriptors are valid");
 
+    // Backend reports (adaptive limits) take the admin API's tokens.
+    let reporters = config.admin.as_ref().map(|admin| admin.tokens.clone());
     let grpc = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.server.grpc_max_concurrent_streams))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(GrpcApi::server(limiter.clone()))
+        .add_service(GrpcApi::server(limiter.clone(), reporters.clone()))
         .add_service(RlsApi::server(
             limiter.clone(),
             config.envoy.settings.clone(),
@@ -240,7 +242,7 @@ pub async fn start_with(
     };
     let http = serve::serve(
         http_listener,
-        http::router(limiter.clone(), ready.clone()),
+        http::router(limiter.clone(), ready.clone(), reporters),
         connection_limits,
         limiter.metrics().connections("public"),
         shutdown_rx.clone(),
@@ -337,6 +339,9 @@ pub async fn start_with(
 
 /// Background upkeep: sweeping in-memory state that is back to fresh, and for Redis, probing
 /// a failing store so the circuit closes as soon as it answers.
+/// How often the node looks whether an adaptive resource's reports are due at the store.
+const ADAPTIVE_TICK: Duration = Duration::from_millis(20);
+
 fn spawn_upkeep(
     config: &Config,
     limiter: Arc<Limiter<Backend>>,
@@ -347,9 +352,21 @@ fn spawn_upkeep(
         BackendConfig::Redis(_) => Duration::from_secs(1),
     };
     tokio::spawn(async move {
+        // Only Redis has health to watch; this branch must not end the select below for
+        // memory, or the sweep and the adaptive flush would stop with it.
         let health = async {
-            if let Backend::Redis(store) = limiter.store() {
-                store.watch_health().await;
+            match limiter.store() {
+                Backend::Redis(store) => store.watch_health().await,
+                Backend::Memory(_) => std::future::pending().await,
+            }
+        };
+        // Adaptive resources hand their reports over a few times a window.
+        let adapt = async {
+            let mut ticker = tokio::time::interval(ADAPTIVE_TICK);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !*shutdown.borrow() {
+                ticker.tick().await;
+                limiter.flush_reports().await;
             }
         };
         let sweep = async {
@@ -363,6 +380,7 @@ fn spawn_upkeep(
         tokio::select! {
             () = health => {}
             () = sweep => {}
+            () = adapt => {}
         }
     })
 }

@@ -855,3 +855,34 @@ fn sluice_metric(metrics: &str, prefix: &str) -> f64 {
         .find_map(|line| line.strip_prefix(prefix))
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
+
+#[tokio::test]
+async fn the_server_sweeps_memory_keys_back_to_fresh() {
+    let server = common::start(
+        "[backend.memory]\nsweep_interval = \"20ms\"\n[rules.quick]\nalgorithm = \"fixed_window\"\nlimit = 5\nwindow = \"100ms\"\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for key in ["a", "b", "c"] {
+        http.post(common::http_url(&server, "/check?resource=quick"))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert!(
+        common::metrics_text(&server)
+            .await
+            .contains("sluice_active_keys 3")
+    );
+    // Back to fresh 100 ms on; swept within a few sweep intervals (bounded: 3 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !common::metrics_text(&server)
+        .await
+        .contains("sluice_active_keys 0")
+    {
+        assert!(std::time::Instant::now() < deadline, "keys never swept");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.shutdown();
+}

@@ -110,13 +110,7 @@ async fn authenticate(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
-    // Two Authorization headers are ambiguous: refuse rather than pick one.
-    let presented = match (values.next(), values.next()) {
-        (Some(value), None) => Some(value.as_bytes()),
-        _ => None,
-    };
-    match tokens.authenticate(presented) {
+    match tokens.authenticate(crate::auth::presented(request.headers())) {
         Ok(principal) => {
             request.extensions_mut().insert(principal);
             next.run(request).await

@@ -4,10 +4,16 @@
 
 use serde::Serialize;
 
-use crate::limiter::{Outcome, Verdict};
+use crate::{
+    adaptive::WHOLE,
+    limiter::{Outcome, Verdict},
+};
 
 /// The problem type of a quota denial (IETF RateLimit headers draft).
 pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+/// The problem type of a denial only an adaptive limit's reduced factor caused.
+pub const TEMPORARY_REDUCED_CAPACITY: &str =
+    "https://iana.org/assignments/http-problem-types#temporary-reduced-capacity";
 /// The problem type of a banned key.
 pub const ABNORMAL_USAGE: &str =
     "https://iana.org/assignments/http-problem-types#abnormal-usage-detected";
@@ -38,7 +44,10 @@ pub struct CheckAnswer<'a> {
     /// least left.
     pub decided_by: &'a str,
     pub limits: Vec<LimitAnswer<'a>>,
-    /// Why a failure mode answered (the store was unavailable, full), or why a key is banned.
+    /// The adaptive factor the rule's limits are scaled by now (1: as configured).
+    pub capacity_factor: f64,
+    /// Why a failure mode answered (the store was unavailable, full), why a key is banned, or
+    /// that a reduced adaptive factor denied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
 }
@@ -102,16 +111,25 @@ impl<'a> LimitAnswer<'a> {
 impl<'a> CheckAnswer<'a> {
     pub fn of(verdict: &'a Verdict<'a>) -> Self {
         let decision = &verdict.decision;
+        let violated = || {
+            verdict
+                .limits()
+                .filter(|(_, decision)| !decision.allowed)
+                .map(|(limit, _)| limit.name.as_str())
+                .collect()
+        };
         let problem = match verdict.outcome {
+            Outcome::Denied if verdict.reduced_capacity => Some(Refusal {
+                problem_type: TEMPORARY_REDUCED_CAPACITY,
+                title: "Request refused: the backend is overloaded, so its limit is reduced for now",
+                status: 503,
+                violated_policies: violated(),
+            }),
             Outcome::Denied => Some(Refusal {
                 problem_type: QUOTA_EXCEEDED,
                 title: "Request cannot be satisfied as assigned quota has been exceeded",
                 status: 429,
-                violated_policies: verdict
-                    .limits()
-                    .filter(|(_, decision)| !decision.allowed)
-                    .map(|(limit, _)| limit.name.as_str())
-                    .collect(),
+                violated_policies: violated(),
             }),
             Outcome::Banned => Some(Refusal {
                 problem_type: ABNORMAL_USAGE,
@@ -135,6 +153,7 @@ impl<'a> CheckAnswer<'a> {
             policy_window_ms: ms(verdict.policy_window_us()),
             decided_by: &verdict.limit().name,
             limits: LimitAnswer::list(verdict),
+            capacity_factor: verdict.factor_ppm as f64 / WHOLE as f64,
             reason: verdict.reason,
         }
     }

@@ -9,24 +9,36 @@ use sluice_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use super::report::{authorize, factors, latency_us};
 use crate::{
-    limiter::{CheckRequest, Limiter, LimiterError, Outcome, Verdict},
+    adaptive::WHOLE,
+    auth::{AuthError, Tokens},
+    limiter::{BackendReport, CheckRequest, Limiter, LimiterError, Outcome, Verdict},
     metrics::Api,
     store::Backend,
 };
 
 pub struct GrpcApi {
     limiter: Arc<Limiter<Backend>>,
+    /// Who may call Report (the admin API's tokens).
+    reporters: Option<Tokens>,
     check_duration: Histogram,
     status_duration: Histogram,
+    report_duration: Histogram,
 }
 
 impl GrpcApi {
-    pub fn server(limiter: Arc<Limiter<Backend>>) -> RateLimiterServer<Self> {
+    /// `reporters`: the tokens Report takes (role report or admin).
+    pub fn server(
+        limiter: Arc<Limiter<Backend>>,
+        reporters: Option<Tokens>,
+    ) -> RateLimiterServer<Self> {
         let metrics = limiter.metrics();
         RateLimiterServer::new(Self {
             check_duration: metrics.request_duration(Api::Grpc, "check"),
             status_duration: metrics.request_duration(Api::Grpc, "status"),
+            report_duration: metrics.request_duration(Api::Grpc, "report"),
+            reporters,
             limiter,
         })
     }
@@ -114,7 +126,29 @@ fn check_response(verdict: &Verdict<'_>) -> pb::CheckResponse {
         algorithm: verdict.limit().algorithm.name().to_owned(),
         limits: limit_statuses(verdict),
         decided_by: verdict.limit().name.clone(),
+        capacity_factor: verdict.factor_ppm as f64 / WHOLE as f64,
     }
+}
+
+/// A Report request as the limiter takes it, or INVALID_ARGUMENT naming the report and field.
+fn backend_reports(request: &pb::ReportRequest) -> Result<Vec<BackendReport<'_>>, Status> {
+    request
+        .reports
+        .iter()
+        .enumerate()
+        .map(|(index, report)| {
+            let latency = report.latency.unwrap_or_default();
+            let milliseconds = latency.seconds as f64 * 1e3 + f64::from(latency.nanos) / 1e6;
+            let latency_us = latency_us(milliseconds).map_err(|message| {
+                Status::invalid_argument(format!("reports[{index}].latency: {message}"))
+            })?;
+            Ok(BackendReport {
+                resource: &report.resource,
+                latency_us,
+                failed: report.failed,
+            })
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -136,6 +170,36 @@ impl RateLimiter for GrpcApi {
             Ok(check_response(&verdict))
         };
         self.timed(&self.check_duration, work).await
+    }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportResponse>, Status> {
+        let started = Instant::now();
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .map(|value| value.as_bytes());
+        if let Err(err) = authorize(self.reporters.as_ref(), presented) {
+            let message = format!("{err}; reports need a token of role report");
+            return Err(match err {
+                AuthError::Forbidden { .. } => Status::permission_denied(message),
+                _ => Status::unauthenticated(message),
+            });
+        }
+        let request = request.into_inner();
+        let reports = backend_reports(&request)?;
+        self.limiter
+            .report(&reports)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let response = pb::ReportResponse {
+            accepted: reports.len() as u32,
+            factors: factors(&self.limiter, &reports),
+        };
+        self.report_duration
+            .observe(started.elapsed().as_secs_f64());
+        Ok(Response::new(response))
     }
 
     async fn status(

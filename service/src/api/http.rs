@@ -26,6 +26,7 @@ use serde_json::json;
 use super::answer::{CheckAnswer, StatusAnswer};
 use crate::{
     algorithm::Decision,
+    auth::Tokens,
     limiter::{CheckRequest, Limiter, LimiterError, Outcome, Readiness, Verdict},
     metrics::Api,
     store::Backend,
@@ -41,23 +42,34 @@ const PROBLEM_JSON: &str = "application/problem+json";
 
 struct HttpState {
     limiter: Arc<Limiter<Backend>>,
+    /// Who may report the backend's health (`POST /report`).
+    reporters: Option<Tokens>,
     ready: Arc<AtomicBool>,
     check_duration: Histogram,
     status_duration: Histogram,
+    report_duration: Histogram,
 }
 
-/// The router; `ready` turns false when the server starts draining.
-pub fn router(limiter: Arc<Limiter<Backend>>, ready: Arc<AtomicBool>) -> Router {
+/// The router; `ready` turns false when the server starts draining; `reporters` are the
+/// tokens `POST /report` takes (the admin API's).
+pub fn router(
+    limiter: Arc<Limiter<Backend>>,
+    ready: Arc<AtomicBool>,
+    reporters: Option<Tokens>,
+) -> Router {
     let metrics = limiter.metrics();
     let state = Arc::new(HttpState {
         check_duration: metrics.request_duration(Api::Http, "check"),
         status_duration: metrics.request_duration(Api::Http, "status"),
+        report_duration: metrics.request_duration(Api::Http, "report"),
+        reporters,
         limiter,
         ready,
     });
     Router::new()
         .route("/check", post(check))
         .route("/status", get(status))
+        .route("/report", post(report))
         .route("/reset", any(reset_moved))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -252,7 +264,7 @@ fn verdict_response(verdict: &Verdict<'_>) -> Response {
     }
     let (status, content_type) = match &answer.problem {
         Some(refusal) => (
-            StatusCode::from_u16(refusal.status).expect("a refusal's status is 429 or 403"),
+            StatusCode::from_u16(refusal.status).expect("a refusal's status is 429, 403 or 503"),
             PROBLEM_JSON,
         ),
         None => (StatusCode::OK, "application/json"),
@@ -384,6 +396,12 @@ async fn status(
         Ok((rate_limit_headers(&verdict, false), body).into_response())
     };
     respond(&state, &state.status_duration, work).await
+}
+
+async fn report(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let work =
+        super::report::http_report(&state.limiter, state.reporters.as_ref(), &headers, &body);
+    respond(&state, &state.report_duration, work).await
 }
 
 /// Reset used to be public, which let any client clear any key's quota; say where it went.

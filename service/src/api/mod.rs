@@ -4,5 +4,6 @@ pub mod answer;
 pub mod capped;
 pub mod grpc;
 pub mod http;
+pub mod report;
 pub mod rls;
 pub mod serve;

@@ -2,6 +2,7 @@
 //! whole. Validation reports every problem at once, each with its field path and the fix, and
 //! yields either a complete [`Config`] or nothing: the service never starts half-configured.
 
+mod adaptive_config;
 mod admin_config;
 mod ban_config;
 mod duration;
@@ -399,6 +400,7 @@ impl RawConfig {
             &mut issues,
         );
         envoy_yaml::build(&envoy.sources, &mut rules, &mut issues);
+        rule_config::check_reports_can_arrive(&rules, admin.is_some(), &mut issues);
         if server.shadow {
             rules.shadow_all();
         }

@@ -45,6 +45,8 @@ pub(crate) struct RawRule {
     shadow: Option<bool>,
     /// `[rules.<resource>.ban]`: bans for keys this rule keeps denying.
     ban: Option<super::ban_config::RawBan>,
+    /// `[rules.<resource>.adaptive]`: the resource's limits follow its backend's health.
+    adaptive: Option<super::adaptive_config::RawAdaptive>,
     /// Only in an `overrides` entry: the client key it applies to.
     key: Option<String>,
     overrides: Vec<RawRule>,
@@ -172,6 +174,25 @@ pub(super) fn build_rule_set(
     set
 }
 
+/// Adaptive rules move on reports, and a report needs a token (role `report`): without the
+/// admin section there are none, and the rule would never move.
+pub(super) fn check_reports_can_arrive(rules: &RuleSet, tokens: bool, issues: &mut Issues) {
+    if tokens {
+        return;
+    }
+    let mut resources: Vec<&str> = rules
+        .adaptive_resources()
+        .map(|(resource, _)| resource)
+        .collect();
+    resources.sort_unstable();
+    for resource in resources {
+        issues.add(
+            format!("rules.{resource}.adaptive"),
+            "adaptive limits move on backend reports, which need a token of role `report`; configure [admin] with tokens (e.g. `backend:report:<token>`)",
+        );
+    }
+}
+
 struct GroupInput<'a> {
     path: &'a str,
     label: &'a str,
@@ -194,6 +215,13 @@ fn build_group(
         );
     }
     let overrides = std::mem::take(&mut raw.overrides);
+    if raw.adaptive.is_some() && input.label == ANY_RESOURCE_LABEL {
+        raw.adaptive = None;
+        issues.add(
+            format!("{path}.adaptive"),
+            "the default rule cannot be adaptive: a factor follows one resource's backend; give the resource its own [rules.<resource>] with `adaptive`",
+        );
+    }
     let rule = build_rule(
         set,
         names,
@@ -216,6 +244,12 @@ fn build_group(
                 "overrides cannot be nested; list every override under the resource",
             );
         }
+        if raw.adaptive.take().is_some() {
+            issues.add(
+                format!("{path}.adaptive"),
+                "an override follows its resource's adaptive factor; set `adaptive` on the resource only",
+            );
+        }
         let key = raw.key.take().unwrap_or_default();
         if key.is_empty() || key.len() > input.max_key_bytes {
             issues.add(
@@ -227,7 +261,8 @@ fn build_group(
             );
         }
         let default_name = format!("{parent_name}/override-{}", index + 1);
-        let id = build_rule(set, names, &path, input.label, &default_name, raw, issues);
+        let mut id = build_rule(set, names, &path, input.label, &default_name, raw, issues);
+        id = set.with_adaptive(id, set.rules()[rule].adaptive);
         if group.overrides.insert(key.clone(), id).is_some() {
             issues.add(
                 format!("{path}.key"),
@@ -293,6 +328,9 @@ fn rule_from_raw(
         .ban
         .take()
         .and_then(|ban| super::ban_config::build_ban(&format!("{path}.ban"), ban, issues));
+    let adaptive = raw.adaptive.take().and_then(|adaptive| {
+        super::adaptive_config::build_adaptive(&format!("{path}.adaptive"), adaptive, issues)
+    });
     let limits = build_limits(path, &name, raw, issues);
     Rule {
         id: 0,
@@ -302,6 +340,7 @@ fn rule_from_raw(
         failure_mode,
         shadow,
         ban,
+        adaptive,
     }
 }
 
@@ -343,6 +382,11 @@ pub(crate) fn envoy_rule(
             "use the descriptor's `shadow_mode`",
         ),
         ("name", raw.name.is_some(), "use `rate_limit.name`"),
+        (
+            "adaptive",
+            raw.adaptive.is_some(),
+            "adaptive limits follow a [rules.<resource>] of the TOML configuration",
+        ),
     ] {
         if given {
             issues.add(

@@ -122,6 +122,7 @@ impl Config {
         );
         // Envoy's descriptors come from their YAML files, never from the rules document.
         super::envoy_yaml::build(&self.envoy.sources, &mut rules, &mut issues);
+        rule_config::check_reports_can_arrive(&rules, self.admin.is_some(), &mut issues);
         if self.server.shadow {
             rules.shadow_all();
         }

@@ -574,3 +574,109 @@ fn the_redis_url_flag_replaces_the_sentinels() {
     assert_eq!(redis.urls, ["redis://127.0.0.1:7000"]);
     assert_eq!(redis.sentinel, None);
 }
+
+/// A config with the admin API on, so adaptive rules can be reported to.
+fn parse_with_admin(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(
+        text,
+        "test",
+        &Overrides::loopback("ops:admin:0123456789abcdef0123"),
+    )
+}
+
+#[test]
+fn an_adaptive_rule_is_built_with_defaults_and_its_overrides_follow_it() {
+    let config = parse_with_admin(
+        "[rules.api]\nalgorithm = \"fixed_window\"\nlimit = 5\nwindow = \"1m\"\n[rules.api.adaptive]\ntarget_latency = \"50ms\"\n[[rules.api.overrides]]\nkey = \"big\"\nalgorithm = \"fixed_window\"\nlimit = 50\nwindow = \"1m\"\n",
+    )
+    .unwrap();
+    let adaptive = config.rules.resolve("api", "k").unwrap().adaptive.unwrap();
+    let aimd = adaptive.aimd;
+    assert_eq!(
+        (
+            aimd.target_latency_us,
+            aimd.max_error_ppm,
+            aimd.floor_ppm,
+            aimd.increase_ppm,
+            aimd.decrease_ppm,
+            aimd.min_reports,
+            adaptive.window_us
+        ),
+        (50_000, 50_000, 100_000, 50_000, 700_000, 20, 1_000_000)
+    );
+    assert_eq!(
+        config.rules.resolve("api", "big").unwrap().adaptive,
+        Some(adaptive),
+        "an override follows its resource's factor"
+    );
+}
+
+#[test]
+fn adaptive_problems_are_named_with_their_fix() {
+    let rule = "algorithm = \"fixed_window\"\nlimit = 5\nwindow = \"1m\"\n";
+    let paths = |text: &str| -> Vec<String> {
+        parse_with_admin(text)
+            .expect_err("config should be rejected")
+            .issues()
+            .iter()
+            .map(|issue| issue.path.clone())
+            .collect()
+    };
+    assert_eq!(
+        paths(&format!(
+            "[rules.api]\n{rule}[rules.api.adaptive]\nwindow = \"10ms\"\nfloor = 0\ndecrease = 1.5\n"
+        )),
+        [
+            "rules.api.adaptive.target_latency",
+            "rules.api.adaptive.window",
+            "rules.api.adaptive.decrease",
+        ],
+        "the window is too short, decrease out of range; floor 0 waits for the rest"
+    );
+    assert_eq!(
+        paths(&format!(
+            "[rules.api]\n{rule}[rules.api.adaptive]\ntarget_latency = \"1s\"\nfloor = 0\n"
+        )),
+        ["rules.api.adaptive.floor"]
+    );
+    assert_eq!(
+        paths(&format!(
+            "[default_rule]\n{rule}[default_rule.adaptive]\ntarget_latency = \"1s\"\n"
+        )),
+        ["default_rule.adaptive"]
+    );
+    assert_eq!(
+        paths(&format!(
+            "[rules.api]\n{rule}[[rules.api.overrides]]\nkey = \"k\"\n{rule}[rules.api.overrides.adaptive]\ntarget_latency = \"1s\"\n"
+        )),
+        ["rules.api.overrides[0].adaptive"]
+    );
+    // Without tokens nobody could report, so the rule would never move.
+    let issues = parse(&format!(
+        "[rules.api]\n{rule}[rules.api.adaptive]\ntarget_latency = \"1s\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(issues.issues()[0].path, "rules.api.adaptive");
+    assert!(issues.to_string().contains("role `report`"), "{issues}");
+}
+
+#[test]
+fn the_example_configs_commented_adaptive_rule_is_valid_once_uncommented() {
+    let example = include_str!("../../config/sluice.example.toml");
+    let start = example
+        .find("# [rules.checkout]")
+        .expect("the example shows an adaptive rule");
+    let uncommented: String = example[start..]
+        .lines()
+        .map(|line| {
+            line.trim_start_matches('#')
+                .split(" #")
+                .next()
+                .unwrap_or("")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = parse_with_admin(&uncommented).unwrap();
+    let adaptive = config.rules.resolve("checkout", "k").unwrap().adaptive;
+    assert_eq!(adaptive.unwrap().aimd.target_latency_us, 250_000);
+}

@@ -17,12 +17,14 @@ use tonic::transport::Channel;
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// The read-role token of every test server.
 pub const READ_TOKEN: &str = "test-read-token-0123456789";
+/// The report-role token of every test server (backend reports for adaptive limits).
+pub const REPORT_TOKEN: &str = "test-report-token-0123456789";
 
 /// Every listener on a free loopback port, the admin API on, with [`ADMIN_TOKEN`] (caller
-/// `ops`) and [`READ_TOKEN`] (caller `grafana`).
+/// `ops`), [`READ_TOKEN`] (caller `grafana`) and [`REPORT_TOKEN`] (caller `backend`).
 pub fn loopback_overrides() -> Overrides {
     Overrides::loopback(&format!(
-        "ops:admin:{ADMIN_TOKEN},grafana:read:{READ_TOKEN}"
+        "ops:admin:{ADMIN_TOKEN},grafana:read:{READ_TOKEN},backend:report:{REPORT_TOKEN}"
     ))
 }
 

@@ -390,5 +390,6 @@ fn given_rule(limit: u64, unit: Unit) -> Rule {
         failure_mode: None,
         shadow: false,
         ban: None,
+        adaptive: None,
     }
 }
