@@ -10,7 +10,8 @@ use common::{ADMIN_TOKEN, READ_TOKEN, REPORT_TOKEN};
 use serde_json::{Value, json};
 use sluice_proto::v1::{BackendReport, ReportRequest};
 
-/// "api": 40 a minute, halved per slow 200 ms window, +0.25 per healthy one. "plain": not
+/// "api": 40 a minute, halved by a slow 200 ms window down to its floor of half (so a test
+/// that waits for the factor 0.5 cannot miss it), +0.25 per healthy window. "plain": not
 /// adaptive.
 const RULES: &str = r#"
 [rules.api]
@@ -23,7 +24,7 @@ window = "200ms"
 min_reports = 5
 decrease = 0.5
 increase = 0.25
-floor = 0.1
+floor = 0.5
 
 [rules.plain]
 algorithm = "fixed_window"
@@ -64,16 +65,26 @@ async fn check(
 /// Reports `latency_ms` for "api" each 20 ms until a check of a fresh key reports the
 /// capacity factor `wanted` (bounded: 5 s).
 async fn report_until_factor(server: &sluice::server::RunningServer, latency_ms: f64, wanted: f64) {
+    report_to_until_factor(server, server, latency_ms, wanted).await;
+}
+
+/// Reports to `reported` until a check on `checked` sees the factor `wanted` (bounded: 5 s).
+async fn report_to_until_factor(
+    reported: &sluice::server::RunningServer,
+    checked: &sluice::server::RunningServer,
+    latency_ms: f64,
+    wanted: f64,
+) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut probe = 0;
     loop {
         let batch: Vec<Value> = (0..10)
             .map(|_| json!({"resource": "api", "latency_ms": latency_ms}))
             .collect();
-        let response = report(server, Some(REPORT_TOKEN), json!({ "reports": batch })).await;
+        let response = report(reported, Some(REPORT_TOKEN), json!({ "reports": batch })).await;
         assert_eq!(response.status(), 200);
         probe += 1;
-        let answer: Value = check(server, &format!("probe-{probe}"), "api")
+        let answer: Value = check(checked, &format!("probe-{probe}"), "api")
             .await
             .json()
             .await
@@ -266,4 +277,35 @@ async fn grpc_reports_take_the_token_in_metadata_and_answer_the_factors() {
         "{metrics}"
     );
     server.shutdown();
+}
+
+#[tokio::test]
+async fn nodes_on_one_redis_share_one_factor() {
+    let redis = common::redis::server();
+    let config = format!("{}{RULES}", common::redis::backend(&[redis.url()], false));
+    let reported = common::start(&config).await;
+    let others = [common::start(&config).await, common::start(&config).await];
+    // Only the first node hears of the backend; every node throttles.
+    for other in &others {
+        report_to_until_factor(&reported, other, 200.0, 0.5).await;
+    }
+    let shared: String = redis::cmd("HGET")
+        .arg("sluice:adaptive:{api}")
+        .arg("factor")
+        .query_async(
+            &mut redis::Client::open(redis.url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(shared, "500000", "one shared state, in parts per million");
+    for other in &others {
+        report_to_until_factor(&reported, other, 5.0, 1.0).await;
+    }
+    for node in others.into_iter().chain([reported]) {
+        node.shutdown();
+    }
 }

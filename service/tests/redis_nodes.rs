@@ -15,14 +15,6 @@ use sluice_proto::v1::{CheckRequest, rate_limiter_client::RateLimiterClient};
 const KEYS: usize = 5;
 const CLIENTS_PER_NODE: usize = 200;
 
-fn redis_backend(urls: &[String], cluster: bool) -> String {
-    let urls: Vec<String> = urls.iter().map(|url| format!("\"{url}\"")).collect();
-    format!(
-        "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [{}]\ncluster = {cluster}\ndeadline = \"1s\"\npool_size = 2\n",
-        urls.join(", ")
-    )
-}
-
 async fn start_nodes(config: &str, count: usize) -> Vec<RunningServer> {
     let mut nodes = Vec::new();
     for _ in 0..count {
@@ -104,7 +96,7 @@ async fn three_nodes_on_one_redis_admit_exactly_capacity() {
     let redis = common::redis::server();
     let config = format!(
         "{}{}",
-        redis_backend(&[redis.url()], false),
+        common::redis::backend(&[redis.url()], false),
         common::no_refill_bucket("storm", 100)
     );
     let nodes = start_nodes(&config, 3).await;
@@ -119,7 +111,7 @@ async fn with_refill_admission_stays_within_capacity_plus_rate_times_elapsed() {
     let (capacity, rate) = (20u64, 50.0f64);
     let config = format!(
         "{}[rules.refill]\nalgorithm = \"token_bucket\"\ncapacity = {capacity}\nrefill_per_second = {rate}\n",
-        redis_backend(&[redis.url()], false)
+        common::redis::backend(&[redis.url()], false)
     );
     let nodes = start_nodes(&config, 3).await;
     let result = storm(&nodes, "refill", 6).await;
@@ -153,7 +145,7 @@ async fn three_nodes_on_a_redis_cluster_admit_exactly_capacity() {
     let cluster = common::redis::cluster();
     let config = format!(
         "{}{}",
-        redis_backend(&cluster.urls(), true),
+        common::redis::backend(&cluster.urls(), true),
         common::no_refill_bucket("storm", 100)
     );
     let nodes = start_nodes(&config, 3).await;
@@ -177,7 +169,7 @@ async fn scripts_are_reloaded_after_script_flush() {
     let redis = common::redis::server();
     let config = format!(
         "{}{}",
-        redis_backend(&[redis.url()], false),
+        common::redis::backend(&[redis.url()], false),
         common::no_refill_bucket("flush", 10)
     );
     let node = common::start(&config).await;
@@ -206,7 +198,7 @@ async fn abuse(deny_cache_keys: u64) -> (u64, u64, u64) {
     let redis = common::redis::server();
     let config = format!(
         "{}deny_cache_keys = {deny_cache_keys}\n{}",
-        redis_backend(&[redis.url()], false),
+        common::redis::backend(&[redis.url()], false),
         common::no_refill_bucket("abuse", 50)
     );
     let node = common::start(&config).await;
@@ -276,7 +268,7 @@ async fn three_nodes_stack_limits_and_ban_at_exactly_the_same_denial() {
     let redis = common::redis::server();
     let config = format!(
         "{}deny_cache_keys = 1000\n{}",
-        redis_backend(&[redis.url()], false),
+        common::redis::backend(&[redis.url()], false),
         r#"
 [rules.hot]
 [[rules.hot.limits]]
@@ -356,7 +348,7 @@ async fn a_ban_lifted_through_one_node_ends_on_every_node_within_a_second() {
     let redis = common::redis::server();
     let config = format!(
         "{}deny_cache_keys = 1000\n{}",
-        redis_backend(&[redis.url()], false),
+        common::redis::backend(&[redis.url()], false),
         "[rules.login]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1h\"\n\
          [rules.login.ban]\nafter = 2\nwithin = \"1h\"\nduration = \"1h\"\n"
     );

@@ -12,3 +12,12 @@ pub fn server() -> LocalRedis {
 pub fn cluster() -> LocalRedisCluster {
     LocalRedisCluster::start().unwrap_or_else(|err| panic!("{err}"))
 }
+
+/// The `[backend]` sections of a node on Redis at `urls` (a Cluster when `cluster`).
+pub fn backend(urls: &[String], cluster: bool) -> String {
+    let urls: Vec<String> = urls.iter().map(|url| format!("\"{url}\"")).collect();
+    format!(
+        "[backend]\nkind = \"redis\"\n[backend.redis]\nurls = [{}]\ncluster = {cluster}\ndeadline = \"1s\"\npool_size = 2\n",
+        urls.join(", ")
+    )
+}
