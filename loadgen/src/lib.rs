@@ -8,6 +8,7 @@
 //! a network it breaks on a schedule; `main.rs` parses flags.
 
 pub mod admin;
+pub mod backend;
 pub mod chaos;
 pub mod client;
 pub mod compare;

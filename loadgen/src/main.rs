@@ -56,6 +56,13 @@ enum Command {
     /// One limiter node (what `chaos` runs in each namespace): the service's own flags.
     #[command(hide = true)]
     Node(NodeArgs),
+    /// A stand-in backend behind a limiter: asks the limiter's HTTP API before each request,
+    /// queues what it lets through on a few servers (latency grows with the load), and
+    /// reports each latency back (adaptive limits). Drive it with `run --target http://ADDR`.
+    Backend(BackendArgs),
+    /// Adaptive limits shown: the same overload through a backend, under a static limit and
+    /// an adaptive one, side by side in one report.
+    Adaptive(AdaptiveArgs),
     /// Compare two saved runs; exits 1 when B regresses past --threshold.
     Compare {
         a: PathBuf,
@@ -105,6 +112,59 @@ struct ChaosArgs {
     #[arg(long, default_value = "")]
     resource: String,
     /// The run's folder under --results (default: chaos-<unix time>).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value = "results")]
+    results: PathBuf,
+}
+
+#[derive(Args)]
+struct BackendArgs {
+    /// Where the backend listens.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: std::net::SocketAddr,
+    /// The limiter's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    limiter: Endpoint,
+    /// The limiter resource each request spends (and reports on).
+    #[arg(long, default_value = "api")]
+    resource: String,
+    /// A token of role `report` (also SLUICE_REPORT_TOKEN): report each served request's
+    /// latency, so the resource's adaptive limit can follow the backend.
+    #[arg(long, env = "SLUICE_REPORT_TOKEN", hide_env_values = true)]
+    report_token: Option<String>,
+    /// Requests worked on at once.
+    #[arg(long, default_value_t = 4)]
+    servers: usize,
+    /// How long each request takes once a server has it.
+    #[arg(long, value_parser = duration, default_value = "10ms")]
+    service_time: Duration,
+    /// A request waiting in line longer than this fails (504).
+    #[arg(long, value_parser = duration, default_value = "500ms")]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct AdaptiveArgs {
+    #[arg(long, default_value_t = 4)]
+    servers: usize,
+    #[arg(long, value_parser = duration, default_value = "10ms")]
+    service_time: Duration,
+    #[arg(long, value_parser = duration, default_value = "500ms")]
+    timeout: Duration,
+    /// The adaptive rule's target for the backend's p90 latency.
+    #[arg(long, value_parser = duration, default_value = "50ms")]
+    target_latency: Duration,
+    /// The peak load as a multiple of the backend's capacity.
+    #[arg(long, default_value_t = 3.0)]
+    overload: f64,
+    #[arg(long, value_parser = duration, default_value = "15s")]
+    ramp: Duration,
+    #[arg(long, value_parser = duration, default_value = "20s")]
+    hold: Duration,
+    #[arg(long, default_value_t = 20)]
+    keys: usize,
+    /// The report's folder under --results (default: adaptive-<unix time>).
     #[arg(long)]
     name: Option<String>,
     #[arg(long, default_value = "results")]
@@ -489,6 +549,61 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("Ctrl-C stops everything");
             tokio::signal::ctrl_c().await?;
             stack.stop().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backend(args) => {
+            let backend = loadgen::backend::start(loadgen::backend::BackendOptions {
+                listen: args.listen,
+                limiter: args.limiter,
+                resource: args.resource,
+                report_token: args.report_token,
+                servers: args.servers,
+                service_time: args.service_time,
+                timeout: args.timeout,
+            })
+            .await?;
+            println!(
+                "backend on http://{} (capacity {:.0} req/s); Ctrl-C stops it",
+                backend.addr, backend.capacity
+            );
+            tokio::signal::ctrl_c().await?;
+            backend.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Adaptive(args) => {
+            let name = args.name.clone().unwrap_or_else(|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+                format!("adaptive-{now}")
+            });
+            let options = loadgen::backend::experiment::ExperimentOptions {
+                servers: args.servers,
+                service_time: args.service_time,
+                timeout: args.timeout,
+                target_latency: args.target_latency,
+                overload: args.overload,
+                ramp: args.ramp,
+                hold: args.hold,
+                keys: args.keys,
+                interval: Duration::from_millis(250),
+                out_dir: report::results_dir(&args.results, Some(&name)),
+                command: command_line(),
+            };
+            let summary = loadgen::backend::experiment::run(&options).await?;
+            for arm in &summary.arms {
+                println!(
+                    "{}: served p50 {:.1} ms, p99 {:.1} ms while held at {}x capacity",
+                    if arm.adaptive { "adaptive" } else { "static" },
+                    arm.hold_p50_ms,
+                    arm.hold_p99_ms,
+                    options.overload
+                );
+            }
+            println!(
+                "report: {}",
+                options.out_dir.join(report::REPORT_FILE).display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Chaos(args) => {

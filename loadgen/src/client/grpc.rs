@@ -55,6 +55,7 @@ impl GrpcClient {
         let limits = stacked_limits(&message);
         let answer = CheckAnswer::decode(message).map_err(|_| ErrorKind::Other)?;
         let banned = answer.decision() == Decision::Banned;
+        let reduced_capacity = 0.0 < answer.capacity_factor && answer.capacity_factor < 1.0;
         Ok(Answer {
             allowed: answer.allowed,
             banned,
@@ -67,8 +68,9 @@ impl GrpcClient {
             algorithm: std::str::from_utf8(&answer.algorithm)
                 .ok()
                 .and_then(AlgorithmKind::parse),
-            // A ban's reason says why it refused; only other reasons mean a failure mode.
-            failed_over: !answer.reason.is_empty() && !banned,
+            // A ban's reason says why it refused, as does a denial a reduced adaptive factor
+            // caused (a factor below 1 beside it); only other reasons mean a failure mode.
+            failed_over: !answer.reason.is_empty() && !banned && !reduced_capacity,
             limits,
         })
     }
@@ -119,6 +121,8 @@ struct CheckAnswer {
     reason: Bytes,
     #[prost(bytes = "bytes", tag = "11")]
     algorithm: Bytes,
+    #[prost(double, tag = "14")]
+    capacity_factor: f64,
 }
 
 /// The fields of a LimitStatus the ledger reads.

@@ -56,16 +56,26 @@ pub(super) fn keyed_post<'a>(line: &'a [u8], host: &'a [u8], key: &'a [u8]) -> [
     ]
 }
 
-/// Reads a check's answer: 200 allowed, 429 denied, 403 banned (a problem document carrying
-/// the decision).
+/// Reads a check's answer: 200 allowed, 429 denied, 403 banned, 503 denied by a reduced
+/// adaptive limit (a problem document carrying the decision; any other 503 is the service
+/// unavailable).
 pub(super) fn check_answer(status: u16, body: &[u8]) -> Result<Answer, ErrorKind> {
     match status {
-        200 | 403 | 429 => {}
+        200 | 403 | 429 | 503 => {}
         400 => return Err(ErrorKind::InvalidArgument),
-        503 => return Err(ErrorKind::Unavailable),
         _ => return Err(ErrorKind::Other),
     }
-    let answer: HttpAnswer<'_> = serde_json::from_slice(body).map_err(|_| ErrorKind::Other)?;
+    let answer: HttpAnswer<'_> = match serde_json::from_slice(body) {
+        Ok(answer) => answer,
+        Err(_) if status == 503 => return Err(ErrorKind::Unavailable),
+        Err(_) => return Err(ErrorKind::Other),
+    };
+    let reduced_capacity = answer
+        .problem_type
+        .is_some_and(|kind| kind.ends_with("#temporary-reduced-capacity"));
+    if status == 503 && !reduced_capacity {
+        return Err(ErrorKind::Unavailable);
+    }
     let banned = answer.decision == Some("banned");
     Ok(Answer {
         allowed: answer.allowed,
@@ -77,7 +87,9 @@ pub(super) fn check_answer(status: u16, body: &[u8]) -> Result<Answer, ErrorKind
         retry_after_us: (answer.retry_after_ms * 1e3) as u64,
         policy_window_us: (answer.policy_window_ms * 1e3) as u64,
         algorithm: answer.algorithm.and_then(AlgorithmKind::parse),
-        failed_over: answer.reason.is_some() && !banned,
+        // A ban's and a reduced factor's reasons say why they refused; only other reasons
+        // mean a failure mode.
+        failed_over: answer.reason.is_some() && !banned && !reduced_capacity,
         limits: answer
             .limits
             .map_or_else(LimitBounds::default, |list| list.0),
@@ -86,6 +98,8 @@ pub(super) fn check_answer(status: u16, body: &[u8]) -> Result<Answer, ErrorKind
 
 #[derive(Deserialize)]
 struct HttpAnswer<'a> {
+    #[serde(default, rename = "type")]
+    problem_type: Option<&'a str>,
     allowed: bool,
     #[serde(default)]
     decision: Option<&'a str>,
@@ -153,6 +167,28 @@ impl<'de> Deserialize<'de> for HttpLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_503_is_a_denial_only_when_it_says_reduced_capacity() {
+        let reduced = br#"{"type":"https://iana.org/assignments/http-problem-types#temporary-reduced-capacity",
+            "allowed":false,"decision":"denied","limit":20,"remaining":0,"reset_after_ms":1.0,
+            "retry_after_ms":50.0,"reason":"backend overloaded: the limit is reduced until it recovers"}"#;
+        let answer = check_answer(503, reduced).unwrap();
+        assert!(
+            !answer.allowed && !answer.failed_over,
+            "a denial, not a failover"
+        );
+        let store_down =
+            br#"{"type":"about:blank","status":503,"detail":"store unavailable","field":"store"}"#;
+        assert_eq!(
+            check_answer(503, store_down).unwrap_err(),
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            check_answer(503, b"overloaded").unwrap_err(),
+            ErrorKind::Unavailable
+        );
+    }
 
     #[test]
     fn an_http_answer_lists_a_stacked_rules_limits() {

@@ -22,19 +22,19 @@ pub const WIDTH: u32 = 1000;
 pub const HEIGHT: u32 = 500;
 
 const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
-const OUTCOME_COLORS: [RGBColor; 3] = [
+pub(crate) const OUTCOME_COLORS: [RGBColor; 3] = [
     RGBColor(46, 139, 87),
     RGBColor(230, 145, 56),
     RGBColor(204, 51, 51),
 ];
-const LINE_COLORS: [RGBColor; 4] = [
+pub(crate) const LINE_COLORS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
 ];
 
-fn register() {
+pub(crate) fn register() {
     static FONTS: Once = Once::new();
     FONTS.call_once(|| {
         if register_font("sans-serif", FontStyle::Normal, FONT).is_err() {
@@ -45,7 +45,7 @@ fn register() {
 
 type DrawResult = anyhow::Result<()>;
 
-fn failed<E: std::fmt::Display>(err: E) -> anyhow::Error {
+pub(crate) fn failed<E: std::fmt::Display>(err: E) -> anyhow::Error {
     anyhow::anyhow!("drawing a chart: {err}")
 }
 
@@ -137,7 +137,7 @@ fn draw_legend<'a, DB: DrawingBackend + 'a>(chart: &mut TimeChart<'a, DB>) -> Dr
 }
 
 /// A line series' key in the legend.
-fn line_key(color: RGBColor, x: i32, y: i32) -> PathElement<(i32, i32)> {
+pub(crate) fn line_key(color: RGBColor, x: i32, y: i32) -> PathElement<(i32, i32)> {
     PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
 }
 

@@ -9,7 +9,7 @@
 //! | `*.png`, `*.svg` | latency over time, throughput by outcome, percentile spectrum, per target |
 //! | `k6-summary.json`, `goose-report.json` | optional: the same scenario run by k6 and Goose ([`tools`]) |
 
-mod charts;
+pub(crate) mod charts;
 pub mod faults;
 mod hgrm;
 mod markdown;
