@@ -87,7 +87,7 @@ impl Policy {
             None => Vec::new(),
         };
         let given_metrics = metrics.for_label(GIVEN_RULE_LABEL);
-        let controllers = controllers.sync(&rules);
+        let controllers = controllers.sync(rules.adaptive_resources());
         let adaptive = rules
             .rules()
             .iter()

@@ -74,6 +74,12 @@ pub struct ExperimentSummary {
 
 pub const CHART_FILE: &str = "adaptive";
 
+/// How the adaptive arm's factor moves (besides its target), as written in its rule: a short
+/// window so it reacts within a fraction of a second; a gentle cut and a small step up, so it
+/// overshoots the backend's capacity by little.
+const AIMD: &str =
+    "window = \"100ms\"\ndecrease = 0.85\nincrease = 0.005\nfloor = 0.02\nmin_reports = 10\n";
+
 /// The limiter's rule: a per-key limit the peak load never reaches (so without adaptive it
 /// lets everything through), adaptive or not.
 fn rules(options: &ExperimentOptions, capacity: f64, adaptive: bool) -> String {
@@ -85,7 +91,7 @@ fn rules(options: &ExperimentOptions, capacity: f64, adaptive: bool) -> String {
     if adaptive {
         let _ = write!(
             rules,
-            "[rules.api.adaptive]\ntarget_latency = \"{}us\"\nwindow = \"100ms\"\ndecrease = 0.85\nincrease = 0.005\nfloor = 0.02\nmin_reports = 10\n",
+            "[rules.api.adaptive]\ntarget_latency = \"{}us\"\n{AIMD}",
             options.target_latency.as_micros()
         );
     }
@@ -425,8 +431,13 @@ fn markdown(summary: &ExperimentSummary) -> String {
     );
     let _ = writeln!(
         text,
-        "A backend of {} servers taking {:.0} ms a request (capacity {:.0} req/s; a request          waiting in line longer than {:.0} ms fails) sits behind a limiter started in-process.          The load (open model, {} keys) ramps from 0 to {:.0} req/s ({}x capacity) over {:.0} s,          then holds for {:.0} s. It runs twice: under a per-key GCRA limit that the peak never          reaches (static), and with the same limit adaptive (target p90 {:.0} ms, window 100 ms,          decrease 0.8, increase 0.02, floor 0.02), the backend reporting each served request's          latency.
-",
+        "A backend of {} servers taking {:.0} ms a request (nominal capacity {:.0} req/s; the \
+         timer adds about a millisecond to each request; a request waiting in line longer than \
+         {:.0} ms fails) sits behind a limiter started in-process. The load (open model, {} \
+         keys) ramps from 0 to {:.0} req/s ({}x capacity) over {:.0} s, then holds for {:.0} s. \
+         It runs twice: under a per-key GCRA limit that the peak never reaches (static), and \
+         with the same limit adaptive (target p90 {:.0} ms; {}), the backend reporting each \
+         served request's latency.\n",
         options.servers,
         ms(options.service_time),
         summary.capacity_rps,
@@ -437,6 +448,7 @@ fn markdown(summary: &ExperimentSummary) -> String {
         options.ramp.as_secs_f64(),
         options.hold.as_secs_f64(),
         ms(options.target_latency),
+        AIMD.trim_end().replace('\n', ", "),
     );
     let _ = writeln!(
         text,
@@ -475,8 +487,8 @@ fn markdown(summary: &ExperimentSummary) -> String {
     }
     let _ = writeln!(
         text,
-        "
-Each run's own generator report (latency from the intended send time, HDR files) is          in `static/` and `adaptive/`; every number here is in `summary.json`."
+        "\nEach run's own generator report (latency from the intended send time, HDR files) is \
+         in `static/` and `adaptive/`; every number here is in `summary.json`."
     );
     text
 }

@@ -18,7 +18,7 @@ use prometheus::{
 };
 
 use super::{AdaptivePolicy, Shared, WHOLE, Window};
-use crate::{metrics::Metrics, rules::RuleSet};
+use crate::metrics::Metrics;
 
 /// Reported backend latency buckets, 1 ms to 10 s.
 const BACKEND_LATENCY_BUCKETS: &[f64] = &[
@@ -198,12 +198,14 @@ impl Controllers {
         }
     }
 
-    /// The controllers of `rules`' adaptive resources, from now on: a resource already
-    /// adaptive keeps its controller (or, with new parameters, its factor).
-    pub fn sync(&self, rules: &RuleSet) -> HashMap<String, Arc<Controller>> {
+    /// The controllers of the `adaptive` resources (each with its policy), from now on: a
+    /// resource already adaptive keeps its controller (or, with new parameters, its factor).
+    pub fn sync<'a>(
+        &self,
+        adaptive: impl Iterator<Item = (&'a str, &'a AdaptivePolicy)>,
+    ) -> HashMap<String, Arc<Controller>> {
         let mut current = self.current.lock();
-        let next: HashMap<String, Arc<Controller>> = rules
-            .adaptive_resources()
+        let next: HashMap<String, Arc<Controller>> = adaptive
             .map(|(resource, policy)| {
                 let kept = current.get(resource);
                 let controller = match kept {
