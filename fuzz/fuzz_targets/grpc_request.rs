@@ -6,10 +6,11 @@
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-const METHODS: [&str; 3] = [
+const METHODS: [&str; 4] = [
     "/sluice.v1.RateLimiter/Check",
     "/sluice.v1.RateLimiter/Status",
     "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
+    "/sluice.v1.RateLimiter/Report",
 ];
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -24,6 +25,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let request = http::Request::post(method)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
+        // Report's token, so its reading of the reports is reached too.
+        .header(
+            "authorization",
+            format!("Bearer {}", fuzz_support::REPORT_TOKEN),
+        )
         .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
         .expect("a request");
     let limiter = fuzz_support::limiter();
@@ -34,7 +40,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
                 .oneshot(request)
                 .await
         } else {
-            sluice::api::grpc::GrpcApi::server(limiter)
+            sluice::api::grpc::GrpcApi::server(limiter, fuzz_support::reporters())
                 .oneshot(request)
                 .await
         }

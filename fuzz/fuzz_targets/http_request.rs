@@ -12,8 +12,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some(request) = request(data) else {
         return;
     };
-    let router =
-        sluice::api::http::router(fuzz_support::limiter(), Arc::new(AtomicBool::new(true)));
+    let router = sluice::api::http::router(
+        fuzz_support::limiter(),
+        Arc::new(AtomicBool::new(true)),
+        fuzz_support::reporters(),
+    );
     fuzz_support::runtime().block_on(async move {
         let response = router.oneshot(request).await.expect("the router answers");
         let status = response.status();

@@ -1,5 +1,6 @@
 //! What the fuzz targets share: one runtime, one limiter on the memory backend with rules of
-//! every kind (stacked limits, a ban, shadow mode, an Envoy domain), built once per process.
+//! every kind (stacked limits, a ban, shadow mode, an adaptive resource, an Envoy domain), built
+//! once per process.
 
 use std::sync::{Arc, OnceLock};
 
@@ -47,7 +48,19 @@ algorithm = "sliding_window_counter"
 limit = 2
 window = "1m"
 shadow = true
+
+[rules.backend]
+algorithm = "gcra"
+rate_per_second = 10
+burst = 5
+[rules.backend.adaptive]
+target_latency = "50ms"
+window = "100ms"
+min_reports = 1
 "#;
+
+/// The report-role token the public APIs take (seeds/http_request/report sends it).
+pub const REPORT_TOKEN: &str = "fuzz-report-token-0123";
 
 const ENVOY_YAML: &str = r#"
 domain: edge
@@ -89,7 +102,12 @@ pub fn config() -> &'static Config {
         std::fs::write(dir.join("edge.yaml"), ENVOY_YAML).expect("the YAML written");
         let path = dir.join("sluice.toml");
         std::fs::write(&path, CONFIG).expect("the config written");
-        Config::load(Some(&path), &Overrides::default()).expect("the fuzz config is valid")
+        let overrides = Overrides {
+            admin_addr: Some("127.0.0.1:0".into()),
+            admin_tokens: Some(format!("backend:report:{REPORT_TOKEN}")),
+            ..Overrides::default()
+        };
+        Config::load(Some(&path), &overrides).expect("the fuzz config is valid")
     })
 }
 
@@ -105,6 +123,11 @@ pub fn limiter() -> Arc<Limiter<Backend>> {
             Arc::new(Limiter::from_config(config, backend, metrics))
         })
         .clone()
+}
+
+/// The tokens backend reports take: the configuration's admin tokens.
+pub fn reporters() -> Option<sluice::auth::Tokens> {
+    config().admin.as_ref().map(|admin| admin.tokens.clone())
 }
 
 /// A loopback listener for the client targets' scripted servers, bound once.
