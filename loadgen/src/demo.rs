@@ -43,6 +43,14 @@ refill_per_second = 1
 after = 10
 within = "1m"
 duration = "2s"
+
+# Limits that follow a backend's health: what it reports (POST /report) moves their factor.
+[rules.backend]
+algorithm = "token_bucket"
+capacity = 100
+refill_per_second = 50
+[rules.backend.adaptive]
+target_latency = "100ms"
 "#;
 
 #[derive(Debug, Clone)]

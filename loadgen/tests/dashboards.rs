@@ -204,6 +204,39 @@ fn as_grafana_sends_it(expr: &str) -> String {
         .replace("$instance", ".*")
 }
 
+/// Reports of the demo's adaptive resource to each node's POST /report, 20 every 100 ms for 16 s.
+async fn report_for(nodes: Vec<String>, token: String) {
+    let body = serde_json::json!({
+        "reports": (0..20)
+            .map(|n| serde_json::json!({"resource": "backend", "latency_ms": if n < 2 { 250.0 } else { 20.0 }}))
+            .collect::<Vec<_>>()
+    })
+    .to_string();
+    let head = format!(
+        "authorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    for _ in 0..160 {
+        for node in &nodes {
+            let host = format!("host: {node}\r\n");
+            let parts: [&[u8]; 4] = [
+                b"POST /report HTTP/1.1\r\n",
+                host.as_bytes(),
+                head.as_bytes(),
+                body.as_bytes(),
+            ];
+            let answer = loadgen::client::http::exchange(
+                &mut None,
+                &loadgen::client::socket::Dialer::plain(node),
+                &parts,
+            )
+            .await;
+            assert!(matches!(answer, Ok((200, _))), "{answer:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_panel_and_rule_returns_data_from_a_live_run() {
     // Ports first: the generator's metrics name its targets, and the stack names the
@@ -280,10 +313,17 @@ async fn every_panel_and_rule_returns_data_from_a_live_run() {
     // And one key that keeps hammering a rule with a short ban: bans start again and again.
     let abuse = tokio::spawn(loadgen::engine::run(abuse));
     let run = tokio::spawn(async move { run_session(config, &session).await });
+    // And a backend reporting to both nodes (a tenth of its calls slow), for the adaptive panels.
+    let report_to: Vec<String> = node_ports
+        .iter()
+        .map(|(_, http)| format!("127.0.0.1:{http}"))
+        .collect();
+    let reports = tokio::spawn(report_for(report_to, stack.nodes.admin.token.clone()));
     tokio::time::sleep(Duration::from_secs(15)).await;
     let at = unix_now();
     let outcome = run.await.unwrap().unwrap();
     let trial = trial.await.unwrap().unwrap();
+    reports.await.unwrap();
     let abuse = abuse.await.unwrap().unwrap();
     assert!(
         abuse.recorder.counts.banned > 0,
