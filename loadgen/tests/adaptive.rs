@@ -2,6 +2,8 @@
 //! backend under a static limit and an adaptive one. With the adaptive limit the backend's p99
 //! while the overload is held stays within twice the target; under the static limit, the
 //! control, it does not (so the assertion can fail); the report and its chart are written.
+//! The backend serves about 200 req/s, so each 100 ms window of the factor holds well over the
+//! rule's `min_reports` reports even at its lowest.
 
 use std::process::Command;
 
@@ -14,7 +16,7 @@ fn an_adaptive_limit_keeps_the_backend_near_its_target_at_3x_overload() {
         .args([
             "adaptive",
             "--servers",
-            "2",
+            "4",
             "--service-time",
             "20ms",
             "--target-latency",
@@ -22,7 +24,7 @@ fn an_adaptive_limit_keeps_the_backend_near_its_target_at_3x_overload() {
             "--overload",
             "3",
             "--ramp",
-            "4s",
+            "6s",
             "--hold",
             "6s",
             "--keys",
