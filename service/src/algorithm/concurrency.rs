@@ -3,8 +3,14 @@
 //! its expiry `lease_ttl_us` later, so no caller can leak capacity for longer than that.
 //!
 //! Pure, like the rate algorithms: the state is the set of live leases with their expiries,
-//! `now` comes from the caller; expired leases are dropped on every call. A Redis mirror (a
-//! sorted set of expiries under the key's hash tag) and the API are not built yet.
+//! `now` comes from the caller; expired leases are dropped on every call. [`acquire_stacked`]
+//! takes a lease together with a rule's rate limits, all or nothing. A Redis mirror (a sorted
+//! set of expiries under the key's hash tag), the stores and the API are not built yet.
+
+use super::{
+    State,
+    stacked::{self, Decisions, Limit},
+};
 
 /// `max_in_flight` leases at once, each expiring `lease_ttl_us` after it was granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +90,62 @@ impl ConcurrencyState {
     }
 }
 
+/// What an acquire under a rule of rate limits and a concurrency limit answered: every rate
+/// limit's decision, and the lease's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackedAcquire {
+    pub decisions: Decisions,
+    /// `None` when a rate limit denied: no slot was asked for.
+    pub lease: Option<Acquired>,
+}
+
+impl StackedAcquire {
+    /// Whether the lease was granted (and every rate limit charged).
+    pub fn granted(&self) -> bool {
+        matches!(self.lease, Some(Acquired::Granted { .. }))
+    }
+}
+
+/// Acquires lease `lease` for `cost` at `now` under `limits` and `concurrency` together, all or
+/// nothing: granted only when every rate limit allows `cost` and a slot is free (or `lease` is
+/// live already, a retried acquire); then every limit is charged and the lease recorded.
+/// Otherwise nothing is charged and no lease taken: a full key leaves its rate limits as they
+/// were, a rate limit's denial asks for no slot.
+pub fn acquire_stacked(
+    limits: &[Limit],
+    states: &mut [State],
+    concurrency: &Concurrency,
+    leases: &mut ConcurrencyState,
+    lease: u64,
+    cost: u64,
+    now: u64,
+) -> StackedAcquire {
+    leases.expire(now);
+    let live = leases.leases.iter().any(|(id, _)| *id == lease);
+    if !live && leases.leases.len() as u64 >= concurrency.max_in_flight {
+        let earliest = leases.leases.iter().map(|(_, expiry)| *expiry).min();
+        return StackedAcquire {
+            decisions: stacked::peek(limits, states, now),
+            lease: Some(Acquired::Full {
+                retry_after_us: earliest.map_or(0, |expiry| expiry.saturating_sub(now)),
+            }),
+        };
+    }
+    let decisions = stacked::check(limits, states, cost, now);
+    if !decisions.allowed() {
+        return StackedAcquire {
+            decisions,
+            lease: None,
+        };
+    }
+    let lease = concurrency.acquire(leases, lease, now);
+    debug_assert!(matches!(lease, Acquired::Granted { .. }));
+    StackedAcquire {
+        decisions,
+        lease: Some(lease),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -156,6 +218,43 @@ mod tests {
         assert!(Concurrency::new(1, 0).is_none());
     }
 
+    #[test]
+    fn a_full_key_charges_no_rate_limit_and_a_denying_limit_takes_no_slot() {
+        use crate::algorithm::{Algorithm, FixedWindow};
+        let limits = [Limit::new(
+            "minute",
+            Algorithm::FixedWindow(FixedWindow::new(3, 60_000_000)),
+        )];
+        let mut states = stacked::fresh_states(&limits, 0);
+        let concurrency = Concurrency::new(1, 1_000).unwrap();
+        let mut leases = ConcurrencyState::default();
+        let acquire = |states: &mut [State], leases: &mut ConcurrencyState, lease, now| {
+            acquire_stacked(&limits, states, &concurrency, leases, lease, 1, now)
+        };
+        let first = acquire(&mut states, &mut leases, 1, 0);
+        assert!(first.granted());
+        assert_eq!(first.decisions.decision().remaining, 2);
+        let full = acquire(&mut states, &mut leases, 2, 10);
+        assert_eq!(
+            full.lease,
+            Some(Acquired::Full {
+                retry_after_us: 990
+            })
+        );
+        assert_eq!(full.decisions.decision().remaining, 2, "nothing charged");
+        assert!(concurrency.release(&mut leases, 1, 20));
+        assert!(acquire(&mut states, &mut leases, 2, 30).granted());
+        concurrency.release(&mut leases, 2, 40);
+        assert!(acquire(&mut states, &mut leases, 3, 50).granted());
+        concurrency.release(&mut leases, 3, 60);
+        let denied = acquire(&mut states, &mut leases, 4, 70);
+        assert_eq!(
+            denied.lease, None,
+            "the minute's 3 are spent: no slot asked for"
+        );
+        assert_eq!(concurrency.in_flight(&leases, 70), 0);
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Acquire(u64),
@@ -210,6 +309,48 @@ mod tests {
                 }
                 prop_assert!(limit.in_flight(&state, now) <= max);
                 prop_assert_eq!(limit.in_flight(&state, now), model.len() as u64);
+            }
+        }
+
+        #[test]
+        fn stacked_acquires_are_all_or_nothing(
+            max in 1u64..4,
+            rate_limit in 1u64..6,
+            steps in steps(),
+        ) {
+            use crate::algorithm::{Algorithm, FixedWindow};
+            let limits = [Limit::new(
+                "window",
+                Algorithm::FixedWindow(FixedWindow::new(rate_limit, 1_000)),
+            )];
+            let concurrency = Concurrency::new(max, 700).unwrap();
+            let mut states = stacked::fresh_states(&limits, 0);
+            let mut leases = ConcurrencyState::default();
+            let mut now = 0u64;
+            for (step, advance) in steps {
+                now += advance;
+                match step {
+                    Step::Acquire(lease) => {
+                        let before_states = states.clone();
+                        let was_live = concurrency.in_flight(&leases, now);
+                        let answer = acquire_stacked(
+                            &limits, &mut states, &concurrency, &mut leases, lease, 1, now,
+                        );
+                        let spent_before = stacked::peek(&limits, &before_states, now).decision().remaining;
+                        let spent_after = stacked::peek(&limits, &states, now).decision().remaining;
+                        if answer.granted() {
+                            prop_assert!(answer.decisions.allowed());
+                            prop_assert_eq!(spent_after + 1, spent_before, "every limit charged once");
+                        } else {
+                            prop_assert_eq!(spent_after, spent_before, "nothing charged");
+                            prop_assert!(concurrency.in_flight(&leases, now) <= was_live, "no lease taken");
+                        }
+                    }
+                    Step::Release(lease) => {
+                        concurrency.release(&mut leases, lease, now);
+                    }
+                }
+                prop_assert!(concurrency.in_flight(&leases, now) <= max);
             }
         }
     }
