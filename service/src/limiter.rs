@@ -708,8 +708,13 @@ impl<S: Store> Limiter<S> {
         bucket: BucketKey<'_>,
     ) -> Result<Decisions, StoreError> {
         let rule = policy.rule(rule);
+        // An adaptive rule is read at its factor now, as a check would decide it.
+        let scaled = policy.scaled_limits(rule);
+        let limits = scaled
+            .as_ref()
+            .map_or(&rule.limits[..], |scaled| &scaled.limits[..]);
         self.store
-            .peek(bucket, &rule.limits, rule.bans(policy.key_wide_bans()))
+            .peek(bucket, limits, rule.bans(policy.key_wide_bans()))
             .await
     }
 

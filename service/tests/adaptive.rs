@@ -190,6 +190,20 @@ async fn slow_reports_cut_the_limit_with_503s_and_healthy_ones_restore_it() {
             .unwrap()
             .contains("backend overloaded")
     );
+    // A status read shows the limit in force.
+    let status: Value = reqwest::Client::new()
+        .get(common::http_url(&server, "/status?resource=api"))
+        .header("x-api-key", "alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (status["limit"].as_u64(), status["remaining"].as_u64()),
+        (Some(20), Some(0))
+    );
     // A rule that is not adaptive still answers its quota with 429.
     check(&server, "alice", "plain").await;
     check(&server, "alice", "plain").await;
