@@ -104,7 +104,10 @@ async fn reports_need_a_report_token_and_an_adaptive_resource() {
     let one = json!({"resource": "api", "latency_ms": 10.0});
     let missing = report(&server, None, one.clone()).await;
     assert_eq!(missing.status(), 401);
-    assert!(missing.headers().contains_key("www-authenticate"));
+    assert_eq!(
+        missing.headers()["www-authenticate"],
+        "Bearer realm=\"sluice-report\""
+    );
     assert_eq!(
         report(&server, Some(READ_TOKEN), one.clone())
             .await

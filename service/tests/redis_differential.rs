@@ -87,12 +87,13 @@ fn requests() -> impl Strategy<Value = Vec<(u64, u64)>> {
     proptest::collection::vec((gap, 0u64..25), 1..60)
 }
 
-#[test]
-fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
-    let server = common::redis::server();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let clock = Clock::manual(START_US);
-    let store = runtime.block_on(async {
+/// A Redis store on `server` whose scripts read `clock` instead of Redis TIME.
+fn pinned_store(
+    runtime: &tokio::runtime::Runtime,
+    server: &common::redis::LocalRedis,
+    clock: &Clock,
+) -> RedisStore {
+    runtime.block_on(async {
         RedisStore::connect(
             &common::redis_config(vec![server.url()], false),
             Metrics::new().redis(),
@@ -100,7 +101,15 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
         .await
         .unwrap()
         .pin_time(clock.clone())
-    });
+    })
+}
+
+#[test]
+fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
+    let server = common::redis::server();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let clock = Clock::manual(START_US);
+    let store = pinned_store(&runtime, &server, &clock);
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 500,
         ..ProptestConfig::default()
@@ -209,15 +218,7 @@ fn the_adaptive_script_moves_the_factor_exactly_like_aimd_merge() {
     let server = common::redis::server();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let clock = Clock::manual(START_US);
-    let store = runtime.block_on(async {
-        RedisStore::connect(
-            &common::redis_config(vec![server.url()], false),
-            Metrics::new().redis(),
-        )
-        .await
-        .unwrap()
-        .pin_time(clock.clone())
-    });
+    let store = pinned_store(&runtime, &server, &clock);
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 300,
         ..ProptestConfig::default()

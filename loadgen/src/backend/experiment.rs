@@ -273,17 +273,8 @@ fn draw_on<DB: DrawingBackend>(
             }),
             ("failed (timeout)", OUTCOME_COLORS[2], |p| p.failed_rps),
         ];
-        for (label, color, value) in series {
-            chart
-                .draw_series(LineSeries::new(
-                    arm.series.iter().map(|p| (p.t_s, value(p))),
-                    color.stroke_width(2),
-                ))
-                .map_err(failed)?
-                .label(label)
-                .legend(move |(x, y)| line_key(color, x, y));
-        }
-        capacity_line(&mut chart, summary.capacity_rps, t_max)?;
+        draw_lines(&mut chart, &arm.series, series)?;
+        horizontal(&mut chart, summary.capacity_rps, t_max, "backend capacity")?;
         hold_marker(&mut chart, hold_start, rate_max)?;
         legend(&mut chart)?;
         // Backend latency.
@@ -293,31 +284,12 @@ fn draw_on<DB: DrawingBackend>(
             t_max,
             latency_max,
         )?;
-        for (label, color, value) in [
-            (
-                "p50",
-                LINE_COLORS[0],
-                (|p: &Point| p.p50_ms) as fn(&Point) -> f64,
-            ),
+        let latencies: [Line; 2] = [
+            ("p50", LINE_COLORS[0], |p| p.p50_ms),
             ("p99", LINE_COLORS[2], |p| p.p99_ms),
-        ] {
-            chart
-                .draw_series(LineSeries::new(
-                    arm.series.iter().map(|p| (p.t_s, value(p))),
-                    color.stroke_width(2),
-                ))
-                .map_err(failed)?
-                .label(label)
-                .legend(move |(x, y)| line_key(color, x, y));
-        }
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, target_ms), (t_max, target_ms)],
-                BLACK.stroke_width(1),
-            ))
-            .map_err(failed)?
-            .label("target (p90)")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+        ];
+        draw_lines(&mut chart, &arm.series, latencies)?;
+        horizontal(&mut chart, target_ms, t_max, "target (p90)")?;
         hold_marker(&mut chart, hold_start, latency_max)?;
         legend(&mut chart)?;
         // The factor.
@@ -363,18 +335,39 @@ fn frame<'a, DB: DrawingBackend>(
     Ok(chart)
 }
 
-fn capacity_line<DB: DrawingBackend>(
-    chart: &mut Chart<'_, DB>,
-    capacity: f64,
+/// Each of `lines` over `points`, in the legend.
+fn draw_lines<'a, DB: DrawingBackend + 'a, const N: usize>(
+    chart: &mut Chart<'a, DB>,
+    points: &[Point],
+    lines: [Line; N],
+) -> anyhow::Result<()> {
+    for (label, color, value) in lines {
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().map(|p| (p.t_s, value(p))),
+                color.stroke_width(2),
+            ))
+            .map_err(failed)?
+            .label(label)
+            .legend(move |(x, y)| line_key(color, x, y));
+    }
+    Ok(())
+}
+
+/// A thin black line across the chart at `y`, in the legend as `label`.
+fn horizontal<'a, DB: DrawingBackend + 'a>(
+    chart: &mut Chart<'a, DB>,
+    y: f64,
     x_max: f64,
+    label: &'static str,
 ) -> anyhow::Result<()> {
     chart
         .draw_series(LineSeries::new(
-            [(0.0, capacity), (x_max, capacity)],
+            [(0.0, y), (x_max, y)],
             BLACK.stroke_width(1),
         ))
         .map_err(failed)?
-        .label("backend capacity")
+        .label(label)
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     Ok(())
 }

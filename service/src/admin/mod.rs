@@ -16,14 +16,14 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{Request, State},
-    http::{HeaderValue, StatusCode, header},
+    http::header,
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use serde_json::json;
 
 use crate::{
-    api::{answer::LimitAnswer, http::Problem},
+    api::{answer::LimitAnswer, http::auth_refusal},
     auth::{AuthError, Principal, Role, Tokens},
     limiter::{Limiter, LimiterError, Verdict},
     metrics::Metrics,
@@ -149,30 +149,13 @@ fn refuse(request: &Request, err: &AuthError) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-    let forbidden = matches!(err, AuthError::Forbidden { .. });
     if grpc {
-        let status = if forbidden {
+        let status = if matches!(err, AuthError::Forbidden { .. }) {
             tonic::Status::permission_denied(err.to_string())
         } else {
             tonic::Status::unauthenticated(err.to_string())
         };
         return status.into_http::<axum::body::Body>();
     }
-    let mut response = Problem {
-        status: if forbidden {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::UNAUTHORIZED
-        },
-        field: "authorization",
-        detail: err.to_string(),
-    }
-    .into_response();
-    if !forbidden {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"sluice-admin\""),
-        );
-    }
-    response
+    auth_refusal(err, "sluice-admin", "")
 }

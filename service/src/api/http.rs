@@ -26,7 +26,7 @@ use serde_json::json;
 use super::answer::{CheckAnswer, StatusAnswer};
 use crate::{
     algorithm::Decision,
-    auth::Tokens,
+    auth::{AuthError, Tokens},
     limiter::{CheckRequest, Limiter, LimiterError, Outcome, Readiness, Verdict},
     metrics::Api,
     store::Backend,
@@ -123,6 +123,35 @@ impl IntoResponse for Problem {
         )
             .into_response()
     }
+}
+
+/// A refused credential as problem JSON: 401 with a Bearer challenge for `realm` (no token,
+/// or one the node does not know), or 403 (a known token whose role does not cover the call);
+/// `needs` says what the call takes.
+pub(crate) fn auth_refusal(err: &AuthError, realm: &'static str, needs: &str) -> Response {
+    let forbidden = matches!(err, AuthError::Forbidden { .. });
+    let mut response = Problem {
+        status: if forbidden {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::UNAUTHORIZED
+        },
+        field: "authorization",
+        detail: if needs.is_empty() {
+            err.to_string()
+        } else {
+            format!("{err}; {needs}")
+        },
+    }
+    .into_response();
+    if !forbidden {
+        let challenge = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
+            .expect("realms are ASCII names");
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
 }
 
 impl From<LimiterError> for Problem {

@@ -7,13 +7,13 @@ use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     Json,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::HeaderMap,
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{Problem, json_body};
+use super::http::{Problem, auth_refusal, json_body};
 use crate::{
     adaptive::WHOLE,
     auth::{self, AuthError, Principal, Role, Tokens},
@@ -100,7 +100,11 @@ pub(crate) async fn http_report(
     body: &[u8],
 ) -> Result<Response, Problem> {
     if let Err(err) = authorize(tokens, auth::presented(headers)) {
-        return Ok(refusal(&err));
+        return Ok(auth_refusal(
+            &err,
+            "sluice-report",
+            "reports need a token of role report (admin.tokens_file)",
+        ));
     }
     let body: ReportBody = json_body(body, "report", EXAMPLE)?;
     let listed = match (body.reports, body.resource, body.latency_ms) {
@@ -145,26 +149,4 @@ pub(crate) async fn http_report(
         "factors": factors(limiter, &reports),
     }))
     .into_response())
-}
-
-/// 401 (with a Bearer challenge) or 403 as problem JSON.
-fn refusal(err: &AuthError) -> Response {
-    let forbidden = matches!(err, AuthError::Forbidden { .. });
-    let mut response = Problem {
-        status: if forbidden {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::UNAUTHORIZED
-        },
-        field: "authorization",
-        detail: format!("{err}; reports need a token of role report (admin.tokens_file)"),
-    }
-    .into_response();
-    if !forbidden {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"sluice-report\""),
-        );
-    }
-    response
 }
