@@ -9,10 +9,15 @@
 -- ARGV     now_us ("" = Redis TIME; see prelude.lua), cost (0 = peek: compute, write nothing),
 --          "1" to refuse while the key-wide ban state bans the key (another rule's scope "key"
 --          ban), else "0"; "1" and the ban's after, within_us, duration_us, factor,
---          max_duration_us, lookback_us, or "0" without a ban; then per limit: algorithm tag
+--          max_duration_us, lookback_us, or "0" without a ban; "1" and a lease id,
+--          max_in_flight, lease_ttl_us to acquire a lease with the charge (a concurrency
+--          limit; its sorted set is the last of KEYS), or "0"; then per limit: algorithm tag
 --          (tb, gcra, fw, swc, swl), name, first and second parameter
 -- Returns  per limit, flat: allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never);
---          then banned_for_us (0 = not banned) and 1 if this request started the ban, else 0
+--          then banned_for_us (0 = not banned) and 1 if this request started the ban, else 0;
+--          with a lease, then 1 and its expiry (granted), 2 and the wait until a lease ends by
+--          itself (full: nothing charged), or 0 and 0 (a limit denied or a ban refused: no slot
+--          was asked for). Mirrors acquire_stacked in service/src/algorithm/concurrency.rs.
 local now = now_us(ARGV[1])
 local cost = tonumber(ARGV[2])
 local state_key = KEYS[1]
@@ -26,6 +31,16 @@ if ARGV[4] == '1' then
     factor = tonumber(ARGV[8]), max = tonumber(ARGV[9]), lookback = tonumber(ARGV[10]),
   }
   first_limit = 11
+end
+local lease = nil
+if ARGV[first_limit] == '1' then
+  lease = {
+    id = ARGV[first_limit + 1], max = tonumber(ARGV[first_limit + 2]),
+    ttl = tonumber(ARGV[first_limit + 3]), key = KEYS[#KEYS],
+  }
+  first_limit = first_limit + 4
+else
+  first_limit = first_limit + 1
 end
 
 -- Each limit, and the state hash fields of those kept there: `<name>:<tag>:<field>` (tags and
@@ -57,13 +72,17 @@ local function decide(limit, spend)
   return limit.decide(stored, limit.offset, now, spend, limit.p1, limit.p2)
 end
 
-local function reply(decisions, banned_for, started)
+local function reply(decisions, banned_for, started, lease_code, lease_value)
   local flat = {}
   for _, d in ipairs(decisions) do
     for _, field in ipairs(d) do flat[#flat + 1] = field end
   end
   flat[#flat + 1] = banned_for
   flat[#flat + 1] = started
+  if lease then
+    flat[#flat + 1] = lease_code or 0
+    flat[#flat + 1] = lease_value or 0
+  end
   return flat
 end
 
@@ -89,6 +108,19 @@ if ban then
   ban_state = ban_load(ban_key)
   local answer = refused(ban_state)
   if answer then return answer end
+end
+
+-- A lease is taken only with a free slot (or renewed when live): a full key is answered
+-- with every limit read and nothing charged.
+local lease_live = false
+if lease then
+  redis.call('ZREMRANGEBYSCORE', lease.key, '-inf', num(now))
+  lease_live = redis.call('ZSCORE', lease.key, lease.id) ~= false
+  if not lease_live and redis.call('ZCARD', lease.key) >= lease.max then
+    local earliest = redis.call('ZRANGE', lease.key, 0, 0, 'WITHSCORES')
+    for i, limit in ipairs(limits) do decisions[i] = decide(limit, 0) end
+    return reply(decisions, 0, 0, 2, math.max(tonumber(earliest[2]) - now, 0))
+  end
 end
 
 for i, limit in ipairs(limits) do
@@ -129,5 +161,13 @@ if ban and not all and cost > 0 then
   local duration = ban_record(ban, ban_state, now)
   if duration then banned_for, started = duration, 1 end
   ban_store(ban_key, ban, ban_state, now)
+end
+if lease and all then
+  local expires = now + lease.ttl
+  redis.call('ZADD', lease.key, num(expires), lease.id)
+  -- The set lives as long as its latest lease.
+  local latest = redis.call('ZRANGE', lease.key, -1, -1, 'WITHSCORES')
+  redis.call('PEXPIRE', lease.key, ttl_ms(tonumber(latest[2]) - now))
+  return reply(decisions, banned_for, started, 1, expires)
 end
 return reply(decisions, banned_for, started)

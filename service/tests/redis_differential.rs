@@ -2,7 +2,8 @@
 //! rules of one to three limits, with or without a random ban policy, and the same random
 //! requests at the same timestamps, must give identical decisions for every limit (allowed,
 //! remaining, reset-after, retry-after) and identical bans (when, how long). The adaptive
-//! script against [`Aimd::merge`] the same way: random reports at random times, the same factor.
+//! script against [`Aimd::merge`] the same way: random reports at random times, the same factor;
+//! and leases taken with a rule's limits and released against `acquire_stacked`.
 
 mod common;
 
@@ -254,4 +255,126 @@ fn the_adaptive_script_moves_the_factor_exactly_like_aimd_merge() {
             },
         )
         .unwrap();
+}
+
+#[derive(Debug, Clone)]
+enum LeaseStep {
+    Acquire(u64),
+    Release(u64),
+}
+
+fn lease_steps() -> impl Strategy<Value = Vec<(u64, LeaseStep)>> {
+    let gap = prop_oneof![Just(0u64), 0..2_000u64, 0..1_500_000u64];
+    let step = prop_oneof![
+        (0u64..6).prop_map(LeaseStep::Acquire),
+        (0u64..6).prop_map(LeaseStep::Release),
+    ];
+    proptest::collection::vec((gap, step), 1..60)
+}
+
+#[test]
+fn leases_are_acquired_and_released_exactly_like_acquire_stacked() {
+    use sluice::algorithm::concurrency::{Concurrency, ConcurrencyState, acquire_stacked};
+    let server = common::redis::server();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let clock = Clock::manual(START_US);
+    let store = pinned_store(&runtime, &server, &clock);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 300,
+        ..ProptestConfig::default()
+    });
+    let case = std::sync::atomic::AtomicU64::new(0);
+    runner
+        .run(
+            &(limits_strategy(), 1u64..4, 1u64..3_000_000, lease_steps()),
+            |(limits, max_in_flight, ttl_us, steps)| {
+                let key = format!(
+                    "lease-case-{}",
+                    case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                let bucket = BucketKey {
+                    resource: "diff",
+                    key: &key,
+                };
+                let concurrency = Concurrency::new(max_in_flight, ttl_us).unwrap();
+                let mut now = clock.now_us();
+                let mut states = stacked::fresh_states(&limits, now);
+                let mut leases = ConcurrencyState::default();
+                for (index, (gap, step)) in steps.iter().enumerate() {
+                    clock.advance_us(*gap);
+                    now += gap;
+                    match step {
+                        LeaseStep::Acquire(lease) => {
+                            let expected = acquire_stacked(
+                                &limits,
+                                &mut states,
+                                &concurrency,
+                                &mut leases,
+                                *lease,
+                                1,
+                                now,
+                            );
+                            let actual = runtime
+                                .block_on(store.acquire(
+                                    bucket,
+                                    &limits,
+                                    Bans::NONE,
+                                    &concurrency,
+                                    *lease,
+                                ))
+                                .unwrap();
+                            prop_assert_eq!(
+                                expected,
+                                actual,
+                                "step {} of {:?} under {:?}, {:?}",
+                                index,
+                                steps,
+                                limits,
+                                concurrency
+                            );
+                        }
+                        LeaseStep::Release(lease) => {
+                            let expected = concurrency.release(&mut leases, *lease, now);
+                            let actual = runtime.block_on(store.release(bucket, *lease)).unwrap();
+                            prop_assert_eq!(expected, actual, "release at step {}", index);
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_lease_ends_exactly_at_its_expiry_in_lua_as_in_rust() {
+    use sluice::algorithm::concurrency::{Acquired, Concurrency};
+    let server = common::redis::server();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let clock = Clock::manual(START_US);
+    let store = pinned_store(&runtime, &server, &clock);
+    let bucket = BucketKey {
+        resource: "diff",
+        key: "expiry",
+    };
+    let limits = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(100, 60_000_000)));
+    let concurrency = Concurrency::new(1, 1_000).unwrap();
+    let acquire = |lease| {
+        runtime
+            .block_on(store.acquire(bucket, &limits, Bans::NONE, &concurrency, lease))
+            .unwrap()
+            .lease
+    };
+    assert_eq!(
+        acquire(1),
+        Some(Acquired::Granted {
+            expires_at_us: START_US + 1_000
+        })
+    );
+    clock.advance_us(999);
+    assert_eq!(acquire(2), Some(Acquired::Full { retry_after_us: 1 }));
+    clock.advance_us(1);
+    // At its expiry the lease is over: not releasable, and its slot is free.
+    assert!(!runtime.block_on(store.release(bucket, 1)).unwrap());
+    assert!(matches!(acquire(2), Some(Acquired::Granted { .. })));
 }

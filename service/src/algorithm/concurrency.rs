@@ -47,6 +47,10 @@ impl Concurrency {
         self.max_in_flight
     }
 
+    pub fn lease_ttl_us(&self) -> u64 {
+        self.lease_ttl_us
+    }
+
     /// Grants lease `lease` at `now` if fewer than `max_in_flight` are live. An id already live
     /// is granted again (a retried acquire), its expiry renewed, without taking a second slot.
     pub fn acquire(&self, state: &mut ConcurrencyState, lease: u64, now: u64) -> Acquired {

@@ -31,6 +31,7 @@ use crate::{
     algorithm::{
         Algorithm, Decision, NEVER,
         ban::{BanScope, Bans},
+        concurrency::{Acquired, Concurrency, StackedAcquire},
         stacked::{Decisions, Limit},
     },
     clock::Clock,
@@ -55,6 +56,13 @@ pub const DECISION_SCRIPT: &str = concat!(
 pub const ADAPTIVE_SCRIPT: &str = concat!(
     include_str!("../../../../lua/prelude.lua"),
     include_str!("../../../../lua/adaptive.lua"),
+);
+
+/// The script ending a lease: expired leases dropped, then the lease removed; 1 when it was
+/// live (`release` in service/src/algorithm/concurrency.rs).
+pub const RELEASE_SCRIPT: &str = concat!(
+    include_str!("../../../../lua/prelude.lua"),
+    include_str!("../../../../lua/release.lua"),
 );
 
 /// An adaptive resource's shared state outlives this many of its windows without reports
@@ -101,6 +109,7 @@ pub struct RedisStore {
     cluster: bool,
     script: Script,
     adaptive_script: Script,
+    release_script: Script,
     prefix: String,
     deadline: std::time::Duration,
     /// One permit per call in flight (`max_in_flight`).
@@ -139,6 +148,7 @@ impl RedisStore {
             cluster: config.cluster,
             script: Script::new(DECISION_SCRIPT),
             adaptive_script: Script::new(ADAPTIVE_SCRIPT),
+            release_script: Script::new(RELEASE_SCRIPT),
             prefix: config.prefix.clone(),
             deadline: config.deadline,
             in_flight: tokio::sync::Semaphore::new(config.max_in_flight),
@@ -374,36 +384,37 @@ impl RedisStore {
         self.metrics.circuit_state.set(self.breaker.state() as i64);
     }
 
-    async fn decide(
-        &self,
-        bucket: BucketKey<'_>,
-        limits: &[Limit],
-        bans: Bans<'_>,
-        cost: u64,
-    ) -> Result<Decisions, StoreError> {
+    /// The decision script's keys for `bucket` under `limits` and `bans`: the state hash
+    /// first (it names the bucket in the deny cache), then sliding logs and ban states.
+    fn script_keys(&self, bucket: BucketKey<'_>, limits: &[Limit], bans: Bans<'_>) -> Vec<String> {
         let mut keys = Vec::with_capacity(3);
         self.push_state_keys(&mut keys, bucket, limits);
         if let Some(ban) = bans.policy {
             keys.push(self.ban_key(bucket, ban.scope));
         }
-        let watch = bans.watches_key_wide();
-        if watch {
+        if bans.watches_key_wide() {
             keys.push(self.ban_key(bucket, BanScope::Key));
         }
-        // The first key, the state hash, names the bucket in the deny cache.
-        let now = self.clock.now_us();
-        if cost > 0
-            && let Some(cached) = self.deny_cache.lookup(&keys[0], cost, now)
-        {
-            self.metrics.deny_cache_hits.inc();
-            return Ok(cached);
-        }
+        keys
+    }
+
+    /// Runs the decision script on `keys` (a lease's sorted set last, with `lease`): its flat
+    /// reply (see `lua/stacked.lua`).
+    async fn run_script(
+        &self,
+        keys: &[String],
+        limits: &[Limit],
+        bans: Bans<'_>,
+        cost: u64,
+        lease: Option<(&Concurrency, u64)>,
+        now: u64,
+    ) -> Result<Vec<i64>, StoreError> {
         // EVALSHA built as one command buffer (a script invocation would allocate per argument).
         let mut invocation = redis::cmd("EVALSHA");
         invocation
             .arg(self.script.get_hash())
             .arg(keys.len())
-            .arg(&keys[..]);
+            .arg(keys);
         let pinned = if self.pinned_time {
             now.to_string()
         } else {
@@ -412,7 +423,7 @@ impl RedisStore {
         invocation
             .arg(pinned)
             .arg(cost)
-            .arg(if watch { "1" } else { "0" });
+            .arg(if bans.watches_key_wide() { "1" } else { "0" });
         match bans.policy {
             Some(ban) => {
                 invocation
@@ -429,25 +440,55 @@ impl RedisStore {
                 invocation.arg("0");
             }
         }
+        match lease {
+            Some((concurrency, id)) => {
+                invocation
+                    .arg("1")
+                    .arg(id)
+                    .arg(concurrency.max_in_flight())
+                    .arg(concurrency.lease_ttl_us());
+            }
+            None => {
+                invocation.arg("0");
+            }
+        }
         for limit in limits {
             invocation.arg(tag_of(&limit.algorithm)).arg(&limit.name);
             push_parameters(&mut invocation, &limit.algorithm);
         }
         self.metrics.script_calls.inc();
-        let reply: Vec<i64> = self
-            .run(
-                async |connection| match invocation.query_async(connection).await {
-                    // Redis restarted or its scripts were flushed: load it, then ask again.
-                    Err(err)
-                        if err.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        self.script.load_async(connection).await?;
-                        invocation.query_async(connection).await
-                    }
-                    result => result,
-                },
-            )
+        self.run(
+            async |connection| match invocation.query_async(connection).await {
+                // Redis restarted or its scripts were flushed: load it, then ask again.
+                Err(err)
+                    if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    self.script.load_async(connection).await?;
+                    invocation.query_async(connection).await
+                }
+                result => result,
+            },
+        )
+        .await
+    }
+
+    async fn decide(
+        &self,
+        bucket: BucketKey<'_>,
+        limits: &[Limit],
+        bans: Bans<'_>,
+        cost: u64,
+    ) -> Result<Decisions, StoreError> {
+        let keys = self.script_keys(bucket, limits, bans);
+        let now = self.clock.now_us();
+        if cost > 0
+            && let Some(cached) = self.deny_cache.lookup(&keys[0], cost, now)
+        {
+            self.metrics.deny_cache_hits.inc();
+            return Ok(cached);
+        }
+        let reply = self
+            .run_script(&keys, limits, bans, cost, None, now)
             .await?;
         let decisions = decisions_of(&reply, limits)?;
         let banned = decisions.banned_for_us().is_some();
@@ -464,6 +505,64 @@ impl RedisStore {
             self.deny_cache.remember(&keys[0], cost, now, &decisions);
         }
         Ok(decisions)
+    }
+
+    /// The Redis key of `bucket`'s leases: `{prefix}lease:{<key>}:<resource>`, a sorted set of
+    /// lease ids scored by their expiry, under the client key's hash tag like its limits.
+    pub fn lease_key(&self, bucket: BucketKey<'_>) -> String {
+        self.key_of("lease", bucket, None)
+    }
+
+    /// Acquires lease `lease` of `bucket` under `concurrency` together with `limits`, all or
+    /// nothing, in one script call ([`acquire_stacked`] in Lua). Never answered from the
+    /// deny cache: a release may free a slot at any moment.
+    pub async fn acquire(
+        &self,
+        bucket: BucketKey<'_>,
+        limits: &[Limit],
+        bans: Bans<'_>,
+        concurrency: &Concurrency,
+        lease: u64,
+    ) -> Result<StackedAcquire, StoreError> {
+        let mut keys = self.script_keys(bucket, limits, bans);
+        keys.push(self.lease_key(bucket));
+        let now = self.clock.now_us();
+        let reply = self
+            .run_script(&keys, limits, bans, 1, Some((concurrency, lease)), now)
+            .await?;
+        let (decided, leased) = reply.split_at(reply.len().saturating_sub(2));
+        let decisions = decisions_of(decided, limits)?;
+        let lease = match *leased {
+            [1, expires_at] => Some(Acquired::Granted {
+                expires_at_us: expires_at as u64,
+            }),
+            [2, retry_after] => Some(Acquired::Full {
+                retry_after_us: retry_after as u64,
+            }),
+            [0, 0] => None,
+            _ => {
+                return Err(StoreError::Unavailable(format!(
+                    "decision script answered lease {leased:?}; is another version of it loaded?"
+                )));
+            }
+        };
+        Ok(StackedAcquire { decisions, lease })
+    }
+
+    /// Ends lease `lease` of `bucket`; false when it was not live (released already, or
+    /// expired).
+    pub async fn release(&self, bucket: BucketKey<'_>, lease: u64) -> Result<bool, StoreError> {
+        let now = if self.pinned_time {
+            self.clock.now_us().to_string()
+        } else {
+            String::new()
+        };
+        let mut invocation = self.release_script.prepare_invoke();
+        invocation.key(self.lease_key(bucket)).arg(now).arg(lease);
+        let released: i64 = self
+            .run(async |connection| invocation.invoke_async(connection).await)
+            .await?;
+        Ok(released == 1)
     }
 
     /// Announces node `node` alive for `ttl` and counts the nodes announced within their own
