@@ -315,10 +315,9 @@ fn leases_are_acquired_and_released_exactly_like_acquire_stacked() {
                                 now,
                             );
                             let actual = runtime
-                                .block_on(store.acquire(
+                                .block_on(store.acquire_lease(
                                     bucket,
                                     &limits,
-                                    Bans::NONE,
                                     &concurrency,
                                     *lease,
                                 ))
@@ -335,7 +334,9 @@ fn leases_are_acquired_and_released_exactly_like_acquire_stacked() {
                         }
                         LeaseStep::Release(lease) => {
                             let expected = concurrency.release(&mut leases, *lease, now);
-                            let actual = runtime.block_on(store.release(bucket, *lease)).unwrap();
+                            let actual = runtime
+                                .block_on(store.release_lease(bucket, *lease))
+                                .unwrap();
                             prop_assert_eq!(expected, actual, "release at step {}", index);
                         }
                     }
@@ -361,7 +362,7 @@ fn a_lease_ends_exactly_at_its_expiry_in_lua_as_in_rust() {
     let concurrency = Concurrency::new(1, 1_000).unwrap();
     let acquire = |lease| {
         runtime
-            .block_on(store.acquire(bucket, &limits, Bans::NONE, &concurrency, lease))
+            .block_on(store.acquire_lease(bucket, &limits, &concurrency, lease))
             .unwrap()
             .lease
     };
@@ -375,6 +376,6 @@ fn a_lease_ends_exactly_at_its_expiry_in_lua_as_in_rust() {
     assert_eq!(acquire(2), Some(Acquired::Full { retry_after_us: 1 }));
     clock.advance_us(1);
     // At its expiry the lease is over: not releasable, and its slot is free.
-    assert!(!runtime.block_on(store.release(bucket, 1)).unwrap());
+    assert!(!runtime.block_on(store.release_lease(bucket, 1)).unwrap());
     assert!(matches!(acquire(2), Some(Acquired::Granted { .. })));
 }

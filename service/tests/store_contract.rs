@@ -12,6 +12,7 @@ use sluice::{
         Algorithm, Decision, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog,
         TokenBucket,
         ban::{Ban, BanScope, Bans},
+        concurrency::{Acquired, Concurrency},
         stacked::{self, Decisions, Limit},
     },
     clock::Clock,
@@ -235,6 +236,16 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn ban_storm_bans_at_exactly_the_after_th_denial() {
                 contract_ban_storm(Arc::new(super::$backend().await)).await;
+            }
+
+            #[tokio::test]
+            async fn leases_are_taken_with_the_rate_limits_all_or_nothing_and_end() {
+                contract_leases(&super::$backend().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_lease_storm_never_holds_more_than_max_in_flight() {
+                contract_lease_storm(Arc::new(super::$backend().await)).await;
             }
 
             #[tokio::test]
@@ -949,4 +960,114 @@ async fn contract_adaptive<H: Harness>(harness: &H) {
     // A window with no reports is no evidence: the factor stays.
     harness.advance_us(3 * WINDOW_US);
     assert_eq!(adapt("api", Window::default()).await, 750_000);
+}
+
+/// A lease comes with the rule's charge or not at all; a full key charges nothing; a release
+/// or the lease's expiry frees its slot.
+async fn contract_leases<H: Harness>(harness: &H) {
+    let store = harness.store();
+    let bucket = key("jobs", "contract-leases");
+    let limits = Limit::alone(Algorithm::FixedWindow(FixedWindow::new(4, 60_000_000)));
+    let concurrency = Concurrency::new(2, 1_000_000).unwrap();
+    let acquire = async |lease| {
+        store
+            .acquire(bucket, &limits, &concurrency, lease)
+            .await
+            .unwrap()
+    };
+    let first = acquire(1).await;
+    assert!(first.granted());
+    assert_eq!(first.decisions.decision().remaining, 3);
+    assert!(acquire(2).await.granted());
+    let full = acquire(3).await;
+    assert_eq!(
+        full.lease,
+        Some(Acquired::Full {
+            retry_after_us: 1_000_000
+        })
+    );
+    assert_eq!(
+        full.decisions.decision().remaining,
+        2,
+        "a full key is not charged"
+    );
+    assert!(store.release(bucket, &concurrency, 1).await.unwrap());
+    assert!(
+        !store.release(bucket, &concurrency, 1).await.unwrap(),
+        "once"
+    );
+    assert!(acquire(3).await.granted());
+    // Lease 2 was never released: it ends by itself at its expiry.
+    harness.advance_us(1_000_000);
+    assert!(acquire(4).await.granted(), "lease 2 expired, lease 3 too");
+    let spent = acquire(5).await;
+    assert_eq!(
+        spent.lease, None,
+        "the window's 4 are spent: no slot asked for"
+    );
+    assert!(!spent.decisions.allowed());
+    // Another key's leases are its own.
+    assert!(
+        store
+            .acquire(
+                key("jobs", "contract-leases-other"),
+                &limits,
+                &concurrency,
+                1
+            )
+            .await
+            .unwrap()
+            .granted()
+    );
+}
+
+/// Many callers acquire and release concurrently: the leases held, counted as each caller
+/// sees them (after its grant, before its release), never exceed max_in_flight, and every
+/// slot is used.
+async fn contract_lease_storm<H: Harness>(harness: Arc<H>) {
+    const MAX: u64 = 3;
+    const CALLERS: u64 = 12;
+    const ROUNDS: u64 = 15;
+    let held = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for caller in 0..CALLERS {
+        let (harness, held, most) = (harness.clone(), held.clone(), most.clone());
+        tasks.push(tokio::spawn(async move {
+            let limits = Limit::alone(Algorithm::TokenBucket(TokenBucket::new(1_000_000, 1e6)));
+            let concurrency = Concurrency::new(MAX, 60_000_000).unwrap();
+            let bucket = key("jobs", "contract-lease-storm");
+            let mut granted = 0;
+            for round in 0..ROUNDS {
+                let lease = caller * 1_000 + round;
+                let answer = harness
+                    .store()
+                    .acquire(bucket, &limits, &concurrency, lease)
+                    .await
+                    .unwrap();
+                if answer.granted() {
+                    granted += 1;
+                    let now = held.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    held.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    assert!(
+                        harness
+                            .store()
+                            .release(bucket, &concurrency, lease)
+                            .await
+                            .unwrap()
+                    );
+                }
+            }
+            granted
+        }));
+    }
+    let mut granted = 0;
+    for task in tasks {
+        granted += task.await.unwrap();
+    }
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= MAX, "{most} leases held at once, over {MAX}");
+    assert!(granted >= MAX, "only {granted} leases granted");
 }

@@ -89,6 +89,11 @@ impl Concurrency {
 }
 
 impl ConcurrencyState {
+    /// Whether some lease is live at `now`.
+    pub fn any_live(&self, now: u64) -> bool {
+        self.leases.iter().any(|(_, expiry)| *expiry > now)
+    }
+
     fn expire(&mut self, now: u64) {
         self.leases.retain(|(_, expiry)| *expiry > now);
     }

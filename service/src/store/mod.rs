@@ -19,6 +19,7 @@ use crate::{
     adaptive::{Aimd, Window},
     algorithm::{
         ban::Bans,
+        concurrency::{Concurrency, StackedAcquire},
         stacked::{Decisions, Limit},
     },
 };
@@ -117,6 +118,25 @@ pub trait Store: Send + Sync + 'static {
         &self,
         key: BucketKey<'_>,
         bans: Bans<'_>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Acquires lease `lease` of `key` under `concurrency` together with `limits` (charged
+    /// `1` each), all or nothing, in one atomic step per key
+    /// ([`crate::algorithm::concurrency::acquire_stacked`]).
+    fn acquire(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+        concurrency: &Concurrency,
+        lease: u64,
+    ) -> impl Future<Output = Result<StackedAcquire, StoreError>> + Send;
+
+    /// Ends lease `lease` of `key`; false when it was not live (released, or expired).
+    fn release(
+        &self,
+        key: BucketKey<'_>,
+        concurrency: &Concurrency,
+        lease: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Adds `reported` (what this node was told of `resource`'s backend since its last call)
@@ -230,6 +250,31 @@ impl Store for Backend {
         match self {
             Backend::Memory(store) => store.lift_ban(key, bans).await,
             Backend::Redis(store) => store.lift_ban(key, bans).await,
+        }
+    }
+
+    async fn acquire(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+        concurrency: &Concurrency,
+        lease: u64,
+    ) -> Result<StackedAcquire, StoreError> {
+        match self {
+            Backend::Memory(store) => Store::acquire(store, key, limits, concurrency, lease).await,
+            Backend::Redis(store) => Store::acquire(store, key, limits, concurrency, lease).await,
+        }
+    }
+
+    async fn release(
+        &self,
+        key: BucketKey<'_>,
+        concurrency: &Concurrency,
+        lease: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Backend::Memory(store) => Store::release(store, key, concurrency, lease).await,
+            Backend::Redis(store) => Store::release(store, key, concurrency, lease).await,
         }
     }
 

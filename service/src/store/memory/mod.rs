@@ -16,13 +16,17 @@ use std::{
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
-use self::entry::{Entry, Expiry, PairName, States};
+use self::{
+    entry::{Entry, Expiry, PairName, States},
+    leases::Leases,
+};
 use super::{BucketKey, LimitsOf, Remapping, Store, StoreError};
 use crate::{
     adaptive::{Aimd, Shared, Window},
     algorithm::{
         State,
         ban::{Ban, BanScope, BanState, Bans},
+        concurrency::{Acquired, Concurrency, StackedAcquire, acquire_stacked},
         stacked::{self, Decisions, Limit},
     },
     clock::Clock,
@@ -30,6 +34,7 @@ use crate::{
 };
 
 mod entry;
+mod leases;
 
 /// How many entries eviction compares when a shard is full.
 const EVICTION_SAMPLE: usize = 8;
@@ -65,6 +70,7 @@ struct Shard(Mutex<ShardState>);
 struct ShardState {
     table: Table,
     generation: u64,
+    leases: Leases,
 }
 
 impl Deref for ShardState {
@@ -260,6 +266,59 @@ impl MemoryStore {
         Ok(decisions)
     }
 
+    /// Acquires lease `lease` of `key` under `concurrency` together with `limits`, all or
+    /// nothing, under the key's one lock ([`acquire_stacked`]). A new key's leases are
+    /// refused (as full, for a second) when its shard already holds as many lease sets as keys.
+    pub fn acquire_now(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+        concurrency: &Concurrency,
+        lease: u64,
+    ) -> StackedAcquire {
+        let key_hash = self.key_hash(key.key.as_bytes());
+        let hash = self.pair_hash(key_hash, key.resource.as_bytes());
+        let now = self.clock.now_us();
+        let mut shard = self.lock_shard(key_hash);
+        let no_room = || StackedAcquire {
+            decisions: refused(limits),
+            lease: Some(Acquired::Full {
+                retry_after_us: 1_000_000,
+            }),
+        };
+        let Some(mut leases) = shard
+            .leases
+            .take(key.resource, key.key, self.keys_per_shard)
+        else {
+            return no_room();
+        };
+        let mut answer = None;
+        let decided = self.decide(&mut shard, key, hash, limits, now, |states| {
+            let acquired = acquire_stacked(limits, states, concurrency, &mut leases, lease, 1, now);
+            let decisions = acquired.decisions.clone();
+            answer = Some(acquired);
+            decisions
+        });
+        shard.leases.put(key.resource, key.key, leases, now);
+        match (decided, answer) {
+            (Ok(_), Some(answer)) => answer,
+            _ => no_room(),
+        }
+    }
+
+    /// Ends lease `lease` of `key`; false when it was not live.
+    pub fn release_now(&self, key: BucketKey<'_>, concurrency: &Concurrency, lease: u64) -> bool {
+        let key_hash = self.key_hash(key.key.as_bytes());
+        let now = self.clock.now_us();
+        let mut shard = self.lock_shard(key_hash);
+        let Some(mut leases) = shard.leases.take(key.resource, key.key, usize::MAX) else {
+            return false;
+        };
+        let released = concurrency.release(&mut leases, lease, now);
+        shard.leases.put(key.resource, key.key, leases, now);
+        released
+    }
+
     /// The ban state kept under `ban_key` (fresh when there is none).
     fn ban_state(&self, table: &Table, key_hash: u64, ban_key: BucketKey<'_>) -> BanState {
         table
@@ -370,6 +429,7 @@ impl MemoryStore {
             .iter()
             .map(|shard| {
                 let mut table = self.caught_up(shard.0.lock());
+                table.leases.sweep(now);
                 let before = table.len();
                 table.retain(|entry| {
                     if let Some(ban) = entry.ban_state() {
@@ -603,6 +663,25 @@ impl Store for MemoryStore {
 
     async fn lift_ban(&self, key: BucketKey<'_>, bans: Bans<'_>) -> Result<bool, StoreError> {
         Ok(self.lift_ban_now(key, bans))
+    }
+
+    async fn acquire(
+        &self,
+        key: BucketKey<'_>,
+        limits: &[Limit],
+        concurrency: &Concurrency,
+        lease: u64,
+    ) -> Result<StackedAcquire, StoreError> {
+        Ok(self.acquire_now(key, limits, concurrency, lease))
+    }
+
+    async fn release(
+        &self,
+        key: BucketKey<'_>,
+        concurrency: &Concurrency,
+        lease: u64,
+    ) -> Result<bool, StoreError> {
+        Ok(self.release_now(key, concurrency, lease))
     }
 
     async fn adapt(

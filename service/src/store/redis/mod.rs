@@ -516,19 +516,25 @@ impl RedisStore {
     /// Acquires lease `lease` of `bucket` under `concurrency` together with `limits`, all or
     /// nothing, in one script call ([`acquire_stacked`] in Lua). Never answered from the
     /// deny cache: a release may free a slot at any moment.
-    pub async fn acquire(
+    pub async fn acquire_lease(
         &self,
         bucket: BucketKey<'_>,
         limits: &[Limit],
-        bans: Bans<'_>,
         concurrency: &Concurrency,
         lease: u64,
     ) -> Result<StackedAcquire, StoreError> {
-        let mut keys = self.script_keys(bucket, limits, bans);
+        let mut keys = self.script_keys(bucket, limits, Bans::NONE);
         keys.push(self.lease_key(bucket));
         let now = self.clock.now_us();
         let reply = self
-            .run_script(&keys, limits, bans, 1, Some((concurrency, lease)), now)
+            .run_script(
+                &keys,
+                limits,
+                Bans::NONE,
+                1,
+                Some((concurrency, lease)),
+                now,
+            )
             .await?;
         let (decided, leased) = reply.split_at(reply.len().saturating_sub(2));
         let decisions = decisions_of(decided, limits)?;
@@ -551,7 +557,11 @@ impl RedisStore {
 
     /// Ends lease `lease` of `bucket`; false when it was not live (released already, or
     /// expired).
-    pub async fn release(&self, bucket: BucketKey<'_>, lease: u64) -> Result<bool, StoreError> {
+    pub async fn release_lease(
+        &self,
+        bucket: BucketKey<'_>,
+        lease: u64,
+    ) -> Result<bool, StoreError> {
         let now = if self.pinned_time {
             self.clock.now_us().to_string()
         } else {
@@ -756,6 +766,25 @@ impl Store for RedisStore {
             .arg(ttl_ms);
         self.run(async |connection| invocation.invoke_async(connection).await)
             .await
+    }
+
+    async fn acquire(
+        &self,
+        bucket: BucketKey<'_>,
+        limits: &[Limit],
+        concurrency: &Concurrency,
+        lease: u64,
+    ) -> Result<StackedAcquire, StoreError> {
+        self.acquire_lease(bucket, limits, concurrency, lease).await
+    }
+
+    async fn release(
+        &self,
+        bucket: BucketKey<'_>,
+        _concurrency: &Concurrency,
+        lease: u64,
+    ) -> Result<bool, StoreError> {
+        self.release_lease(bucket, lease).await
     }
 
     fn rules_changed(&self) {
