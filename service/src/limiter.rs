@@ -10,6 +10,7 @@ use crate::{
     adaptive::{Controllers, WHOLE},
     algorithm::{
         Decision,
+        concurrency::Acquired,
         stacked::{Decisions, Limit},
     },
     clock::Clock,
@@ -185,6 +186,14 @@ pub enum RequestError {
         crate::rls::RESOURCE_PREFIX
     )]
     ReservedResource,
+    #[error(
+        "rule `{rule}` limits requests in flight: call Acquire before the work and Release after it, not Check"
+    )]
+    NeedsLease { rule: String },
+    #[error(
+        "rule `{rule}` has no concurrency limit: Acquire and Release are for rules with [rules.<resource>.concurrency]; call Check"
+    )]
+    NoConcurrency { rule: String },
 }
 
 impl RequestError {
@@ -196,6 +205,7 @@ impl RequestError {
             | RequestError::UnknownResource { .. }
             | RequestError::ReservedResource => "resource",
             RequestError::ZeroCost | RequestError::CostAboveLimit { .. } => "cost",
+            RequestError::NeedsLease { .. } | RequestError::NoConcurrency { .. } => "resource",
         }
     }
 }
@@ -236,6 +246,18 @@ pub const TOP_DENIED_CAPACITY: usize = 64;
 
 /// The denied-keys sketch's window; a listing covers the current and the last one.
 pub const TOP_DENIED_WINDOW_US: u64 = 60_000_000;
+
+/// The `reason` of an Acquire refused because the key already has `max_in_flight` leases.
+pub const CONCURRENCY_REASON: &str =
+    "too many requests in flight for this key: retry when one ends";
+
+/// A lease an Acquire granted: Release it (key, resource and id) when the work is done; it
+/// ends by itself `ttl_us` after it was granted otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: u64,
+    pub ttl_us: u64,
+}
 
 /// The `reason` of a denial the adaptive factor caused.
 pub const REDUCED_CAPACITY_REASON: &str =
@@ -311,6 +333,9 @@ pub struct Limiter<S> {
     started: Instant,
     /// Every adaptive resource's controller, kept across reloads.
     controllers: Controllers,
+    /// Lease ids: a keyed hash (random keys per node) of a counter and the time.
+    lease_ids: std::collections::hash_map::RandomState,
+    leases_granted: std::sync::atomic::AtomicU64,
 }
 
 impl<S: Store> Limiter<S> {
@@ -340,6 +365,8 @@ impl<S: Store> Limiter<S> {
             denied: Mutex::new(HeavyHitters::new(TOP_DENIED_CAPACITY, TOP_DENIED_WINDOW_US)),
             started: Instant::now(),
             controllers,
+            lease_ids: std::collections::hash_map::RandomState::new(),
+            leases_granted: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -418,6 +445,88 @@ impl<S: Store> Limiter<S> {
             .await
     }
 
+    /// Takes a lease of `request.key` on `request.resource` together with a charge of 1 on
+    /// its rule's limits, all or nothing (a rule with a concurrency limit): the verdict, and
+    /// the lease when granted. Denied when a limit denies or the key's leases are all taken
+    /// (reason [`CONCURRENCY_REASON`], retry-after until the earliest lease ends by itself).
+    pub async fn acquire<'a>(
+        &'a self,
+        request: CheckRequest<'a>,
+    ) -> Result<(Verdict<'a>, Option<Lease>), LimiterError> {
+        let policy = self.policy.load_full();
+        let (rule, resource) = self.resolve(&policy, request.key, request.resource)?;
+        let Some(concurrency) = rule.concurrency else {
+            return Err(RequestError::NoConcurrency {
+                rule: rule.name.clone(),
+            }
+            .into());
+        };
+        let rule_ref = RuleRef::InPolicy(rule.id);
+        let bucket = BucketKey {
+            resource,
+            key: request.key,
+        };
+        let scaled = policy.scaled_limits(rule);
+        let limits = scaled
+            .as_ref()
+            .map_or(&rule.limits[..], |scaled| &scaled.limits[..]);
+        let id = std::hash::BuildHasher::hash_one(
+            &self.lease_ids,
+            (
+                self.started.elapsed().as_nanos(),
+                self.leases_granted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            ),
+        );
+        match self.store.acquire(bucket, limits, &concurrency, id).await {
+            Ok(acquired) => {
+                self.metrics.set_fallback_active(false);
+                let (full, lease) = match acquired.lease {
+                    Some(Acquired::Full { retry_after_us }) => (Some(retry_after_us), None),
+                    Some(Acquired::Granted { .. }) => (
+                        None,
+                        Some(Lease {
+                            id,
+                            ttl_us: concurrency.lease_ttl_us(),
+                        }),
+                    ),
+                    None => (None, None),
+                };
+                let verdict =
+                    self.verdict(policy, rule_ref, bucket, acquired.decisions, None, full);
+                Ok((verdict, lease))
+            }
+            // Without the store there is no lease to give: the failure mode answers for the
+            // rule's limits, and an allowed caller goes ahead holding none.
+            Err(err) => Ok((
+                self.decide_without_store(policy, rule_ref, bucket, 1, err)?,
+                None,
+            )),
+        }
+    }
+
+    /// Ends lease `lease` of `key` on `resource`; false when it was not live (released
+    /// already, or expired).
+    pub async fn release(
+        &self,
+        key: &str,
+        resource: &str,
+        lease: u64,
+    ) -> Result<bool, LimiterError> {
+        let policy = self.policy.load_full();
+        let (rule, resource) = self.resolve(&policy, key, resource)?;
+        let Some(concurrency) = rule.concurrency else {
+            return Err(RequestError::NoConcurrency {
+                rule: rule.name.clone(),
+            }
+            .into());
+        };
+        Ok(self
+            .store
+            .release(BucketKey { resource, key }, &concurrency, lease)
+            .await?)
+    }
+
     /// Bounds a bucket key built by an adapter, as a request's key is bounded.
     pub fn check_key(&self, key: &str) -> Result<(), RequestError> {
         if key.len() > self.limits.max_key_bytes {
@@ -442,6 +551,12 @@ impl<S: Store> Limiter<S> {
         cost: u64,
     ) -> Result<Verdict<'a>, LimiterError> {
         let rule = rule_ref.in_policy(&policy);
+        if rule.concurrency.is_some() {
+            return Err(RequestError::NeedsLease {
+                rule: rule.name.clone(),
+            }
+            .into());
+        }
         let limit = rule.max_cost();
         if cost == 0 {
             return Err(RequestError::ZeroCost.into());
@@ -470,7 +585,7 @@ impl<S: Store> Limiter<S> {
             }
             Err(err) => return self.decide_without_store(policy, rule_ref, bucket, cost, err),
         };
-        let mut verdict = self.verdict(policy, rule_ref, bucket, decisions, None);
+        let mut verdict = self.verdict(policy, rule_ref, bucket, decisions, None, None);
         verdict.factor_ppm = factor_ppm;
         if factor_ppm < WHOLE && !verdict.decision.allowed && verdict.outcome != Outcome::Banned {
             // Charged at the configured limit, would the same request have fit?
@@ -493,6 +608,8 @@ impl<S: Store> Limiter<S> {
     /// The verdict of `decisions`, counted under its rule. A shadowed rule's denial becomes
     /// `ShadowDenied`: the caller proceeds, and the limits stay uncharged exactly as an enforced
     /// denial leaves them, so the shadow count is what enforcing the rule would deny.
+    /// `full`: an Acquire found the key's leases all taken, to retry after so long; the
+    /// request is then refused whatever its limits said.
     fn verdict<'a>(
         &self,
         policy: Arc<Policy>,
@@ -500,10 +617,19 @@ impl<S: Store> Limiter<S> {
         bucket: BucketKey<'a>,
         decisions: Decisions,
         reason: Option<&'static str>,
+        full: Option<u64>,
     ) -> Verdict<'a> {
         let rule = rule_ref.in_policy(&policy);
         let deciding = decisions.deciding();
-        let decision = decisions.decision_of(deciding);
+        let mut decision = decisions.decision_of(deciding);
+        if let Some(retry_after_us) = full {
+            decision.allowed = false;
+            decision.retry_after_us = retry_after_us;
+        }
+        let reason = match full {
+            Some(_) => reason.or(Some(CONCURRENCY_REASON)),
+            None => reason,
+        };
         let (outcome, reason) = if decisions.banned_for_us().is_some() {
             if decisions.ban_started() {
                 policy.metrics_of(rule).bans_started.inc();
@@ -628,7 +754,7 @@ impl<S: Store> Limiter<S> {
                 },
             ),
         };
-        let mut verdict = self.verdict(policy, rule_ref, bucket, decisions, Some(reason));
+        let mut verdict = self.verdict(policy, rule_ref, bucket, decisions, Some(reason), None);
         verdict.store_failed = true;
         Ok(verdict)
     }

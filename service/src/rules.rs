@@ -6,6 +6,7 @@ use crate::{
     adaptive::AdaptivePolicy,
     algorithm::{
         ban::{Ban, BanScope, Bans},
+        concurrency::Concurrency,
         stacked::Limit,
     },
     rls::{self, Domains},
@@ -67,6 +68,9 @@ pub struct Rule {
     /// Its limits are scaled by its resource's adaptive factor (an override follows its
     /// resource's).
     pub adaptive: Option<AdaptivePolicy>,
+    /// At most so many requests of a key in flight: taken with Acquire (together with the
+    /// rule's limits), ended with Release or the lease's expiry. Check refuses such a rule.
+    pub concurrency: Option<Concurrency>,
 }
 
 impl Rule {

@@ -77,6 +77,19 @@ pub struct LimitAnswer<'a> {
     pub policy_window_ms: f64,
 }
 
+/// An Acquire's answer: the check's, and the lease when one was granted.
+#[derive(Debug, Serialize)]
+pub struct AcquireAnswer<'a> {
+    #[serde(flatten)]
+    pub check: CheckAnswer<'a>,
+    /// Release it when the work is done (`POST /release?lease=...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    /// How long the lease lasts if never released.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ttl_ms: Option<f64>,
+}
+
 /// A status read's answer: the deciding limit's use, and every limit's.
 #[derive(Debug, Serialize)]
 pub struct StatusAnswer<'a> {

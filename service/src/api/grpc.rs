@@ -25,6 +25,8 @@ pub struct GrpcApi {
     check_duration: Histogram,
     status_duration: Histogram,
     report_duration: Histogram,
+    acquire_duration: Histogram,
+    release_duration: Histogram,
 }
 
 impl GrpcApi {
@@ -38,6 +40,8 @@ impl GrpcApi {
             check_duration: metrics.request_duration(Api::Grpc, "check"),
             status_duration: metrics.request_duration(Api::Grpc, "status"),
             report_duration: metrics.request_duration(Api::Grpc, "report"),
+            acquire_duration: metrics.request_duration(Api::Grpc, "acquire"),
+            release_duration: metrics.request_duration(Api::Grpc, "release"),
             reporters,
             limiter,
         })
@@ -130,6 +134,14 @@ fn check_response(verdict: &Verdict<'_>) -> pb::CheckResponse {
     }
 }
 
+/// A lease id as Acquire gave it (decimal), or what is wrong with it.
+pub fn lease_id(text: &str) -> Result<u64, String> {
+    text.parse().map_err(|_| {
+        let shown: String = text.chars().take(40).collect();
+        format!("lease `{shown}` is not one Acquire gives; send the `lease` Acquire answered")
+    })
+}
+
 /// A Report request as the limiter takes it, or INVALID_ARGUMENT naming the report and field.
 fn backend_reports(request: &pb::ReportRequest) -> Result<Vec<BackendReport<'_>>, Status> {
     request
@@ -200,6 +212,45 @@ impl RateLimiter for GrpcApi {
         self.report_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(response))
+    }
+
+    async fn acquire(
+        &self,
+        request: Request<pb::AcquireRequest>,
+    ) -> Result<Response<pb::AcquireResponse>, Status> {
+        let request = request.into_inner();
+        let work = async {
+            let (verdict, lease) = self
+                .limiter
+                .acquire(CheckRequest {
+                    key: &request.key,
+                    resource: &request.resource,
+                    cost: None,
+                })
+                .await?;
+            Ok(pb::AcquireResponse {
+                decision: Some(check_response(&verdict)),
+                lease: lease.map_or_else(String::new, |lease| lease.id.to_string()),
+                lease_ttl: lease.map(|lease| duration_from_us(lease.ttl_us)),
+            })
+        };
+        self.timed(&self.acquire_duration, work).await
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let request = request.into_inner();
+        let lease = lease_id(&request.lease).map_err(Status::invalid_argument)?;
+        let work = async {
+            let released = self
+                .limiter
+                .release(&request.key, &request.resource, lease)
+                .await?;
+            Ok(pb::ReleaseResponse { released })
+        };
+        self.timed(&self.release_duration, work).await
     }
 
     async fn status(

@@ -23,11 +23,11 @@ use prometheus::Histogram;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::answer::{CheckAnswer, StatusAnswer};
+use super::answer::{AcquireAnswer, CheckAnswer, StatusAnswer};
 use crate::{
     algorithm::Decision,
     auth::{AuthError, Tokens},
-    limiter::{CheckRequest, Limiter, LimiterError, Outcome, Readiness, Verdict},
+    limiter::{CheckRequest, Lease, Limiter, LimiterError, Outcome, Readiness, Verdict},
     metrics::Api,
     store::Backend,
 };
@@ -48,6 +48,8 @@ struct HttpState {
     check_duration: Histogram,
     status_duration: Histogram,
     report_duration: Histogram,
+    acquire_duration: Histogram,
+    release_duration: Histogram,
 }
 
 /// The router; `ready` turns false when the server starts draining; `reporters` are the
@@ -62,6 +64,8 @@ pub fn router(
         check_duration: metrics.request_duration(Api::Http, "check"),
         status_duration: metrics.request_duration(Api::Http, "status"),
         report_duration: metrics.request_duration(Api::Http, "report"),
+        acquire_duration: metrics.request_duration(Api::Http, "acquire"),
+        release_duration: metrics.request_duration(Api::Http, "release"),
         reporters,
         limiter,
         ready,
@@ -70,6 +74,8 @@ pub fn router(
         .route("/check", post(check))
         .route("/status", get(status))
         .route("/report", post(report))
+        .route("/acquire", post(acquire))
+        .route("/release", post(release))
         .route("/reset", any(reset_moved))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -81,6 +87,7 @@ pub fn router(
 struct Params {
     resource: Option<String>,
     cost: Option<String>,
+    lease: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,12 +285,17 @@ async fn check_inner(
         })
         .await
         .map_err(|err| state.problem(err))?;
-    Ok(verdict_response(&verdict))
+    Ok(verdict_response(&verdict, None))
 }
 
-fn verdict_response(verdict: &Verdict<'_>) -> Response {
-    let answer = CheckAnswer::of(verdict);
-    let refused = answer.problem.is_some();
+/// The answer to a check (or, with `lease`, to an acquire that granted one).
+fn verdict_response(verdict: &Verdict<'_>, lease: Option<Lease>) -> Response {
+    let answer = AcquireAnswer {
+        check: CheckAnswer::of(verdict),
+        lease: lease.map(|lease| lease.id.to_string()),
+        lease_ttl_ms: lease.map(|lease| lease.ttl_us as f64 / 1e3),
+    };
+    let refused = answer.check.problem.is_some();
     let mut headers = rate_limit_headers(verdict, refused);
     if verdict.outcome == Outcome::ShadowDenied {
         headers.insert(
@@ -291,7 +303,7 @@ fn verdict_response(verdict: &Verdict<'_>) -> Response {
             HeaderValue::from_str(&verdict.limit().name).expect("limit names are validated"),
         );
     }
-    let (status, content_type) = match &answer.problem {
+    let (status, content_type) = match &answer.check.problem {
         Some(refusal) => (
             StatusCode::from_u16(refusal.status).expect("a refusal's status is 429, 403 or 503"),
             PROBLEM_JSON,
@@ -431,6 +443,53 @@ async fn report(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
     let work =
         super::report::http_report(&state.limiter, state.reporters.as_ref(), &headers, &body);
     respond(&state, &state.report_duration, work).await
+}
+
+/// `POST /acquire?resource=R` with `X-API-Key`: a lease of a rule with a concurrency limit,
+/// answered like a check plus `lease` and `lease_ttl_ms`.
+async fn acquire(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Response {
+    let work = async {
+        let (key, resource) = key_and_resource(&headers, params)?;
+        let (verdict, lease) = state
+            .limiter
+            .acquire(CheckRequest {
+                key,
+                resource: &resource,
+                cost: None,
+            })
+            .await
+            .map_err(|err| state.problem(err))?;
+        Ok(verdict_response(&verdict, lease))
+    };
+    respond(&state, &state.acquire_duration, work).await
+}
+
+/// `POST /release?resource=R&lease=ID` with `X-API-Key`: ends a lease; `{"released": bool}`.
+async fn release(
+    State(state): State<Arc<HttpState>>,
+    headers: HeaderMap,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Response {
+    let work = async {
+        let key = api_key(&headers)?;
+        let params = query(params)?;
+        let lease = params.lease.as_deref().ok_or_else(|| {
+            Problem::bad_request("lease", "missing `lease`; send the lease Acquire answered")
+        })?;
+        let lease =
+            super::grpc::lease_id(lease).map_err(|err| Problem::bad_request("lease", err))?;
+        let released = state
+            .limiter
+            .release(key, params.resource.as_deref().unwrap_or(""), lease)
+            .await
+            .map_err(|err| state.problem(err))?;
+        Ok(Json(json!({ "released": released })).into_response())
+    };
+    respond(&state, &state.release_duration, work).await
 }
 
 /// Reset used to be public, which let any client clear any key's quota; say where it went.

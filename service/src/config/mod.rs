@@ -5,6 +5,7 @@
 mod adaptive_config;
 mod admin_config;
 mod ban_config;
+mod concurrency_config;
 mod duration;
 mod envoy_config;
 pub mod envoy_yaml;

@@ -47,6 +47,8 @@ pub(crate) struct RawRule {
     ban: Option<super::ban_config::RawBan>,
     /// `[rules.<resource>.adaptive]`: the resource's limits follow its backend's health.
     adaptive: Option<super::adaptive_config::RawAdaptive>,
+    /// `[rules.<resource>.concurrency]`: requests in flight per key, taken by Acquire.
+    concurrency: Option<super::concurrency_config::RawConcurrency>,
     /// Only in an `overrides` entry: the client key it applies to.
     key: Option<String>,
     overrides: Vec<RawRule>,
@@ -331,6 +333,19 @@ fn rule_from_raw(
     let adaptive = raw.adaptive.take().and_then(|adaptive| {
         super::adaptive_config::build_adaptive(&format!("{path}.adaptive"), adaptive, issues)
     });
+    let concurrency = raw.concurrency.take().and_then(|concurrency| {
+        super::concurrency_config::build_concurrency(
+            &format!("{path}.concurrency"),
+            concurrency,
+            issues,
+        )
+    });
+    if concurrency.is_some() && ban.is_some() {
+        issues.add(
+            format!("{path}.ban"),
+            "a rule with a concurrency limit cannot ban yet; remove `ban` or move the concurrency limit to a rule of its own",
+        );
+    }
     let limits = build_limits(path, &name, raw, issues);
     Rule {
         id: 0,
@@ -341,6 +356,7 @@ fn rule_from_raw(
         shadow,
         ban,
         adaptive,
+        concurrency,
     }
 }
 
@@ -386,6 +402,11 @@ pub(crate) fn envoy_rule(
             "adaptive",
             raw.adaptive.is_some(),
             "adaptive limits follow a [rules.<resource>] of the TOML configuration",
+        ),
+        (
+            "concurrency",
+            raw.concurrency.is_some(),
+            "Envoy's API has no lease to release; use a [rules.<resource>] with Acquire and Release",
         ),
     ] {
         if given {

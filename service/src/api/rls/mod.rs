@@ -391,5 +391,6 @@ fn given_rule(limit: u64, unit: Unit) -> Rule {
         shadow: false,
         ban: None,
         adaptive: None,
+        concurrency: None,
     }
 }
