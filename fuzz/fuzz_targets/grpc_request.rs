@@ -6,11 +6,13 @@
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-const METHODS: [&str; 4] = [
+const METHODS: [&str; 6] = [
     "/sluice.v1.RateLimiter/Check",
     "/sluice.v1.RateLimiter/Status",
     "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit",
     "/sluice.v1.RateLimiter/Report",
+    "/sluice.v1.RateLimiter/Acquire",
+    "/sluice.v1.RateLimiter/Release",
 ];
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

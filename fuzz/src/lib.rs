@@ -1,6 +1,6 @@
 //! What the fuzz targets share: one runtime, one limiter on the memory backend with rules of
-//! every kind (stacked limits, a ban, shadow mode, an adaptive resource, an Envoy domain), built
-//! once per process.
+//! every kind (stacked limits, a ban, shadow mode, an adaptive resource, a concurrency limit, an
+//! Envoy domain), built once per process.
 
 use std::sync::{Arc, OnceLock};
 
@@ -57,6 +57,14 @@ burst = 5
 target_latency = "50ms"
 window = "100ms"
 min_reports = 1
+
+[rules.jobs]
+algorithm = "fixed_window"
+limit = 10
+window = "1m"
+[rules.jobs.concurrency]
+max_in_flight = 2
+lease_ttl = "1s"
 "#;
 
 /// The report-role token the public APIs take (seeds/http_request/report sends it).

@@ -32,6 +32,8 @@ fn builtin_and_example_configs_are_valid() {
         config.rules.resolve("unlisted", "k").unwrap().name,
         "default"
     );
+    let exports = config.rules.resolve("exports", "k").unwrap();
+    assert_eq!(exports.concurrency.unwrap().max_in_flight(), 2);
 }
 
 #[test]
@@ -679,4 +681,46 @@ fn the_example_configs_commented_adaptive_rule_is_valid_once_uncommented() {
     let config = parse_with_admin(&uncommented).unwrap();
     let adaptive = config.rules.resolve("checkout", "k").unwrap().adaptive;
     assert_eq!(adaptive.unwrap().aimd.target_latency_us, 250_000);
+}
+
+#[test]
+fn a_concurrency_limit_is_built_and_its_problems_named() {
+    let config = parse(
+        "[rules.jobs]\nalgorithm = \"fixed_window\"\nlimit = 5\nwindow = \"1m\"\n[rules.jobs.concurrency]\nmax_in_flight = 3\n",
+    )
+    .unwrap();
+    let concurrency = config
+        .rules
+        .resolve("jobs", "k")
+        .unwrap()
+        .concurrency
+        .unwrap();
+    assert_eq!(
+        (concurrency.max_in_flight(), concurrency.lease_ttl_us()),
+        (3, 60_000_000),
+        "a lease lasts a minute by default"
+    );
+    let rule = "algorithm = \"fixed_window\"\nlimit = 5\nwindow = \"1m\"\n";
+    assert_eq!(
+        issue_paths(&format!(
+            "[rules.jobs]\n{rule}[rules.jobs.concurrency]\nlease_ttl = \"2d\"\n"
+        )),
+        [
+            "rules.jobs.concurrency.max_in_flight",
+            "rules.jobs.concurrency.lease_ttl"
+        ]
+    );
+    assert_eq!(
+        issue_paths(&format!(
+            "[rules.jobs]\n{rule}[rules.jobs.concurrency]\nmax_in_flight = 0\n"
+        )),
+        ["rules.jobs.concurrency.max_in_flight"]
+    );
+    assert_eq!(
+        issue_paths(&format!(
+            "[rules.jobs]\n{rule}[rules.jobs.concurrency]\nmax_in_flight = 2\n[rules.jobs.ban]\nafter = 3\nwithin = \"1m\"\nduration = \"1m\"\n"
+        )),
+        ["rules.jobs.ban"],
+        "bans and leases do not stack yet"
+    );
 }
