@@ -17,9 +17,7 @@ use std::{
 
 use sluice::{
     algorithm::{Algorithm, TokenBucket, ban::Bans, concurrency::Concurrency, stacked::Limit},
-    config::RedisConfig,
     metrics::Metrics,
-    rules::FailureMode,
     store::{BucketKey, RedisStore, Store},
 };
 use sluice_testkit::local_redis::LocalRedis;
@@ -27,26 +25,6 @@ use sluice_testkit::local_redis::LocalRedis;
 const TASKS: u64 = 64;
 const KEYS_PER_TASK: u64 = 150;
 const POOL_SIZE: usize = 4;
-
-fn config(url: String) -> RedisConfig {
-    RedisConfig {
-        urls: vec![url],
-        cluster: false,
-        sentinel: None,
-        pool_size: POOL_SIZE,
-        deadline: Duration::from_secs(1),
-        prefix: "bench:".into(),
-        failure_mode: FailureMode::Deny,
-        fallback_share: 1.0,
-        fallback_max_keys: 100_000,
-        breaker_failures: 3,
-        breaker_backoff: Duration::from_millis(500),
-        deny_cache_keys: 0,
-        max_in_flight: 128,
-        fallback_share_live: false,
-        queue_timeout: Duration::from_secs(1),
-    }
-}
 
 /// Operations per second with `TASKS` concurrent tasks: a check each, or (with `leases`) an
 /// acquire and its release each.
@@ -134,9 +112,12 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pairs: Vec<(f64, f64)> = runtime.block_on(async {
         let store = Arc::new(
-            RedisStore::connect(&config(redis.url()), Metrics::new().redis())
-                .await
-                .unwrap(),
+            RedisStore::connect(
+                &support::redis_store::config(redis.url(), POOL_SIZE),
+                Metrics::new().redis(),
+            )
+            .await
+            .unwrap(),
         );
         rate(store.clone(), limits.clone(), None, Duration::from_secs(1)).await; // warm-up
         let mut pairs = Vec::new();

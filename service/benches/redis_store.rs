@@ -23,35 +23,13 @@ use std::{
 
 use sluice::{
     algorithm::{Algorithm, FixedWindow, TokenBucket, ban::Bans, stacked::Limit},
-    config::RedisConfig,
     metrics::Metrics,
-    rules::FailureMode,
     store::{BucketKey, DECISION_SCRIPT, RedisStore, Store},
 };
 
 const TASKS: usize = 64;
 const KEYS: u64 = 10_000;
 const POOL_SIZE: usize = 4;
-
-fn config(url: String) -> RedisConfig {
-    RedisConfig {
-        urls: vec![url],
-        cluster: false,
-        sentinel: None,
-        pool_size: POOL_SIZE,
-        deadline: Duration::from_secs(1),
-        prefix: "bench:".into(),
-        failure_mode: FailureMode::Deny,
-        fallback_share: 1.0,
-        fallback_max_keys: 100_000,
-        breaker_failures: 3,
-        breaker_backoff: Duration::from_millis(500),
-        deny_cache_keys: 0,
-        max_in_flight: 128,
-        fallback_share_live: false,
-        queue_timeout: std::time::Duration::from_secs(1),
-    }
-}
 
 /// Decisions per second through the store API with `TASKS` concurrent tasks.
 async fn store_rate(store: Arc<RedisStore>, limits: Arc<Vec<Limit>>, duration: Duration) -> f64 {
@@ -178,9 +156,12 @@ fn main() {
     // alternating puts the drift into both sides of each round's ratio alike.
     let pairs: Vec<(f64, f64)> = runtime.block_on(async {
         let store = Arc::new(
-            RedisStore::connect(&config(redis.url()), Metrics::new().redis())
-                .await
-                .unwrap(),
+            RedisStore::connect(
+                &support::redis_store::config(redis.url(), POOL_SIZE),
+                Metrics::new().redis(),
+            )
+            .await
+            .unwrap(),
         );
         store_rate(store.clone(), one.clone(), Duration::from_secs(1)).await; // warm-up
         let mut pairs = Vec::with_capacity(rounds);

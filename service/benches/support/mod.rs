@@ -2,6 +2,10 @@
 
 use std::process::Command;
 
+// Only the Redis benchmarks use it; each benchmark compiles this module on its own.
+#[allow(dead_code)]
+pub mod redis_store;
+
 /// Stdout of a command, trimmed; "unknown" when it cannot run.
 pub fn command_output(program: &str, args: &[&str]) -> String {
     Command::new(program)
