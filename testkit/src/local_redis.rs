@@ -19,8 +19,26 @@ fn missing(program: &str, err: io::Error) -> io::Error {
 }
 
 /// A free loopback port (bound and released; fine for tests on one machine).
+///
+/// Never the same port twice in one process: the OS may hand a just-released port out again
+/// at once, and a caller that asks for two ports before binding either (a node's gRPC and HTTP
+/// listeners) must get two.
 pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no loopback port this process has not handed out already",
+    ))
 }
 
 /// A cluster node listens on its port and on port + 10000 (the cluster bus), so both must be
