@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{KeyAction, change_key, explain_json};
 use crate::{
-    api::http::Problem, auth::Principal, limiter::Limiter, metrics::Metrics, store::Backend,
+    api::problem::Problem, auth::Principal, limiter::Limiter, metrics::Metrics, store::Backend,
 };
 
 type Shared = Arc<Limiter<Backend>>;

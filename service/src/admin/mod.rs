@@ -23,7 +23,7 @@ use axum::{
 use serde_json::json;
 
 use crate::{
-    api::{answer::LimitAnswer, http::auth_refusal},
+    api::{answer::LimitAnswer, problem::auth_refusal},
     auth::{AuthError, Principal, Role, Tokens},
     limiter::{Limiter, LimiterError, Verdict},
     metrics::Metrics,

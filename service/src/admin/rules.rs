@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{audit, http::rule_json};
 use crate::{
-    api::http::Problem,
+    api::problem::Problem,
     auth::{Principal, Role},
     central::{CentralError, CentralRules},
     config::{Config, ConfigError},

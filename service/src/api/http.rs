@@ -23,10 +23,13 @@ use prometheus::Histogram;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::answer::{AcquireAnswer, CheckAnswer, StatusAnswer};
+use super::{
+    answer::{AcquireAnswer, CheckAnswer, StatusAnswer},
+    problem::{PROBLEM_JSON, Problem, json_body},
+};
 use crate::{
     algorithm::Decision,
-    auth::{AuthError, Tokens},
+    auth::Tokens,
     limiter::{CheckRequest, Lease, Limiter, LimiterError, Outcome, Readiness, Verdict},
     metrics::Api,
     store::Backend,
@@ -37,8 +40,6 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// On a 200 from a rule in shadow mode: the limit that would have denied the request.
 pub const SHADOW_DENIED_HEADER: &str = "sluice-shadow-denied";
-
-const PROBLEM_JSON: &str = "application/problem+json";
 
 struct HttpState {
     limiter: Arc<Limiter<Backend>>,
@@ -95,83 +96,6 @@ struct Params {
 struct CheckBody {
     resource: Option<String>,
     cost: Option<u64>,
-}
-
-/// A 4xx/5xx answer as RFC 9457 problem details naming the field at fault.
-pub(crate) struct Problem {
-    pub(crate) status: StatusCode,
-    pub(crate) field: &'static str,
-    pub(crate) detail: String,
-}
-
-impl Problem {
-    pub(crate) fn bad_request(field: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            field,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "type": "about:blank",
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "field": self.field,
-        });
-        (
-            self.status,
-            [(header::CONTENT_TYPE, PROBLEM_JSON)],
-            body.to_string(),
-        )
-            .into_response()
-    }
-}
-
-/// A refused credential as problem JSON: 401 with a Bearer challenge for `realm` (no token,
-/// or one the node does not know), or 403 (a known token whose role does not cover the call);
-/// `needs` says what the call takes.
-pub(crate) fn auth_refusal(err: &AuthError, realm: &'static str, needs: &str) -> Response {
-    let forbidden = matches!(err, AuthError::Forbidden { .. });
-    let mut response = Problem {
-        status: if forbidden {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::UNAUTHORIZED
-        },
-        field: "authorization",
-        detail: if needs.is_empty() {
-            err.to_string()
-        } else {
-            format!("{err}; {needs}")
-        },
-    }
-    .into_response();
-    if !forbidden {
-        let challenge = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""))
-            .expect("realms are ASCII names");
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, challenge);
-    }
-    response
-}
-
-impl From<LimiterError> for Problem {
-    fn from(err: LimiterError) -> Self {
-        match err {
-            LimiterError::Invalid(err) => Problem::bad_request(err.field(), err.to_string()),
-            LimiterError::Store(err) => Problem {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                field: "store",
-                detail: err.to_string(),
-            },
-        }
-    }
 }
 
 impl HttpState {
@@ -381,25 +305,6 @@ pub fn push_rate_limit_items(verdict: &Verdict<'_>, policies: &mut String, state
             decision.remaining
         );
     }
-}
-
-/// A request's optional JSON body: empty (or whitespace) is the default.
-pub(crate) fn json_body<T: serde::de::DeserializeOwned + Default>(
-    body: &[u8],
-    what: &str,
-    example: &str,
-) -> Result<T, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body).map_err(|err| {
-        Problem::bad_request(
-            "body",
-            format!(
-                "body is not a valid {what} request ({err}); send JSON like {example} or no body (the client key goes in X-API-Key)"
-            ),
-        )
-    })
 }
 
 /// The resource from the query or the body; both only if they agree. Empty means `default`.

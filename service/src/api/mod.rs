@@ -4,6 +4,7 @@ pub mod answer;
 pub mod capped;
 pub mod grpc;
 pub mod http;
+pub(crate) mod problem;
 pub mod report;
 pub mod rls;
 pub mod serve;

@@ -13,7 +13,7 @@ use axum::{
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{Problem, auth_refusal, json_body};
+use super::problem::{Problem, auth_refusal, json_body};
 use crate::{
     adaptive::WHOLE,
     auth::{self, AuthError, Principal, Role, Tokens},

@@ -178,6 +178,16 @@ impl RedisStore {
         self
     }
 
+    /// The `now_us` argument every script takes (`lua/prelude.lua`): `now` when time is
+    /// pinned, else empty (the script reads Redis TIME).
+    fn script_now(&self, now: u64) -> String {
+        if self.pinned_time {
+            now.to_string()
+        } else {
+            String::new()
+        }
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.clock
     }
@@ -415,13 +425,8 @@ impl RedisStore {
             .arg(self.script.get_hash())
             .arg(keys.len())
             .arg(keys);
-        let pinned = if self.pinned_time {
-            now.to_string()
-        } else {
-            String::new()
-        };
         invocation
-            .arg(pinned)
+            .arg(self.script_now(now))
             .arg(cost)
             .arg(if bans.watches_key_wide() { "1" } else { "0" });
         match bans.policy {
@@ -562,13 +567,11 @@ impl RedisStore {
         bucket: BucketKey<'_>,
         lease: u64,
     ) -> Result<bool, StoreError> {
-        let now = if self.pinned_time {
-            self.clock.now_us().to_string()
-        } else {
-            String::new()
-        };
         let mut invocation = self.release_script.prepare_invoke();
-        invocation.key(self.lease_key(bucket)).arg(now).arg(lease);
+        invocation
+            .key(self.lease_key(bucket))
+            .arg(self.script_now(self.clock.now_us()))
+            .arg(lease);
         let released: i64 = self
             .run(async |connection| invocation.invoke_async(connection).await)
             .await?;
@@ -742,11 +745,7 @@ impl Store for RedisStore {
         window_us: u64,
         reported: Window,
     ) -> Result<u64, StoreError> {
-        let pinned = if self.pinned_time {
-            self.clock.now_us().to_string()
-        } else {
-            String::new()
-        };
+        let pinned = self.script_now(self.clock.now_us());
         let ttl_ms = (window_us / 1_000)
             .saturating_mul(ADAPTIVE_TTL_WINDOWS)
             .max(60_000);
