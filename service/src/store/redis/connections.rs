@@ -10,7 +10,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -45,15 +45,25 @@ pub(super) struct Connections {
     manager_config: ConnectionManagerConfig,
     /// Longest a reconnect may take to reach the primary (Sentinel lookup included).
     connect_timeout: Duration,
-    pool: ArcSwap<Vec<Link>>,
+    pool: ArcSwap<Pool>,
+    /// The last generation handed to a pool.
+    generations: AtomicU64,
     next: AtomicUsize,
 }
 
-/// One connection picked for a call, and its place in the pool (its lane).
+/// The connections in use, and which reconnect built them (0: the first).
+struct Pool {
+    links: Vec<Link>,
+    generation: u64,
+}
+
+/// One connection picked for a call, its place in the pool (its lane), and the pool's
+/// generation (see [`Connections::replaced_since`]).
 #[derive(Clone)]
 pub(super) struct Picked {
     pub connection: Link,
     pub lane: usize,
+    pub generation: u64,
 }
 
 /// A pool member, or the cluster connection (which routes each command to the node owning its
@@ -97,22 +107,37 @@ impl Connections {
             pool_size: config.pool_size,
             manager_config,
             connect_timeout,
-            pool: ArcSwap::from_pointee(Vec::new()),
+            pool: ArcSwap::from_pointee(Pool {
+                links: Vec::new(),
+                generation: 0,
+            }),
+            generations: AtomicU64::new(0),
             next: AtomicUsize::new(0),
         };
-        let pool = connections.build_pool().await?;
-        connections.pool.store(Arc::new(pool));
+        let links = connections.build_pool().await?;
+        connections.pool.store(Arc::new(Pool {
+            links,
+            generation: 0,
+        }));
         Ok(connections)
     }
 
     /// The next pool member, round robin.
     pub fn pick(&self) -> Picked {
         let pool = self.pool.load();
-        let lane = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+        let lane = self.next.fetch_add(1, Ordering::Relaxed) % pool.links.len();
         Picked {
-            connection: pool[lane].clone(),
+            connection: pool.links[lane].clone(),
             lane,
+            generation: pool.generation,
         }
+    }
+
+    /// Whether a reconnect has replaced the pool a call picked its connection from: that
+    /// connection was given up on, and the new ones answering says nothing of it (after a
+    /// partition heals, its socket may sit in TCP's retransmission backoff for seconds).
+    pub fn replaced_since(&self, generation: u64) -> bool {
+        self.pool.load().generation != generation
     }
 
     /// Builds a new pool (finding the primary again behind Sentinels), checks it answers
@@ -122,16 +147,17 @@ impl Connections {
         probe: &redis::Cmd,
         deadline: Duration,
     ) -> RedisResult<T> {
-        let pool = match tokio::time::timeout(self.connect_timeout, self.build_pool()).await {
-            Ok(pool) => pool?,
+        let links = match tokio::time::timeout(self.connect_timeout, self.build_pool()).await {
+            Ok(links) => links?,
             Err(_) => return Err(timed_out("connecting")),
         };
-        let mut first = pool[0].clone();
+        let mut first = links[0].clone();
         let answer = match tokio::time::timeout(deadline, probe.query_async(&mut first)).await {
             Ok(answer) => answer?,
             Err(_) => return Err(timed_out("the probe")),
         };
-        self.pool.store(Arc::new(pool));
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        self.pool.store(Arc::new(Pool { links, generation }));
         Ok(answer)
     }
 

@@ -50,6 +50,9 @@ pub struct LateCall {
     /// Whether this node's timer fired on time ([`PUNCTUAL`]): its tasks were running, so a
     /// lane's replies were read as they came.
     pub punctual: bool,
+    /// Whether a reconnect has replaced its connection since it was sent: the lane's new
+    /// connection answering tells nothing of the old socket.
+    pub abandoned: bool,
 }
 
 impl Liveness {
@@ -80,17 +83,21 @@ impl Liveness {
         &self.lane_last_reply_us[lane % self.lane_last_reply_us.len()]
     }
 
-    /// Whether a call still unanswered past its deadline is worth waiting on. Not when Redis
-    /// has been silent for the tolerance, nor when it only answers calls sent over the
-    /// tolerance before this one (replies come back in order, so this one is queued right
-    /// behind those); twice the tolerance when this node's own timer fired late (starved of
-    /// CPU, it reads replies late: a burst with another process on one core showed 100 ms). Nor, when this node keeps time, when the call's own connection is stuck:
-    /// silent, since this call was sent, for half the tolerance and twice what calls take now
-    /// (the age of the newest call answered), while the others answered within a deadline;
-    /// that is a lost packet waiting out TCP's retransmission timeout, not Redis slow. A
-    /// starved node reads replies late and unevenly across connections, so then only the
-    /// first two apply.
+    /// Whether a call still unanswered past its deadline is worth waiting on. Never when its
+    /// connection was abandoned for a new pool. Not when Redis has been silent for the
+    /// tolerance, nor when it only answers calls sent over the tolerance before this one
+    /// (replies come back in order, so this one is queued right behind those); twice the
+    /// tolerance when this node's own timer fired late (starved of CPU, it reads replies late:
+    /// a burst with another process on one core showed 100 ms). Nor, when this node keeps
+    /// time, when the call's own connection is stuck: silent, since this call was sent, for
+    /// half the tolerance and twice what calls take now (the age of the newest call answered),
+    /// while the others answered within a deadline; that is a lost packet waiting out TCP's
+    /// retransmission timeout, not Redis slow. A starved node reads replies late and unevenly
+    /// across connections, so then only the silence and the order apply.
     pub fn worth_waiting(&self, call: LateCall) -> bool {
+        if call.abandoned {
+            return false;
+        }
         let silent_for = call
             .now_us
             .saturating_sub(self.last_reply_us.load(Ordering::Relaxed));
@@ -140,6 +147,7 @@ mod tests {
             deadline_us: DEADLINE,
             tolerance_us: TOLERANCE,
             punctual: true,
+            abandoned: false,
         }
     }
 
@@ -226,6 +234,28 @@ mod tests {
         let liveness = liveness(980_000, 979_000);
         liveness.answered(1, 978_000, 979_000);
         assert!(liveness.worth_waiting(call(1, 985_000, 1_000_000)));
+    }
+
+    #[test]
+    fn a_call_on_an_abandoned_connection_is_not_waited_on() {
+        // A partition heals: the probe's new pool answers on every lane, including the lane of
+        // a call sent just before on the old pool, whose socket sits in TCP's backoff. Without
+        // the pool telling them apart that call looks queued, and waited out `queue_timeout`
+        // (a fresh clone's CI saw a 1 s answer).
+        let liveness = liveness(1_010_000, 1_009_500);
+        liveness.answered(1, 1_009_000, 1_010_000);
+        let starved = LateCall {
+            punctual: false,
+            ..call(1, 1_000_000, 1_010_500)
+        };
+        assert!(liveness.worth_waiting(starved), "what the lanes alone show");
+        for late in [starved, call(1, 1_000_000, 1_010_500)] {
+            let abandoned = LateCall {
+                abandoned: true,
+                ..late
+            };
+            assert!(!liveness.worth_waiting(abandoned));
+        }
     }
 
     #[test]

@@ -315,6 +315,7 @@ impl RedisStore {
         let Picked {
             mut connection,
             lane,
+            generation,
         } = self.pick();
         let sent_us = self.liveness.now_us();
         let deadline_us = self.deadline.as_micros() as u64;
@@ -350,6 +351,7 @@ impl RedisStore {
                         deadline_us,
                         tolerance_us,
                         punctual,
+                        abandoned: self.connections.replaced_since(generation),
                     };
                     if !self.liveness.worth_waiting(late) || started.elapsed() >= self.queue_timeout
                     {
