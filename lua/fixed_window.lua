@@ -2,7 +2,7 @@
 -- fields   start_us, count
 -- p1, p2   limit, window_us
 FIELDS.fw = {'start_us', 'count'}
-algorithms.fw = function(stored, o, now, cost, limit, window)
+algorithms.fw = function(stored, new, o, now, cost, limit, window)
   local start, count = tonumber(stored[o + 1] or '0'), tonumber(stored[o + 2] or '0')
   -- fmod is exact on doubles; `%` (a - floor(a/b)*b) can be off near window boundaries.
   local current = now - math.fmod(now, window)
@@ -18,5 +18,6 @@ algorithms.fw = function(stored, o, now, cost, limit, window)
   end
   local reset = 0
   if count > 0 then reset = until_end end
-  return {allowed and 1 or 0, limit - count, reset, retry}, {num(start), num(count)}, false
+  new[o + 1], new[o + 2] = num(start), num(count)
+  return allowed and 1 or 0, limit - count, reset, retry, false
 end

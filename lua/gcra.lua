@@ -2,7 +2,7 @@
 -- fields   tat: theoretical arrival time, microseconds
 -- p1, p2   emission_interval_us, burst
 FIELDS.gcra = {'tat'}
-algorithms.gcra = function(stored, o, now, cost, interval, burst)
+algorithms.gcra = function(stored, new, o, now, cost, interval, burst)
   local tolerance = interval * burst
   local kept = tonumber(stored[o + 1] or '0')
   local tat = math.max(kept, now)
@@ -17,5 +17,6 @@ algorithms.gcra = function(stored, o, now, cost, interval, burst)
   local tat_after = math.max(kept, now)
   local remaining = math.floor(math.max(horizon - tat_after, 0) / interval)
   local reset = tat_after - now
-  return {allowed and 1 or 0, remaining, reset, retry}, {num(new_tat)}, false
+  new[o + 1] = num(new_tat)
+  return allowed and 1 or 0, remaining, reset, retry, false
 end

@@ -21,16 +21,18 @@ local function num(x) return string.format('%.17g', x) end
 -- (resource, key)'s state hash, shared by every limit of the rule, so a decision reads all of
 -- them with one HMGET and writes them with one HSET and one PEXPIRE however many limits the rule
 -- stacks. FIELDS[tag] names such an algorithm's fields, and its decide function is
---   algorithms[tag](stored, o, now, cost, p1, p2) -> decision, values, always
+--   algorithms[tag](stored, new, o, now, cost, p1, p2)
+--     -> allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never), always
 --     stored    the hash's stored values; this limit's are stored[o + 1], stored[o + 2], ...
 --               in FIELDS order (false when absent)
---     decision  {allowed 0|1, remaining, reset_after_us, retry_after_us (-1 = never)}
---     values    the fields' new values in FIELDS order
+--     new       where it puts the fields' new values, at the same places (new[o + 1], ...)
 --     always    true when the values are written on a denial too (a refill, a rolled window);
 --               otherwise only when every limit allowed, so the charge stands
--- The sliding log keeps a sorted set of its own, so it takes its keys instead (KEY_COUNT[tag]
--- of them, in KEYS after the state hash) and returns a write(commit) function of its own.
--- Nothing is written by a decide function itself, so a rule's limits can be tried first.
+-- The decision comes back as values, not a table: a call per limit allocates nothing but the
+-- numbers it writes. The sliding log keeps a sorted set of its own, so it takes its keys
+-- instead (KEY_COUNT[tag] of them, in KEYS after the state hash) and returns a write(commit)
+-- function of its own in place of `always`. Nothing is written to Redis by a decide function
+-- itself, so a rule's limits can be tried first.
 local algorithms = {}
 local FIELDS = {}
 local KEY_COUNT = {}

@@ -4,7 +4,7 @@
 -- fields   start_us, current, previous
 -- p1, p2   limit, window_ms
 FIELDS.swc = {'start_us', 'current', 'previous'}
-algorithms.swc = function(stored, o, now, cost, limit, w)
+algorithms.swc = function(stored, new, o, now, cost, limit, w)
   local window_us = w * 1000
   local start = tonumber(stored[o + 1] or '0')
   local current = tonumber(stored[o + 2] or '0')
@@ -17,10 +17,10 @@ algorithms.swc = function(stored, o, now, cost, limit, w)
   end
   local elapsed_ms = math.min(math.floor(math.max(now - start, 0) / 1000), w - 1)
   local budget = limit * w
-  local function weighted(p, e, c) return p * (w - e) + c * w end
-  local allowed = weighted(previous, elapsed_ms, current) + cost * w <= budget
+  local previous_weight = w - elapsed_ms
+  local allowed = previous * previous_weight + current * w + cost * w <= budget
   if allowed then current = current + cost end
-  local used = weighted(previous, elapsed_ms, current)
+  local used = previous * previous_weight + current * w
   local remaining = math.floor(math.max(budget - used, 0) / w)
 
   local reset = 0
@@ -52,5 +52,6 @@ algorithms.swc = function(stored, o, now, cost, limit, w)
     end
   end
   -- Written on denials too, so a rolled window is what the next check starts from.
-  return {allowed and 1 or 0, remaining, reset, retry}, {num(start), num(current), num(previous)}, true
+  new[o + 1], new[o + 2], new[o + 3] = num(start), num(current), num(previous)
+  return allowed and 1 or 0, remaining, reset, retry, true
 end

@@ -58,5 +58,5 @@ algorithms.swl = function(keys, now, cost, limit, window)
   end
   local reset = 0
   if newest_at then reset = math.max(newest_at + window - now, 0) end
-  return {allowed and 1 or 0, limit - total, reset, retry}, write
+  return allowed and 1 or 0, limit - total, reset, retry, write
 end

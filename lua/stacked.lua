@@ -53,6 +53,7 @@ for a = first_limit, #ARGV, 4 do
   local own = FIELDS[tag]
   if own then
     limit.offset = #fields
+    limit.width = #own
     local prefix = ARGV[a + 1] .. ':' .. tag .. ':'
     for _, field in ipairs(own) do fields[#fields + 1] = prefix .. field end
   else
@@ -63,36 +64,46 @@ for a = first_limit, #ARGV, 4 do
   end
   limits[#limits + 1] = limit
 end
-local stored = {}
+local stored, new = {}, {}
 if #fields > 0 then stored = redis.call('HMGET', state_key, unpack(fields)) end
 
--- decision, and what to write: a function (a log of its own) or the hash values and `always`.
-local function decide(limit, spend)
-  if limit.keys then return limit.decide(limit.keys, now, spend, limit.p1, limit.p2) end
-  return limit.decide(stored, limit.offset, now, spend, limit.p1, limit.p2)
+-- The reply, built in place: limit i's decision is flat[4i - 3] to flat[4i] (allowed,
+-- remaining, reset_after_us, retry_after_us), then what `reply` appends.
+local flat = {}
+local function allowed(i) return flat[4 * i - 3] == 1 end
+local function reset_after(i) return flat[4 * i - 1] end
+
+-- Decides limit i into its place in the reply; returns `always`, or a log's write function.
+local function decide(i, spend)
+  local limit, at = limits[i], 4 * (i - 1)
+  local extra
+  if limit.keys then
+    flat[at + 1], flat[at + 2], flat[at + 3], flat[at + 4], extra =
+      limit.decide(limit.keys, now, spend, limit.p1, limit.p2)
+  else
+    flat[at + 1], flat[at + 2], flat[at + 3], flat[at + 4], extra =
+      limit.decide(stored, new, limit.offset, now, spend, limit.p1, limit.p2)
+  end
+  return extra
 end
 
-local function reply(decisions, banned_for, started, lease_code, lease_value)
-  local flat = {}
-  for _, d in ipairs(decisions) do
-    for _, field in ipairs(d) do flat[#flat + 1] = field end
-  end
-  flat[#flat + 1] = banned_for
-  flat[#flat + 1] = started
+local function reply(banned_for, started, lease_code, lease_value)
+  local n = 4 * #limits
+  flat[n + 1] = banned_for
+  flat[n + 2] = started
   if lease then
-    flat[#flat + 1] = lease_code or 0
-    flat[#flat + 1] = lease_value or 0
+    flat[n + 3] = lease_code or 0
+    flat[n + 4] = lease_value or 0
   end
   return flat
 end
 
-local decisions, writes, always, all = {}, {}, {}, true
 -- A banned key is answered from its ban: its limits read, nothing charged.
 local function refused(state)
   local remaining = ban_remaining(state, now)
   if not remaining then return nil end
-  for i, limit in ipairs(limits) do decisions[i] = decide(limit, 0) end
-  return reply(decisions, remaining, 0)
+  for i = 1, #limits do decide(i, 0) end
+  return reply(remaining, 0)
 end
 local ban_key, ban_state = nil, nil
 if ban then
@@ -118,19 +129,20 @@ if lease then
   lease_live = redis.call('ZSCORE', lease.key, lease.id) ~= false
   if not lease_live and redis.call('ZCARD', lease.key) >= lease.max then
     local earliest = redis.call('ZRANGE', lease.key, 0, 0, 'WITHSCORES')
-    for i, limit in ipairs(limits) do decisions[i] = decide(limit, 0) end
-    return reply(decisions, 0, 0, 2, math.max(tonumber(earliest[2]) - now, 0))
+    for i = 1, #limits do decide(i, 0) end
+    return reply(0, 0, 2, math.max(tonumber(earliest[2]) - now, 0))
   end
 end
 
-for i, limit in ipairs(limits) do
-  decisions[i], writes[i], always[i] = decide(limit, cost)
-  if decisions[i][1] == 0 then all = false end
+local writes, all = {}, true
+for i = 1, #limits do
+  writes[i] = decide(i, cost)
+  if not allowed(i) then all = false end
 end
 if not all then
   -- Allowed here, but another limit denied: charge nothing and report what is left.
-  for i, limit in ipairs(limits) do
-    if decisions[i][1] == 1 then decisions[i], writes[i], always[i] = decide(limit, 0) end
+  for i = 1, #limits do
+    if allowed(i) then writes[i] = decide(i, 0) end
   end
 end
 if cost > 0 then
@@ -141,13 +153,13 @@ if cost > 0 then
     if limit.keys then
       writes[i](all)
     else
-      if all or always[i] then
-        for f, value in ipairs(writes[i]) do
-          assignments[#assignments + 1] = fields[limit.offset + f]
-          assignments[#assignments + 1] = value
+      if all or writes[i] then
+        for f = limit.offset + 1, limit.offset + limit.width do
+          assignments[#assignments + 1] = fields[f]
+          assignments[#assignments + 1] = new[f]
         end
       end
-      reset = math.max(reset, decisions[i][3])
+      reset = math.max(reset, reset_after(i))
     end
   end
   if #assignments > 0 then
@@ -168,6 +180,6 @@ if lease and all then
   -- The set lives as long as its latest lease.
   local latest = redis.call('ZRANGE', lease.key, -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', lease.key, ttl_ms(tonumber(latest[2]) - now))
-  return reply(decisions, banned_for, started, 1, expires)
+  return reply(banned_for, started, 1, expires)
 end
-return reply(decisions, banned_for, started)
+return reply(banned_for, started)

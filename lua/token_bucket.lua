@@ -2,8 +2,25 @@
 -- fields   tokens, last_refill_us
 -- p1, p2   capacity, refill_per_us (shortest round-trip decimal of the Rust f64)
 FIELDS.tb = {'tokens', 'last_refill_us'}
-algorithms.tb = function(stored, o, now, cost, capacity, rate)
-  local EPSILON = 1e-9
+local TB_EPSILON = 1e-9
+
+-- Fewest whole microseconds until tokens reach target, by the very test a check applies
+-- (tokens + us * rate + epsilon >= target). A function of its own, not a closure per call.
+local function tb_micros_to_gain(tokens, rate, target)
+  if tokens + TB_EPSILON >= target then return 0 end
+  local us = math.ceil((target - tokens) / rate)
+  for _ = 1, 64 do
+    if tokens + us * rate + TB_EPSILON >= target then break end
+    us = us + 1
+  end
+  for _ = 1, 64 do
+    if us == 0 or tokens + (us - 1) * rate + TB_EPSILON < target then break end
+    us = us - 1
+  end
+  return us
+end
+
+algorithms.tb = function(stored, new, o, now, cost, capacity, rate)
   local tokens, last = capacity, now
   if stored[o + 1] then
     tokens = tonumber(stored[o + 1])
@@ -13,30 +30,15 @@ algorithms.tb = function(stored, o, now, cost, capacity, rate)
   if elapsed < 0 then elapsed = 0 end
   tokens = math.min(capacity, tokens + elapsed * rate)
   if now > last then last = now end
-  local allowed = cost <= tokens + EPSILON
+  local allowed = cost <= tokens + TB_EPSILON
   if allowed then tokens = math.max(tokens - cost, 0) end
-
-  -- Fewest whole microseconds until tokens reach target, by the very test a check applies.
-  local function micros_to_gain(target)
-    local function reached(us) return tokens + us * rate + EPSILON >= target end
-    if reached(0) then return 0 end
-    local us = math.ceil((target - tokens) / rate)
-    for _ = 1, 64 do
-      if reached(us) then break end
-      us = us + 1
-    end
-    for _ = 1, 64 do
-      if us == 0 or not reached(us - 1) then break end
-      us = us - 1
-    end
-    return us
-  end
 
   local retry = 0
   if not allowed then
-    if cost > capacity then retry = -1 else retry = micros_to_gain(cost) end
+    if cost > capacity then retry = -1 else retry = tb_micros_to_gain(tokens, rate, cost) end
   end
-  local reset = micros_to_gain(capacity)
+  local reset = tb_micros_to_gain(tokens, rate, capacity)
   -- Written on denials too: the refilled state is what the next check must start from.
-  return {allowed and 1 or 0, math.floor(tokens), reset, retry}, {num(tokens), num(last)}, true
+  new[o + 1], new[o + 2] = num(tokens), num(last)
+  return allowed and 1 or 0, math.floor(tokens), reset, retry, true
 end

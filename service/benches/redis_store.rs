@@ -113,6 +113,7 @@ fn redis_benchmark_rate(redis: &LocalRedis, algorithm: &Algorithm, requests: u64
             "1",     // cost
             "0",     // no key-wide ban to watch
             "0",     // no ban policy
+            "0",     // no lease to acquire
             "tb",    // one limit: a token bucket
             "limit", // named
         ])
@@ -128,7 +129,13 @@ fn redis_benchmark_rate(redis: &LocalRedis, algorithm: &Algorithm, requests: u64
     line.split(',')
         .nth(1)
         .and_then(|rps| rps.trim_matches('"').parse().ok())
-        .unwrap_or_else(|| panic!("cannot read redis-benchmark output: {text}"))
+        .unwrap_or_else(|| {
+            panic!(
+                "cannot read redis-benchmark output (did the script's arguments change?): \
+                 {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
 }
 
 fn main() {
