@@ -1,7 +1,7 @@
 -- The adaptive limit's state one resource's nodes share, mirroring Aimd::merge and Aimd::next
 -- in service/src/adaptive/aimd.rs operation for operation (integers only, all below 2^53): each
 -- node adds what it was told of the backend since its last call, and the first call of a new
--- window closes the last one, moving the factor. Prepended by prelude.lua (for now_us and num).
+-- window closes the last one, moving the factor. Prepended by prelude.lua (for now_us).
 -- KEYS     the resource's hash: epoch, reports, errors, slow, factor (parts per million)
 -- ARGV     now_us ("" = Redis TIME), window_us, reports, errors, slow, min_reports,
 --          max_error_ppm, floor_ppm, increase_ppm, decrease_ppm, ttl_ms
@@ -39,7 +39,7 @@ else
     counting = {last[1] + add[1], last[2] + add[2], last[3] + add[3]}
   end
 end
-redis.call('HSET', KEYS[1], 'epoch', num(epoch), 'reports', num(counting[1]),
-  'errors', num(counting[2]), 'slow', num(counting[3]), 'factor', num(factor))
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'reports', counting[1],
+  'errors', counting[2], 'slow', counting[3], 'factor', factor)
 redis.call('PEXPIRE', KEYS[1], ARGV[11])
 return factor

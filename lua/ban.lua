@@ -39,7 +39,7 @@ local function ban_store(key, ban, state, now)
   local offences_end, repeats_end = 0, 0
   if state.offences > 0 then offences_end = state.window_start + ban.within end
   if state.last_duration > 0 then repeats_end = state.banned_until + ban.lookback end
-  redis.call('HSET', key, 'offences', num(state.offences), 'window_start_us', num(state.window_start),
-    'banned_until_us', num(state.banned_until), 'last_duration_us', num(state.last_duration))
+  redis.call('HSET', key, 'offences', state.offences, 'window_start_us', state.window_start,
+    'banned_until_us', state.banned_until, 'last_duration_us', state.last_duration)
   redis.call('PEXPIRE', key, ttl_ms(math.max(math.max(offences_end, repeats_end) - now, 0)))
 end

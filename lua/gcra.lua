@@ -17,6 +17,6 @@ algorithms.gcra = function(stored, new, o, now, cost, interval, burst)
   local tat_after = math.max(kept, now)
   local remaining = math.floor(math.max(horizon - tat_after, 0) / interval)
   local reset = tat_after - now
-  new[o + 1] = num(new_tat)
+  new[o + 1] = new_tat
   return allowed and 1 or 0, remaining, reset, retry, false
 end

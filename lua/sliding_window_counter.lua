@@ -6,9 +6,10 @@
 FIELDS.swc = {'start_us', 'current', 'previous'}
 algorithms.swc = function(stored, new, o, now, cost, limit, w)
   local window_us = w * 1000
-  local start = tonumber(stored[o + 1] or '0')
-  local current = tonumber(stored[o + 2] or '0')
-  local previous = tonumber(stored[o + 3] or '0')
+  local kept_start = tonumber(stored[o + 1] or '0')
+  local kept_current = tonumber(stored[o + 2] or '0')
+  local kept_previous = tonumber(stored[o + 3] or '0')
+  local start, current, previous = kept_start, kept_current, kept_previous
   local this_window = now - math.fmod(now, window_us)
   if this_window > start then
     if this_window - start == window_us then previous = current else previous = 0 end
@@ -52,6 +53,7 @@ algorithms.swc = function(stored, new, o, now, cost, limit, w)
     end
   end
   -- Written on denials too, so a rolled window is what the next check starts from.
-  new[o + 1], new[o + 2], new[o + 3] = num(start), num(current), num(previous)
+  new[o + 1], new[o + 2], new[o + 3] =
+    changed(start, kept_start), changed(current, kept_current), changed(previous, kept_previous)
   return allowed and 1 or 0, remaining, reset, retry, true
 end

@@ -10,7 +10,7 @@ algorithms.swl = function(keys, now, cost, limit, window)
 
   local total = tonumber(redis.call('GET', total_key) or '0')
   -- An entry logged at t leaves the window once now >= t + window.
-  local cutoff = num(now - window)
+  local cutoff = now - window
   local expired = redis.call('ZRANGEBYSCORE', log, '-inf', cutoff)
   for _, member in ipairs(expired) do total = total - cost_of(member) end
   local allowed = cost <= limit - total
@@ -50,10 +50,9 @@ algorithms.swl = function(keys, now, cost, limit, window)
     if not commit then return end
     if #expired > 0 then redis.call('ZREMRANGEBYSCORE', log, '-inf', cutoff) end
     if replaced then redis.call('ZREM', log, replaced) end
-    local stamp = num(at)
-    redis.call('ZADD', log, stamp, stamp .. ':' .. num(merged))
+    redis.call('ZADD', log, at, num(at) .. ':' .. num(merged))
     local ttl = ttl_ms(at + window - now)
-    redis.call('SET', total_key, num(total), 'PX', ttl)
+    redis.call('SET', total_key, total, 'PX', ttl)
     redis.call('PEXPIRE', log, ttl)
   end
   local reset = 0

@@ -125,7 +125,7 @@ end
 -- with every limit read and nothing charged.
 local lease_live = false
 if lease then
-  redis.call('ZREMRANGEBYSCORE', lease.key, '-inf', num(now))
+  redis.call('ZREMRANGEBYSCORE', lease.key, '-inf', now)
   lease_live = redis.call('ZSCORE', lease.key, lease.id) ~= false
   if not lease_live and redis.call('ZCARD', lease.key) >= lease.max then
     local earliest = redis.call('ZRANGE', lease.key, 0, 0, 'WITHSCORES')
@@ -148,24 +148,25 @@ end
 if cost > 0 then
   -- The hash lives until its slowest limit is fresh again: each decision's reset is from the
   -- state it leaves (written or kept), so a limit that wrote nothing still keeps its fields.
-  local assignments, reset = {}, 0
+  local assignments, reset, written = {}, 0, false
   for i, limit in ipairs(limits) do
     if limit.keys then
       writes[i](all)
     else
       if all or writes[i] then
+        written = true
         for f = limit.offset + 1, limit.offset + limit.width do
-          assignments[#assignments + 1] = fields[f]
-          assignments[#assignments + 1] = new[f]
+          if new[f] then
+            assignments[#assignments + 1] = fields[f]
+            assignments[#assignments + 1] = new[f]
+          end
         end
       end
       reset = math.max(reset, reset_after(i))
     end
   end
-  if #assignments > 0 then
-    redis.call('HSET', state_key, unpack(assignments))
-    redis.call('PEXPIRE', state_key, ttl_ms(reset))
-  end
+  if #assignments > 0 then redis.call('HSET', state_key, unpack(assignments)) end
+  if written then redis.call('PEXPIRE', state_key, ttl_ms(reset)) end
 end
 
 local banned_for, started = 0, 0
@@ -176,7 +177,7 @@ if ban and not all and cost > 0 then
 end
 if lease and all then
   local expires = now + lease.ttl
-  redis.call('ZADD', lease.key, num(expires), lease.id)
+  redis.call('ZADD', lease.key, expires, lease.id)
   -- The set lives as long as its latest lease.
   local latest = redis.call('ZRANGE', lease.key, -1, -1, 'WITHSCORES')
   redis.call('PEXPIRE', lease.key, ttl_ms(tonumber(latest[2]) - now))

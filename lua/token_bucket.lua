@@ -39,6 +39,6 @@ algorithms.tb = function(stored, new, o, now, cost, capacity, rate)
   end
   local reset = tb_micros_to_gain(tokens, rate, capacity)
   -- Written on denials too: the refilled state is what the next check must start from.
-  new[o + 1], new[o + 2] = num(tokens), num(last)
+  new[o + 1], new[o + 2] = tokens, last
   return allowed and 1 or 0, math.floor(tokens), reset, retry, true
 end

@@ -11,7 +11,7 @@ use proptest::{prelude::*, test_runner::TestRunner};
 use sluice::{
     adaptive::{Aimd, Window},
     algorithm::{
-        Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, TokenBucket,
+        Algorithm, FixedWindow, Gcra, SlidingWindowCounter, SlidingWindowLog, State, TokenBucket,
         ban::{Ban, BanScope, BanState, Bans},
         stacked::{self, Limit},
     },
@@ -105,12 +105,76 @@ fn pinned_store(
     })
 }
 
+/// Each state-hash field the script has written, next to the Rust state's value: both must be
+/// the same double to the last bit. Decisions round (whole tokens, whole microseconds), so a
+/// script storing a number a few digits short would drift from the Rust algorithm unseen.
+fn stored_state_mismatches(
+    runtime: &tokio::runtime::Runtime,
+    connection: &mut redis::aio::MultiplexedConnection,
+    state_key: &str,
+    limits: &[Limit],
+    states: &[State],
+) -> Vec<String> {
+    let mut mismatches = Vec::new();
+    for (limit, state) in limits.iter().zip(states) {
+        let (tag, fields): (&str, Vec<(&str, f64)>) = match state {
+            State::TokenBucket(s) => (
+                "tb",
+                vec![
+                    ("tokens", s.tokens),
+                    ("last_refill_us", s.last_refill_us as f64),
+                ],
+            ),
+            State::Gcra(s) => ("gcra", vec![("tat", s.tat_us as f64)]),
+            State::FixedWindow(s) => (
+                "fw",
+                vec![
+                    ("start_us", s.window_start_us as f64),
+                    ("count", s.count as f64),
+                ],
+            ),
+            State::SlidingWindowCounter(s) => (
+                "swc",
+                vec![
+                    ("start_us", s.window_start_us as f64),
+                    ("current", s.current as f64),
+                    ("previous", s.previous as f64),
+                ],
+            ),
+            State::SlidingWindowLog(_) => continue,
+        };
+        for (field, expected) in fields {
+            let name = format!("{}:{tag}:{field}", limit.name);
+            let stored: Option<String> = runtime
+                .block_on(
+                    redis::cmd("HGET")
+                        .arg(state_key)
+                        .arg(&name)
+                        .query_async(connection),
+                )
+                .unwrap();
+            let Some(stored) = stored else { continue };
+            if stored.parse::<f64>().map(f64::to_bits) != Ok(expected.to_bits()) {
+                mismatches.push(format!("{name}: stored {stored}, Rust {expected:?}"));
+            }
+        }
+    }
+    mismatches
+}
+
 #[test]
 fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
     let server = common::redis::server();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let clock = Clock::manual(START_US);
     let store = pinned_store(&runtime, &server, &clock);
+    let connection = runtime
+        .block_on(
+            redis::Client::open(server.url())
+                .unwrap()
+                .get_multiplexed_async_connection(),
+        )
+        .unwrap();
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 500,
         ..ProptestConfig::default()
@@ -157,6 +221,9 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
                         runtime.block_on(store.check(bucket, &limits, bans, cost))
                     }
                     .unwrap();
+                    // A charge writes every hash-kept limit's state; a denial may leave some as
+                    // they were in Redis while the Rust state moved (a rolled window, unwritten).
+                    let charged = cost > 0 && expected.allowed();
                     prop_assert_eq!(
                         expected,
                         actual,
@@ -165,6 +232,23 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
                         cost,
                         limits,
                         ban
+                    );
+                    if !charged {
+                        continue;
+                    }
+                    let mismatches = stored_state_mismatches(
+                        &runtime,
+                        &mut connection.clone(),
+                        &store.state_key(bucket),
+                        &limits,
+                        &states,
+                    );
+                    prop_assert!(
+                        mismatches.is_empty(),
+                        "request {} of {:?}: {:?}",
+                        index,
+                        limits,
+                        mismatches
                     );
                 }
                 Ok(())
