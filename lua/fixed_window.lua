@@ -1,10 +1,10 @@
 -- Fixed window, mirroring service/src/algorithm/fixed_window.rs.
--- fields   start_us, count
+-- state    start_us, count
 -- p1, p2   limit, window_us
-FIELDS.fw = {'start_us', 'count'}
-algorithms.fw = function(stored, new, o, now, cost, limit, window)
-  local kept_start, kept_count = tonumber(stored[o + 1] or '0'), tonumber(stored[o + 2] or '0')
-  local start, count = kept_start, kept_count
+STATE.fw = '<dd'
+algorithms.fw = function(kept, now, cost, limit, window)
+  local start, count = 0, 0
+  if kept then start, count = struct.unpack(STATE.fw, kept) end
   -- fmod is exact on doubles; `%` (a - floor(a/b)*b) can be off near window boundaries.
   local current = now - math.fmod(now, window)
   if current > start then
@@ -19,6 +19,6 @@ algorithms.fw = function(stored, new, o, now, cost, limit, window)
   end
   local reset = 0
   if count > 0 then reset = until_end end
-  new[o + 1], new[o + 2] = changed(start, kept_start), changed(count, kept_count)
-  return allowed and 1 or 0, limit - count, reset, retry, false
+  local state = struct.pack(STATE.fw, start, count)
+  return allowed and 1 or 0, limit - count, reset, retry, state, false
 end

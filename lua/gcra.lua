@@ -1,10 +1,11 @@
 -- GCRA, mirroring service/src/algorithm/gcra.rs.
--- fields   tat: theoretical arrival time, microseconds
+-- state    tat: theoretical arrival time, microseconds
 -- p1, p2   emission_interval_us, burst
-FIELDS.gcra = {'tat'}
-algorithms.gcra = function(stored, new, o, now, cost, interval, burst)
+STATE.gcra = '<d'
+algorithms.gcra = function(kept_state, now, cost, interval, burst)
   local tolerance = interval * burst
-  local kept = tonumber(stored[o + 1] or '0')
+  local kept = 0
+  if kept_state then kept = struct.unpack(STATE.gcra, kept_state) end
   local tat = math.max(kept, now)
   local new_tat = tat + interval * cost
   local horizon = now + tolerance
@@ -17,6 +18,6 @@ algorithms.gcra = function(stored, new, o, now, cost, interval, burst)
   local tat_after = math.max(kept, now)
   local remaining = math.floor(math.max(horizon - tat_after, 0) / interval)
   local reset = tat_after - now
-  new[o + 1] = new_tat
-  return allowed and 1 or 0, remaining, reset, retry, false
+  local state = struct.pack(STATE.gcra, new_tat)
+  return allowed and 1 or 0, remaining, reset, retry, state, false
 end

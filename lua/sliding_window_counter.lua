@@ -1,15 +1,13 @@
 -- Sliding window counter, mirroring service/src/algorithm/sliding_window_counter.rs.
 -- Weights are integers in whole milliseconds; configuration keeps limit x window_ms below 2^51,
 -- so every product here is an exact double.
--- fields   start_us, current, previous
+-- state    start_us, current, previous
 -- p1, p2   limit, window_ms
-FIELDS.swc = {'start_us', 'current', 'previous'}
-algorithms.swc = function(stored, new, o, now, cost, limit, w)
+STATE.swc = '<ddd'
+algorithms.swc = function(kept, now, cost, limit, w)
   local window_us = w * 1000
-  local kept_start = tonumber(stored[o + 1] or '0')
-  local kept_current = tonumber(stored[o + 2] or '0')
-  local kept_previous = tonumber(stored[o + 3] or '0')
-  local start, current, previous = kept_start, kept_current, kept_previous
+  local start, current, previous = 0, 0, 0
+  if kept then start, current, previous = struct.unpack(STATE.swc, kept) end
   local this_window = now - math.fmod(now, window_us)
   if this_window > start then
     if this_window - start == window_us then previous = current else previous = 0 end
@@ -53,7 +51,6 @@ algorithms.swc = function(stored, new, o, now, cost, limit, w)
     end
   end
   -- Written on denials too, so a rolled window is what the next check starts from.
-  new[o + 1], new[o + 2], new[o + 3] =
-    changed(start, kept_start), changed(current, kept_current), changed(previous, kept_previous)
-  return allowed and 1 or 0, remaining, reset, retry, true
+  local state = struct.pack(STATE.swc, start, current, previous)
+  return allowed and 1 or 0, remaining, reset, retry, state, true
 end

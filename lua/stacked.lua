@@ -43,19 +43,16 @@ else
   first_limit = first_limit + 1
 end
 
--- Each limit, and the state hash fields of those kept there: `<name>:<tag>:<field>` (tags and
--- field names hold no colon, so no two limits' fields can meet, whatever their names).
+-- Each limit, and the state hash field of those kept there: `<name>:<tag>` (tags hold no
+-- colon, so no two limits' fields can meet, whatever their names).
 local limits, fields = {}, {}
 local next_key = 2
 for a = first_limit, #ARGV, 4 do
   local tag = ARGV[a]
   local limit = {decide = algorithms[tag], p1 = tonumber(ARGV[a + 2]), p2 = tonumber(ARGV[a + 3])}
-  local own = FIELDS[tag]
-  if own then
-    limit.offset = #fields
-    limit.width = #own
-    local prefix = ARGV[a + 1] .. ':' .. tag .. ':'
-    for _, field in ipairs(own) do fields[#fields + 1] = prefix .. field end
+  if STATE[tag] then
+    fields[#fields + 1] = ARGV[a + 1] .. ':' .. tag
+    limit.field = #fields
   else
     local keys = {}
     for k = 1, KEY_COUNT[tag] do keys[k] = KEYS[next_key + k - 1] end
@@ -81,8 +78,9 @@ local function decide(i, spend)
     flat[at + 1], flat[at + 2], flat[at + 3], flat[at + 4], extra =
       limit.decide(limit.keys, now, spend, limit.p1, limit.p2)
   else
-    flat[at + 1], flat[at + 2], flat[at + 3], flat[at + 4], extra =
-      limit.decide(stored, new, limit.offset, now, spend, limit.p1, limit.p2)
+    local f = limit.field
+    flat[at + 1], flat[at + 2], flat[at + 3], flat[at + 4], new[f], extra =
+      limit.decide(stored[f], now, spend, limit.p1, limit.p2)
   end
   return extra
 end
@@ -147,26 +145,23 @@ if not all then
 end
 if cost > 0 then
   -- The hash lives until its slowest limit is fresh again: each decision's reset is from the
-  -- state it leaves (written or kept), so a limit that wrote nothing still keeps its fields.
-  local assignments, reset, written = {}, 0, false
+  -- state it leaves (written or kept), so a limit that wrote nothing still keeps its field.
+  local assignments, reset = {}, 0
   for i, limit in ipairs(limits) do
     if limit.keys then
       writes[i](all)
     else
       if all or writes[i] then
-        written = true
-        for f = limit.offset + 1, limit.offset + limit.width do
-          if new[f] then
-            assignments[#assignments + 1] = fields[f]
-            assignments[#assignments + 1] = new[f]
-          end
-        end
+        assignments[#assignments + 1] = fields[limit.field]
+        assignments[#assignments + 1] = new[limit.field]
       end
       reset = math.max(reset, reset_after(i))
     end
   end
-  if #assignments > 0 then redis.call('HSET', state_key, unpack(assignments)) end
-  if written then redis.call('PEXPIRE', state_key, ttl_ms(reset)) end
+  if #assignments > 0 then
+    redis.call('HSET', state_key, unpack(assignments))
+    redis.call('PEXPIRE', state_key, ttl_ms(reset))
+  end
 end
 
 local banned_for, started = 0, 0

@@ -1,7 +1,7 @@
 -- Token bucket, mirroring service/src/algorithm/token_bucket.rs operation for operation.
--- fields   tokens, last_refill_us
+-- state    tokens, last_refill_us
 -- p1, p2   capacity, refill_per_us (shortest round-trip decimal of the Rust f64)
-FIELDS.tb = {'tokens', 'last_refill_us'}
+STATE.tb = '<dd'
 local TB_EPSILON = 1e-9
 
 -- Fewest whole microseconds until tokens reach target, by the very test a check applies
@@ -20,12 +20,9 @@ local function tb_micros_to_gain(tokens, rate, target)
   return us
 end
 
-algorithms.tb = function(stored, new, o, now, cost, capacity, rate)
+algorithms.tb = function(kept, now, cost, capacity, rate)
   local tokens, last = capacity, now
-  if stored[o + 1] then
-    tokens = tonumber(stored[o + 1])
-    last = tonumber(stored[o + 2])
-  end
+  if kept then tokens, last = struct.unpack(STATE.tb, kept) end
   local elapsed = now - last
   if elapsed < 0 then elapsed = 0 end
   tokens = math.min(capacity, tokens + elapsed * rate)
@@ -39,6 +36,6 @@ algorithms.tb = function(stored, new, o, now, cost, capacity, rate)
   end
   local reset = tb_micros_to_gain(tokens, rate, capacity)
   -- Written on denials too: the refilled state is what the next check must start from.
-  new[o + 1], new[o + 2] = tokens, last
-  return allowed and 1 or 0, math.floor(tokens), reset, retry, true
+  local state = struct.pack(STATE.tb, tokens, last)
+  return allowed and 1 or 0, math.floor(tokens), reset, retry, state, true
 end

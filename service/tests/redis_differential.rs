@@ -105,9 +105,9 @@ fn pinned_store(
     })
 }
 
-/// Each state-hash field the script has written, next to the Rust state's value: both must be
-/// the same double to the last bit. Decisions round (whole tokens, whole microseconds), so a
-/// script storing a number a few digits short would drift from the Rust algorithm unseen.
+/// Each limit's state-hash field as the script wrote it, next to the Rust state: the same
+/// doubles to the last bit. Decisions round (whole tokens, whole microseconds), so a script
+/// storing a number less than exactly would drift from the Rust algorithm unseen.
 fn stored_state_mismatches(
     runtime: &tokio::runtime::Runtime,
     connection: &mut redis::aio::MultiplexedConnection,
@@ -117,46 +117,42 @@ fn stored_state_mismatches(
 ) -> Vec<String> {
     let mut mismatches = Vec::new();
     for (limit, state) in limits.iter().zip(states) {
-        let (tag, fields): (&str, Vec<(&str, f64)>) = match state {
-            State::TokenBucket(s) => (
-                "tb",
-                vec![
-                    ("tokens", s.tokens),
-                    ("last_refill_us", s.last_refill_us as f64),
-                ],
-            ),
-            State::Gcra(s) => ("gcra", vec![("tat", s.tat_us as f64)]),
-            State::FixedWindow(s) => (
-                "fw",
-                vec![
-                    ("start_us", s.window_start_us as f64),
-                    ("count", s.count as f64),
-                ],
-            ),
+        let (tag, expected): (&str, Vec<f64>) = match state {
+            State::TokenBucket(s) => ("tb", vec![s.tokens, s.last_refill_us as f64]),
+            State::Gcra(s) => ("gcra", vec![s.tat_us as f64]),
+            State::FixedWindow(s) => ("fw", vec![s.window_start_us as f64, s.count as f64]),
             State::SlidingWindowCounter(s) => (
                 "swc",
                 vec![
-                    ("start_us", s.window_start_us as f64),
-                    ("current", s.current as f64),
-                    ("previous", s.previous as f64),
+                    s.window_start_us as f64,
+                    s.current as f64,
+                    s.previous as f64,
                 ],
             ),
             State::SlidingWindowLog(_) => continue,
         };
-        for (field, expected) in fields {
-            let name = format!("{}:{tag}:{field}", limit.name);
-            let stored: Option<String> = runtime
-                .block_on(
-                    redis::cmd("HGET")
-                        .arg(state_key)
-                        .arg(&name)
-                        .query_async(connection),
-                )
-                .unwrap();
-            let Some(stored) = stored else { continue };
-            if stored.parse::<f64>().map(f64::to_bits) != Ok(expected.to_bits()) {
-                mismatches.push(format!("{name}: stored {stored}, Rust {expected:?}"));
-            }
+        let field = format!("{}:{tag}", limit.name);
+        let stored: Option<Vec<u8>> = runtime
+            .block_on(
+                redis::cmd("HGET")
+                    .arg(state_key)
+                    .arg(&field)
+                    .query_async(connection),
+            )
+            .unwrap();
+        let Some(stored) = stored else { continue };
+        // Little-endian doubles, one after another (struct.pack's '<d...' in lua/prelude.lua).
+        let numbers: Vec<f64> = stored
+            .chunks(8)
+            .map(|bytes| bytes.try_into().map_or(f64::NAN, f64::from_le_bytes))
+            .collect();
+        let same = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .map(|x| x.to_bits())
+                .eq(b.iter().map(|x| x.to_bits()))
+        };
+        if !same(&numbers, &expected) {
+            mismatches.push(format!("{field}: stored {numbers:?}, Rust {expected:?}"));
         }
     }
     mismatches
