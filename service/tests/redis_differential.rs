@@ -105,16 +105,18 @@ fn pinned_store(
     })
 }
 
-/// Each limit's state-hash field as the script wrote it, next to the Rust state: the same
-/// doubles to the last bit. Decisions round (whole tokens, whole microseconds), so a script
-/// storing a number less than exactly would drift from the Rust algorithm unseen.
+/// Each limit's state-hash field as the script wrote it after a charge, next to the Rust
+/// state: the same doubles to the last bit. Decisions round (whole tokens, whole
+/// microseconds), so a script storing a number less than exactly would drift from the Rust
+/// algorithm unseen.
 fn stored_state_mismatches(
     runtime: &tokio::runtime::Runtime,
-    connection: &mut redis::aio::MultiplexedConnection,
-    state_key: &str,
+    store: &RedisStore,
+    bucket: BucketKey<'_>,
     limits: &[Limit],
     states: &[State],
 ) -> Vec<String> {
+    let state_key = store.state_key(bucket);
     let mut mismatches = Vec::new();
     for (limit, state) in limits.iter().zip(states) {
         let (tag, expected): (&str, Vec<f64>) = match state {
@@ -133,14 +135,13 @@ fn stored_state_mismatches(
         };
         let field = format!("{}:{tag}", limit.name);
         let stored: Option<Vec<u8>> = runtime
-            .block_on(
-                redis::cmd("HGET")
-                    .arg(state_key)
-                    .arg(&field)
-                    .query_async(connection),
-            )
+            .block_on(store.query(redis::cmd("HGET").arg(&state_key).arg(&field)))
             .unwrap();
-        let Some(stored) = stored else { continue };
+        // A charge writes every limit kept in the hash.
+        let Some(stored) = stored else {
+            mismatches.push(format!("{field}: not stored, Rust {expected:?}"));
+            continue;
+        };
         // Little-endian doubles, one after another (struct.pack's '<d...' in lua/prelude.lua).
         let numbers: Vec<f64> = stored
             .chunks(8)
@@ -164,13 +165,6 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let clock = Clock::manual(START_US);
     let store = pinned_store(&runtime, &server, &clock);
-    let connection = runtime
-        .block_on(
-            redis::Client::open(server.url())
-                .unwrap()
-                .get_multiplexed_async_connection(),
-        )
-        .unwrap();
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 500,
         ..ProptestConfig::default()
@@ -232,13 +226,8 @@ fn lua_scripts_decide_exactly_like_the_rust_algorithms() {
                     if !charged {
                         continue;
                     }
-                    let mismatches = stored_state_mismatches(
-                        &runtime,
-                        &mut connection.clone(),
-                        &store.state_key(bucket),
-                        &limits,
-                        &states,
-                    );
+                    let mismatches =
+                        stored_state_mismatches(&runtime, &store, bucket, &limits, &states);
                     prop_assert!(
                         mismatches.is_empty(),
                         "request {} of {:?}: {:?}",
