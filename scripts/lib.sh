@@ -16,15 +16,19 @@ wait_healthy() {
     return 1
 }
 
-# Starts a private redis-server (no persistence) on a free loopback port and waits (up to 5 s)
-# until it answers. Sets `redis` (its pid; the caller's EXIT trap kills it) and `redis_port`.
-# Usage: start_redis LOG
+# Starts a private redis-server (no persistence) on a free loopback port and waits until it
+# answers: up to 5 s, or 30 s under a WRAPPER command (valgrind starts it slowly). Sets `redis`
+# (its pid, or the wrapper's; the caller's EXIT trap kills it) and `redis_port`.
+# Usage: start_redis LOG [WRAPPER...]
 start_redis() {
+    local log=$1 tries=50
+    shift
+    [ $# -eq 0 ] || tries=300
     redis_port=$(port)
-    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$1" 2>&1 &
+    "$@" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$log" 2>&1 &
     redis=$!
-    for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "redis-server on port $redis_port did not answer in 5 s (log: $1)" >&2
+    for _ in $(seq "$tries"); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+    echo "redis-server on port $redis_port did not answer in $((tries / 10)) s (log: $log)" >&2
     return 1
 }
 
