@@ -15,7 +15,7 @@ end
 local function ttl_ms(reset_us) return math.ceil(reset_us / 1000) + 1000 end
 
 -- Numbers go to redis.call as Lua numbers: Redis writes an argument number in an exact decimal
--- form itself (17 significant digits). `num` is for a number inside a string the script builds
+-- form itself (%.17g in Redis 7.0), cheaper than string.format in Lua. `num` is for a number inside a string the script builds
 -- (a sliding log's member), in the same form: integers below 2^53 print as integers.
 local function num(x) return string.format('%.17g', x) end
 
