@@ -41,8 +41,7 @@ impl WakeLead {
 
     /// Takes in one wake-up's delay past the moment the timer was armed for.
     fn observe(&mut self, delay: Duration) {
-        let delay = delay.as_nanos().min(u128::from(u64::MAX)) as u64;
-        self.nanos = if delay > self.nanos {
+        self.nanos = if delay > self.get() {
             self.nanos + (Self::STEP_NANOS * Self::EARLY_SHARE) as u64
         } else {
             self.nanos
