@@ -1,9 +1,8 @@
-//! Drives load. Open model: a pacing thread releases tickets as they fall due on the schedule,
-//! and a worker sends each one at once; its latency runs from that intended time, so requests
-//! queued behind a slow response are charged their wait (no coordinated omission), and the
-//! uncorrected figure (from the actual send) is kept beside it. Closed model: each worker sends
-//! as soon as its previous request completes. Every run is bounded by a request count or a
-//! duration and stops itself.
+//! Drives load. Open model: each worker draws the next ticket of the schedule and sends it when
+//! it falls due; its latency runs from that intended time, so requests queued behind a slow
+//! response are charged their wait (no coordinated omission), and the uncorrected figure (from
+//! the actual send) is kept beside it. Closed model: each worker sends as soon as its previous
+//! request completes. Every run is bounded by a request count or a duration and stops itself.
 //!
 //! `config` says what to run, `pacing` when each request is due, `worker` sends and records,
 //! `timeline` keeps the per-interval figures; this module starts, steers and finishes a run.
@@ -32,7 +31,6 @@ use crate::{
     stats::{Interval, Recorder, SealedInterval},
 };
 use pacing::{CachePadded, Pacing};
-use precise_timer::PreciseTimer;
 use timeline::Timeline;
 use worker::Shared;
 
@@ -58,8 +56,6 @@ pub struct RunResult {
 pub struct Run {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// Open model: the task releasing tickets as they fall due.
-    pacer: Option<tokio::task::JoinHandle<()>>,
     started_at: SystemTime,
     workers: usize,
 }
@@ -69,7 +65,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<RunResult> {
     start(config).await?.finish().await
 }
 
-/// Connects to every target and starts the workers (and, in the open model, the pacing task).
+/// Connects to every target and starts the workers.
 pub async fn start(config: RunConfig) -> anyhow::Result<Run> {
     let problems = config.problems();
     anyhow::ensure!(problems.is_empty(), "invalid run: {}", problems.join("; "));
@@ -108,27 +104,23 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Run> {
         last_done: Mutex::new(None),
         config,
     });
-    let pacer = if shared.pacing.is_open() {
-        let timer = PreciseTimer::new().context("creating the pacing timer")?;
-        let shared = shared.clone();
-        Some(tokio::spawn(async move {
-            shared.pacing.pace(workers, timer).await
-        }))
-    } else {
-        None
-    };
-    let tasks = (0..workers)
-        .map(|worker| {
+    let waiters = (0..workers)
+        .map(|_| shared.pacing.waiter())
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("creating the workers' pacing timers")?;
+    let tasks = waiters
+        .into_iter()
+        .enumerate()
+        .map(|(worker, waiter)| {
             let target = worker % clients.len();
             let client = clients[target].for_worker(worker / clients.len());
             let shared = shared.clone();
-            tokio::spawn(async move { worker::work(&shared, worker, target, client).await })
+            tokio::spawn(async move { worker::work(&shared, worker, target, client, waiter).await })
         })
         .collect();
     Ok(Run {
         shared,
         tasks,
-        pacer,
         started_at,
         workers,
     })
@@ -227,9 +219,6 @@ impl Run {
         for task in std::mem::take(&mut self.tasks) {
             task.await?;
         }
-        if let Some(pacer) = self.pacer.take() {
-            pacer.await?;
-        }
         let (started_at, workers) = (self.started_at, self.workers);
         let shared = self.shared.clone();
         drop(self);
@@ -257,10 +246,10 @@ impl Run {
 }
 
 impl Drop for Run {
-    /// A run dropped unfinished (a console closed mid-run) stops, so its pacing task and
-    /// workers end instead of sending on until the end of the run's window.
+    /// A run dropped unfinished (a console closed mid-run) stops, so its workers end instead
+    /// of sending on until the end of the run's window.
     fn drop(&mut self) {
-        if !self.tasks.is_empty() || self.pacer.is_some() {
+        if !self.tasks.is_empty() {
             self.stop();
         }
     }

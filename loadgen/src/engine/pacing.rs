@@ -1,31 +1,32 @@
 //! When each request is due, and the live changes to it (pause, resume, a new rate, stop).
 //!
-//! Open model: ticket `k` is due at `schedule.due(k)` after the start. One pacing task releases
-//! tickets as they fall due, one semaphore permit each, sleeping on a [`PreciseTimer`] in
-//! between; a worker holding a permit draws the next ticket and sends it at once, and its
-//! latency runs from the ticket's intended time. Closed model: a ticket is due whenever a
-//! worker asks for one. results/benchmarks/pacing.md has the measured send lag and CPU cost.
+//! Open model: ticket `k` is due at `schedule.due(k)` after the start. A free worker draws the
+//! next ticket, sleeps on its own [`PreciseTimer`] until the ticket is due and sends it; its
+//! latency runs from that intended time. Tickets are drawn in order, so when every worker is
+//! busy the tickets falling due wait undrawn and go out, oldest first, as workers free up.
+//! Each worker waiting on its own timer, instead of one pacing task handing due tickets to
+//! workers, saves waking a second task for every request. Closed model: a ticket is due
+//! whenever a worker asks for one. results/benchmarks/pacing.md has the measured send lag and
+//! CPU cost.
+//!
+//! A live change (pause, a new rate, stop) wakes every waiting worker, which times the ticket
+//! it holds again. After a pause or a new rate, tickets fall due at a constant rate from an
+//! [`Anchor`] instead of on the configured schedule, so a resumed run does not send the paused
+//! time's requests in a burst.
 
 use parking_lot::{Mutex, RwLock};
 use std::{
+    io,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::watch;
 
 use super::{config::LoadModel, precise_timer::PreciseTimer};
 use crate::schedule::Schedule;
 
 /// The fastest and slowest rates a live change may set.
 pub const LIVE_RATES: std::ops::RangeInclusive<f64> = 0.1..=10_000_000.0;
-
-/// The longest the pacing task sleeps before looking at pause, stop and rate changes again
-/// (those also wake it at once; this bounds a missed wake-up).
-const NAP: Duration = Duration::from_millis(50);
-
-/// The most tickets released in one go, so a backlog (a slow start, a huge rate) does not keep
-/// the pacing task from noticing a stop.
-const BATCH: usize = 4096;
 
 pub(super) struct Pacing {
     /// `None` in the closed model.
@@ -36,33 +37,45 @@ pub(super) struct Pacing {
     pub(super) stop_sending: Instant,
     /// Every worker draws tickets from here; padded so it bounces alone between cores.
     tickets: CachePadded<AtomicU64>,
-    /// Open model: one permit per released ticket, and one per worker when sending ends.
-    released_permits: Semaphore,
-    /// Tickets released so far (the pacing task's count).
-    released: AtomicU64,
-    /// Tickets from here on end the worker that draws them (`u64::MAX` while sending goes on).
-    end: AtomicU64,
     stopped: AtomicBool,
     /// When [`Pacing::stop`] was called: requests due after it were not missed.
     stopped_at: Mutex<Option<Instant>>,
-    /// Set once the schedule was replaced: runs never changed skip the lock.
-    retimed: AtomicBool,
-    /// After a pause or a new rate, requests fall due at a constant rate from an anchor instead
-    /// of on the configured schedule, so a resumed run does not send the paused time's requests
-    /// in a burst.
+    /// Set (inside the anchor's write lock) once a live change anchored the timing: runs never
+    /// changed skip the lock.
+    anchored: AtomicBool,
+    /// The timing once `anchored`; live changes hold its write lock while they decide.
     anchor: RwLock<Anchor>,
     paused: AtomicBool,
-    /// Wakes the closed model's paused workers on resume or stop.
-    resumed: watch::Sender<bool>,
-    /// Wakes the pacing task on a live change (pause, resume, rate, stop).
-    changed: Notify,
+    /// Every live change (pause, resume, rate, stop) sends here, waking the waiting workers.
+    changes: watch::Sender<()>,
 }
 
+/// From ticket `ticket` on, tickets fall due `1 / rate` apart starting `at`.
 #[derive(Debug, Clone, Copy)]
 struct Anchor {
     ticket: u64,
     at: Instant,
     rate: f64,
+}
+
+impl Anchor {
+    /// Tickets before the anchor's are overdue when it is set: they are due at once.
+    fn due(&self, ticket: u64) -> Instant {
+        let after = ticket.saturating_sub(self.ticket) as f64 / self.rate;
+        self.at + Duration::from_secs_f64(after)
+    }
+
+    /// How many tickets are due before `now`.
+    fn due_before(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.at).as_secs_f64();
+        self.ticket + (since * self.rate).ceil() as u64
+    }
+}
+
+/// What one worker waits with: its own timer (open model) and its view of the live changes.
+pub(super) struct Waiter {
+    timer: Option<PreciseTimer>,
+    changes: watch::Receiver<()>,
 }
 
 /// Keeps a hot value on its own cache lines.
@@ -93,37 +106,49 @@ impl Pacing {
             start,
             stop_sending: start + window,
             tickets: CachePadded(AtomicU64::new(0)),
-            released_permits: Semaphore::new(0),
-            released: AtomicU64::new(0),
-            end: AtomicU64::new(u64::MAX),
             stopped: AtomicBool::new(false),
             stopped_at: Mutex::new(None),
-            retimed: AtomicBool::new(false),
+            anchored: AtomicBool::new(false),
             anchor: RwLock::new(Anchor {
                 ticket: 0,
                 at: start,
                 rate: 0.0,
             }),
             paused: AtomicBool::new(false),
-            resumed: watch::Sender::new(false),
-            changed: Notify::new(),
+            changes: watch::Sender::new(()),
         }
     }
 
-    /// Whether this run needs the pacing task ([`Pacing::pace`]).
+    /// Whether requests are paced on a schedule (the open model).
     pub(super) fn is_open(&self) -> bool {
         self.schedule.is_some()
+    }
+
+    /// A worker's means of waiting for its tickets.
+    pub(super) fn waiter(&self) -> io::Result<Waiter> {
+        Ok(Waiter {
+            timer: self.is_open().then(PreciseTimer::new).transpose()?,
+            changes: self.changes.subscribe(),
+        })
     }
 
     /// When `ticket` is due, or `None` when the schedule has ended before it.
     fn due_at(&self, ticket: u64) -> Option<Instant> {
         let schedule = self.schedule.as_ref()?;
-        if self.retimed.load(Ordering::Relaxed) {
-            let anchor = *self.anchor.read();
-            let after = ticket.saturating_sub(anchor.ticket) as f64 / anchor.rate;
-            return Some(anchor.at + Duration::from_secs_f64(after));
+        if self.anchored.load(Ordering::Acquire) {
+            return Some(self.anchor.read().due(ticket));
         }
         Some(self.start + schedule.due(ticket)?)
+    }
+
+    /// How many tickets are due before `now`, under `anchor` when the timing is anchored
+    /// (the caller holds the anchor's lock).
+    fn tickets_due_before(&self, schedule: &Schedule, anchor: &Anchor, now: Instant) -> u64 {
+        if self.anchored.load(Ordering::Acquire) {
+            anchor.due_before(now)
+        } else {
+            due_before(schedule, now.saturating_duration_since(self.start))
+        }
     }
 
     fn beyond_limit(&self, ticket: u64) -> bool {
@@ -131,157 +156,156 @@ impl Pacing {
     }
 
     /// A worker's next request: its intended send time, or `None` when the run is over for
-    /// this worker. Open model: waits until the pacing task has released a ticket.
-    pub(super) async fn next(&self) -> Option<Instant> {
-        if self.is_open() {
-            // Never closed, so acquiring fails only if the semaphore is gone with the run.
-            self.released_permits.acquire().await.ok()?.forget();
-        } else if self.paused.load(Ordering::Relaxed) {
-            let mut resumed = self.resumed.subscribe();
-            let _ =
-                tokio::time::timeout_at(self.stop_sending.into(), resumed.wait_for(|r| *r)).await;
-        }
+    /// this worker. Open model: returns when the ticket it drew is due.
+    pub(super) async fn next(&self, waiter: &mut Waiter) -> Option<Instant> {
         let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
-        if ticket >= self.end.load(Ordering::Acquire)
-            || self.beyond_limit(ticket)
-            || self.stopped.load(Ordering::Relaxed)
-        {
+        if self.beyond_limit(ticket) {
             return None;
         }
-        let due = if self.is_open() {
-            self.due_at(ticket)?
-        } else {
-            Instant::now()
-        };
-        (due < self.stop_sending).then_some(due)
-    }
-
-    /// The pacing task (open model): releases each ticket when it falls due, until the run's
-    /// bound, its end of sending or a stop; then releases one ending ticket per worker.
-    pub(super) async fn pace(&self, workers: usize, mut timer: PreciseTimer) {
-        let mut next = 0u64;
         loop {
+            // Marked seen before the state is read, so a change from here on ends the waits.
+            waiter.changes.borrow_and_update();
             if self.stopped.load(Ordering::Relaxed) {
-                break;
+                return None;
             }
-            let now = Instant::now();
-            let wake_at = if self.paused.load(Ordering::Relaxed) {
-                if now >= self.stop_sending {
-                    break;
+            if self.is_paused() {
+                let resumed = waiter.changes.changed();
+                if tokio::time::timeout_at(self.stop_sending.into(), resumed)
+                    .await
+                    .is_err()
+                {
+                    return None;
                 }
-                now + NAP
-            } else {
-                let mut count = 0;
-                let upcoming = loop {
-                    if self.beyond_limit(next) {
-                        break None;
-                    }
-                    match self.due_at(next) {
-                        Some(due) if due >= self.stop_sending => break None,
-                        Some(due) if due <= now && count < BATCH => {
-                            next += 1;
-                            count += 1;
-                        }
-                        other => break other,
-                    }
-                };
-                if count > 0 {
-                    self.released.store(next, Ordering::Relaxed);
-                    self.released_permits.add_permits(count);
-                }
-                let Some(due) = upcoming else { break };
-                due.min(now + NAP)
+                continue;
+            }
+            let Some(timer) = &mut waiter.timer else {
+                let now = Instant::now();
+                return (now < self.stop_sending).then_some(now);
             };
+            let due = self.due_at(ticket).filter(|due| *due < self.stop_sending)?;
+            if due <= Instant::now() {
+                return Some(due);
+            }
             tokio::select! {
                 biased;
-                () = self.changed.notified() => {}
-                slept = timer.sleep_until(wake_at) => {
+                _ = waiter.changes.changed() => {}
+                slept = timer.sleep_until(due) => {
                     if let Err(error) = slept {
-                        tracing::error!(%error, "the pacing timer failed; stopping the run");
+                        tracing::error!(%error, "a pacing timer failed; stopping the run");
                         self.stop();
+                        return None;
                     }
+                    return Some(due);
                 }
             }
         }
-        self.released.store(next, Ordering::Relaxed);
-        self.end.store(next, Ordering::Release);
-        self.released_permits.add_permits(workers);
     }
 
-    fn wake_pacer(&self) {
-        self.changed.notify_one();
+    fn announce_change(&self) {
+        self.changes.send_replace(());
     }
 
     pub(super) fn is_paused(&self) -> bool {
         self.paused.load(Ordering::Relaxed)
     }
 
+    /// Stops sending; a worker holding a ticket keeps it until the resume.
     pub(super) fn pause(&self) {
-        if !self.is_paused() {
-            self.paused.store(true, Ordering::Relaxed);
-            self.resumed.send_replace(false);
+        let mut anchor = self.anchor.write();
+        if self.is_paused() {
+            return;
         }
+        if let Some(schedule) = &self.schedule {
+            // Anchored at the pause, with the rate of the moment: the resume moves the anchor
+            // to its own time, and the tickets not due at the pause follow from there.
+            let now = Instant::now();
+            let rate = self.rate_locked(schedule, &anchor, now);
+            if let Some(rate) = rate {
+                *anchor = Anchor {
+                    ticket: self.tickets_due_before(schedule, &anchor, now),
+                    at: now,
+                    rate,
+                };
+                self.anchored.store(true, Ordering::Release);
+            }
+        }
+        self.paused.store(true, Ordering::Relaxed);
+        drop(anchor);
+        self.announce_change();
     }
 
     pub(super) fn resume(&self) {
-        if self.is_paused() {
-            if let Some(rate) = self.rate() {
-                self.retime(rate);
-            }
-            self.paused.store(false, Ordering::Relaxed);
-            self.resumed.send_replace(true);
-            self.wake_pacer();
+        let mut anchor = self.anchor.write();
+        if !self.is_paused() {
+            return;
         }
+        anchor.at = Instant::now();
+        self.paused.store(false, Ordering::Relaxed);
+        drop(anchor);
+        self.announce_change();
     }
 
     /// The open model's rate now (requests per second); `None` in the closed model.
     pub(super) fn rate(&self) -> Option<f64> {
         let schedule = self.schedule.as_ref()?;
-        if self.retimed.load(Ordering::Relaxed) {
-            return Some(self.anchor.read().rate);
+        self.rate_locked(schedule, &self.anchor.read(), Instant::now())
+    }
+
+    /// The rate at `now`, under `anchor` when the timing is anchored (the caller holds the
+    /// anchor's lock); `None` once a staged schedule has ended.
+    fn rate_locked(&self, schedule: &Schedule, anchor: &Anchor, now: Instant) -> Option<f64> {
+        if self.anchored.load(Ordering::Acquire) {
+            return Some(anchor.rate);
         }
         // The schedule's rate at the next ticket: the inverse of the gap to the one after.
-        let ticket = self.released.load(Ordering::Relaxed);
+        let ticket = self.tickets_due_before(schedule, anchor, now);
         let gap = schedule
             .due(ticket + 1)?
             .checked_sub(schedule.due(ticket)?)?;
         Some((1.0 / gap.as_secs_f64()).clamp(*LIVE_RATES.start(), *LIVE_RATES.end()))
     }
 
-    /// Sends at `rate` requests per second from now on (open model; `None` in the closed
-    /// model, whose pace is its concurrency). The rate is kept within [`LIVE_RATES`].
+    /// Sends at `rate` requests per second from now on (or from the resume, when paused): open
+    /// model; `None` in the closed model, whose pace is its concurrency. The rate is kept
+    /// within [`LIVE_RATES`].
     pub(super) fn set_rate(&self, rate: f64) -> Option<f64> {
-        self.is_open().then(|| {
-            let rate = rate.clamp(*LIVE_RATES.start(), *LIVE_RATES.end());
-            self.retime(rate);
-            self.wake_pacer();
-            rate
-        })
-    }
-
-    fn retime(&self, rate: f64) {
-        *self.anchor.write() = Anchor {
-            ticket: self.released.load(Ordering::Relaxed),
-            at: Instant::now(),
+        let schedule = self.schedule.as_ref()?;
+        let rate = rate.clamp(*LIVE_RATES.start(), *LIVE_RATES.end());
+        let mut anchor = self.anchor.write();
+        let now = Instant::now();
+        // Paused, the tickets due were counted at the pause; none have fallen due since.
+        let ticket = if self.is_paused() && self.anchored.load(Ordering::Acquire) {
+            anchor.ticket
+        } else {
+            self.tickets_due_before(schedule, &anchor, now)
+        };
+        *anchor = Anchor {
+            ticket,
+            at: now,
             rate,
         };
-        self.retimed.store(true, Ordering::Relaxed);
+        self.anchored.store(true, Ordering::Release);
+        drop(anchor);
+        self.announce_change();
+        Some(rate)
     }
 
     /// No new requests from now on; those in flight complete.
     pub(super) fn stop(&self) {
         self.stopped_at.lock().get_or_insert_with(Instant::now);
         self.stopped.store(true, Ordering::Relaxed);
-        self.resumed.send_replace(true);
-        self.wake_pacer();
+        self.announce_change();
     }
 
     /// Open model: requests due by `now` that were never sent. `unsent` tickets were drawn
-    /// without being sent (each finished worker drew one).
+    /// without being sent (each finished worker drew one). A ticket a worker holds for later
+    /// is drawn but not due, so mid-run the count is exact as well: tickets are drawn in
+    /// order, and while any due ticket waits undrawn, no worker holds a later one.
     pub(super) fn missed_sends(&self, now: Instant, unsent: u64) -> u64 {
         let Some(schedule) = &self.schedule else {
             return 0;
         };
+        let anchor = self.anchor.read();
         if self.is_paused() {
             // A pause leaves the schedule behind on purpose; nothing counts as missed.
             return 0;
@@ -289,13 +313,7 @@ impl Pacing {
         let now = now
             .min(self.stop_sending)
             .min(self.stopped_at.lock().unwrap_or(now));
-        let mut due = if self.retimed.load(Ordering::Relaxed) {
-            let anchor = *self.anchor.read();
-            let since = now.saturating_duration_since(anchor.at).as_secs_f64();
-            anchor.ticket + (since * anchor.rate) as u64
-        } else {
-            due_before(schedule, now.duration_since(self.start))
-        };
+        let mut due = self.tickets_due_before(schedule, &anchor, now);
         if let Some(limit) = self.limit {
             due = due.min(limit);
         }
@@ -325,6 +343,7 @@ fn due_before(schedule: &Schedule, window: Duration) -> u64 {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use tokio::task::JoinHandle;
 
     fn open(rate: f64, limit: Option<u64>, window: Duration) -> Arc<Pacing> {
         let model = LoadModel::Open {
@@ -334,8 +353,7 @@ mod tests {
         Arc::new(Pacing::new(&model, limit, Instant::now(), window))
     }
 
-    /// Runs the pacing task and `workers` workers that only draw tickets; returns each
-    /// worker's intended times.
+    /// Runs `workers` workers that only draw tickets; returns each worker's intended times.
     async fn draw(pacing: Arc<Pacing>, workers: usize) -> Vec<Vec<Instant>> {
         let drawn = draw_timed(pacing, workers).await;
         drawn
@@ -344,21 +362,27 @@ mod tests {
             .collect()
     }
 
-    /// As [`draw`], with the moment each ticket was drawn beside its intended time.
+    /// Resumes a paused run and waits for its drawing workers to finish; returns the moment of
+    /// the resume and what they drew.
+    async fn resume_and_finish<T>(pacing: &Pacing, running: JoinHandle<T>) -> (Instant, T) {
+        let resumed = Instant::now();
+        pacing.resume();
+        let drawn = tokio::time::timeout(Duration::from_secs(5), running)
+            .await
+            .expect("resume woke the workers")
+            .unwrap();
+        (resumed, drawn)
+    }
+
+    /// As [`draw`], with the moment each ticket came out beside its intended time.
     async fn draw_timed(pacing: Arc<Pacing>, workers: usize) -> Vec<Vec<(Instant, Instant)>> {
-        let pacer = {
-            let pacing = pacing.clone();
-            tokio::spawn(async move {
-                let timer = PreciseTimer::new().unwrap();
-                pacing.pace(workers, timer).await
-            })
-        };
         let drawers: Vec<_> = (0..workers)
             .map(|_| {
                 let pacing = pacing.clone();
+                let mut waiter = pacing.waiter().unwrap();
                 tokio::spawn(async move {
                     let mut drawn = Vec::new();
-                    while let Some(due) = pacing.next().await {
+                    while let Some(due) = pacing.next(&mut waiter).await {
                         let now = Instant::now();
                         assert!(now >= due, "a ticket came out before its time");
                         drawn.push((due, now));
@@ -371,7 +395,6 @@ mod tests {
         for drawer in drawers {
             all.push(drawer.await.unwrap());
         }
-        pacer.await.unwrap();
         all
     }
 
@@ -394,7 +417,7 @@ mod tests {
         let window = Duration::from_millis(300);
         let pacing = open(1_000.0, None, window);
         let drawn: usize = draw(pacing.clone(), 3).await.iter().map(Vec::len).sum();
-        // 300 due in the window; a ticket due at or after its end is never released.
+        // 300 due in the window; a ticket due at or after its end is never sent.
         assert!((295..=300).contains(&drawn), "{drawn} sent");
         // The last one went out at 299 ms; sending ended then, not before.
         assert!(pacing.start.elapsed() >= window - Duration::from_millis(2));
@@ -411,8 +434,10 @@ mod tests {
             .await
             .expect("stop ended the run")
             .unwrap();
-        // Ticket 0 was due at the start.
+        // Ticket 0 was due at the start; the two workers held tickets 1 and 2, not yet due.
         assert_eq!(drawn.iter().map(Vec::len).sum::<usize>(), 1);
+        assert_eq!(pacing.tickets.load(Ordering::Relaxed), 3);
+        assert_eq!(pacing.missed_sends(Instant::now(), 2), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,18 +447,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let changed = Instant::now();
         assert_eq!(pacing.set_rate(2_000.0), Some(2_000.0));
+        assert_eq!(pacing.rate(), Some(2_000.0));
         let drawn = tokio::time::timeout(Duration::from_secs(5), running)
             .await
-            .expect("the new rate woke the pacing task")
+            .expect("the new rate woke the workers")
             .unwrap();
         let mut all: Vec<(Instant, Instant)> = drawn.into_iter().flatten().collect();
         all.sort();
         assert_eq!(all.len(), 201);
-        // The change woke the pacing task, which was asleep until ticket 1's time ten seconds
-        // on: the first ticket at the new rate went out at once, not at its next look.
+        // The workers held tickets 1 to 4, due ten seconds apart; the change woke them, and
+        // the first ticket at the new rate went out at once, not at its old time.
         let (due, drawn_at) = all[1];
+        assert!(due >= changed);
         assert!(
-            drawn_at - due < NAP / 2,
+            drawn_at - due < Duration::from_millis(25),
             "the first ticket at the new rate went out {:?} late",
             drawn_at - due
         );
@@ -447,17 +474,63 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn nothing_is_released_while_paused() {
+    async fn nothing_is_sent_while_paused_and_the_paused_time_is_not_made_up() {
         let pacing = open(1_000.0, Some(50), Duration::from_secs(60));
         pacing.pause();
         let running = tokio::spawn(draw(pacing.clone(), 2));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(pacing.released.load(Ordering::Relaxed), 0);
-        pacing.resume();
-        let drawn = tokio::time::timeout(Duration::from_secs(5), running)
-            .await
-            .expect("resume woke the pacing task")
-            .unwrap();
-        assert_eq!(drawn.iter().map(Vec::len).sum::<usize>(), 50);
+        let (resumed, drawn) = resume_and_finish(&pacing, running).await;
+        let mut all: Vec<Instant> = drawn.into_iter().flatten().collect();
+        assert_eq!(all.len(), 50);
+        all.sort();
+        // Ticket 0 was due at the start, before the pause took hold: it and ticket 1 are due
+        // at the resume, and the rest follow a millisecond apart (no burst of the 200 due
+        // while paused).
+        assert!(all[0] >= resumed, "a ticket was due while paused");
+        let span = all[49].duration_since(all[0]);
+        assert!(
+            (Duration::from_millis(47)..=Duration::from_millis(49)).contains(&span),
+            "{span:?} for 50 at 1,000/s"
+        );
+    }
+
+    /// Workers hold tickets drawn before a pause; none may go out until the resume, and a rate
+    /// set while paused applies from the resume.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_holds_the_drawn_tickets_and_a_rate_set_while_paused_waits_for_the_resume() {
+        let pacing = open(1_000.0, Some(200), Duration::from_secs(60));
+        let running = tokio::spawn(draw_timed(pacing.clone(), 4));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let paused = Instant::now();
+        pacing.pause();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(pacing.set_rate(4_000.0), Some(4_000.0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (resumed, drawn) = resume_and_finish(&pacing, running).await;
+        let mut all: Vec<(Instant, Instant)> = drawn.into_iter().flatten().collect();
+        assert_eq!(all.len(), 200);
+        all.sort();
+        // A worker already waking when the pause came may still send (its timer fired, or it
+        // is spinning out the last microseconds): allow a millisecond.
+        let during_pause = all
+            .iter()
+            .filter(|(_, sent)| *sent > paused + Duration::from_millis(1) && *sent < resumed)
+            .count();
+        assert_eq!(during_pause, 0, "tickets went out while paused");
+        let after: Vec<Instant> = all
+            .iter()
+            .map(|(due, _)| *due)
+            .filter(|due| *due >= resumed)
+            .collect();
+        // About 50 went out before the pause; the rest at 4,000/s from the resume.
+        assert!((140..=155).contains(&after.len()), "{} after", after.len());
+        let span = after.last().unwrap().duration_since(resumed).as_secs_f64();
+        let expected = (after.len() - 1) as f64 / 4_000.0;
+        assert!(
+            (span - expected).abs() < 0.002,
+            "{span} s for {} at 4,000/s",
+            after.len()
+        );
+        assert_eq!(pacing.missed_sends(Instant::now(), 4), 0);
     }
 }

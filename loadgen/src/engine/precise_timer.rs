@@ -1,4 +1,4 @@
-//! A one-shot timer with the kernel's full resolution, for the pacing task.
+//! A one-shot timer with the kernel's full resolution, for a worker waiting on its ticket.
 //!
 //! tokio's own timer keeps one-millisecond slots, so `sleep_until` wakes up to a millisecond
 //! late; a request sent that late has the lateness charged to the service as latency. A timerfd
@@ -204,8 +204,8 @@ mod tests {
         );
     }
 
-    /// A sleep given up before it expires (the pacing task's select) must not leave an expiry
-    /// behind that ends the next sleep early.
+    /// A sleep given up before it expires (a worker woken by a live change) must not leave an
+    /// expiry behind that ends the next sleep early.
     #[tokio::test]
     async fn an_abandoned_sleep_does_not_end_the_next_one_early() {
         let mut timer = PreciseTimer::new().unwrap();

@@ -1,4 +1,4 @@
-//! A worker: draws its next due request from the pacing, sends it (with retries), and records
+//! A worker: waits for its next due request from the pacing, sends it (with retries), and records
 //! the answer into its recorder slot, the timeline and the ledger.
 
 use parking_lot::Mutex;
@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     RunConfig,
-    pacing::{CachePadded, Pacing},
+    pacing::{CachePadded, Pacing, Waiter},
     timeline::Timeline,
 };
 use crate::{
@@ -38,7 +38,13 @@ pub(super) struct Shared {
     pub(super) last_done: Mutex<Option<Instant>>,
 }
 
-pub(super) async fn work(shared: &Shared, worker: usize, target: usize, mut client: TargetClient) {
+pub(super) async fn work(
+    shared: &Shared,
+    worker: usize,
+    target: usize,
+    mut client: TargetClient,
+    mut waiter: Waiter,
+) {
     let config = &shared.config;
     let targets = config.targets.len();
     let mut picker = KeyPicker::new(
@@ -51,8 +57,8 @@ pub(super) async fn work(shared: &Shared, worker: usize, target: usize, mut clie
     let open = shared.pacing.is_open();
     // One timer per worker, re-armed per request.
     let mut deadline = Box::pin(tokio::time::sleep(config.timeout));
-    // A ticket comes out due (the pacing thread releases it then), so the worker sends at once.
-    while let Some(intended) = shared.pacing.next().await {
+    // A ticket comes out due, so the worker sends at once.
+    while let Some(intended) = shared.pacing.next(&mut waiter).await {
         let sent = Instant::now();
         let lag_us = sent.saturating_duration_since(intended).as_micros() as u64;
         let key = picker.next_index();
