@@ -107,7 +107,12 @@ pub async fn start(config: RunConfig) -> anyhow::Result<Run> {
     let waiters = (0..workers)
         .map(|_| shared.pacing.waiter())
         .collect::<std::io::Result<Vec<_>>>()
-        .context("creating the workers' pacing timers")?;
+        .with_context(|| {
+            format!(
+                "creating the pacing timers of {workers} workers (each holds a file descriptor): \
+                 use fewer --workers or raise the open-file limit (ulimit -n)"
+            )
+        })?;
     let tasks = waiters
         .into_iter()
         .enumerate()
