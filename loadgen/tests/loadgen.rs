@@ -748,6 +748,36 @@ fn bad_flags_name_the_flag_and_the_fix() {
     assert!(String::from_utf8_lossy(&spaced.stderr).contains("--resource: `a b`"));
 }
 
+/// Each open-model worker sleeps on a timer of its own (a file descriptor): past the process's
+/// open-file limit the run fails at the start, saying what to change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_workers_than_the_open_file_limit_allows_fail_with_the_fix() {
+    let node = start_service(GENEROUS).await;
+    let results = out_dir("file-limit");
+    let script = format!(
+        "ulimit -n 64 && exec {} run --target {} --rate 100 --workers 200 --duration 1s --results {}",
+        env!("CARGO_BIN_EXE_loadgen"),
+        grpc(&node),
+        results.display()
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the run started: {stderr}");
+    assert!(
+        stderr.contains("pacing timers of 200 workers")
+            && stderr.contains("use fewer --workers or raise the open-file limit"),
+        "{stderr}"
+    );
+    node.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_runs_pause_resume_and_change_rate() {
     let _serial = ONE_AT_A_TIME.lock().await;
