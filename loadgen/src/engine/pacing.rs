@@ -163,8 +163,10 @@ impl Pacing {
             return None;
         }
         loop {
-            // Marked seen before the state is read, so a change from here on ends the waits.
-            waiter.changes.borrow_and_update();
+            // Marked seen before the state is read, so a change from here on ends the waits
+            // (the version is read with Acquire, the change's Release makes its state visible;
+            // unlike `borrow_and_update`, no lock shared by every worker per request).
+            waiter.changes.mark_unchanged();
             if self.stopped.load(Ordering::Relaxed) {
                 return None;
             }
@@ -219,8 +221,7 @@ impl Pacing {
             // Anchored at the pause, with the rate of the moment: the resume moves the anchor
             // to its own time, and the tickets not due at the pause follow from there.
             let now = Instant::now();
-            let rate = self.rate_locked(schedule, &anchor, now);
-            if let Some(rate) = rate {
+            if let Some(rate) = self.rate_locked(schedule, &anchor, now) {
                 *anchor = Anchor {
                     ticket: self.tickets_due_before(schedule, &anchor, now),
                     at: now,

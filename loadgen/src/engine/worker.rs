@@ -1,5 +1,5 @@
-//! A worker: waits for its next due request from the pacing, sends it (with retries), and records
-//! the answer into its recorder slot, the timeline and the ledger.
+//! A worker: waits for its next due request from the pacing, sends it (with retries), and
+//! records the answer into its recorder slot, the timeline and the ledger.
 
 use parking_lot::Mutex;
 use std::{
